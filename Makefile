@@ -1,0 +1,39 @@
+# Messenger platform: services, operator and their tests.
+# `make test` is the one test command; see README.md.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
+
+.PHONY: help build test test-deps fmt lint bench run-auth run-users run-friends run-chat
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+build: ## build every crate
+	cargo build --workspace --locked
+
+test: ## start/install PostgreSQL, Redis, tansu and kube-apiserver, then fmt, clippy and all tests
+	scripts/test.sh
+
+test-deps: ## only start/install the components the tests need
+	scripts/test-deps.sh /dev/null
+
+fmt: ## format the workspace
+	cargo fmt --all
+
+lint: ## clippy with warnings as errors
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+run-auth: ## run the auth service against local PostgreSQL/Redis/Kafka
+	cargo run --locked -p messenger-auth
+
+run-users: ## run the users service against local PostgreSQL/Redis/Kafka
+	cargo run --locked -p messenger-users
+
+run-friends: ## run the friends service against local PostgreSQL/Redis/Kafka
+	cargo run --locked -p messenger-friends
+
+run-chat: ## run the chat service (CHAT_STORE=memory without MongoDB)
+	cargo run --locked -p messenger-chat
+
+-include mk/k8s.mk

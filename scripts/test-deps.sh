@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Makes sure the real components the tests talk to are installed and running:
+# PostgreSQL and Redis (Debian packages), a Kafka-protocol broker (tansu from crates.io,
+# in-memory storage) and, for the operator, a real kube-apiserver + etcd.
+# Idempotent: anything already running is reused. Prints one line per component.
+#
+# Writes the variables the tests read to the file named by $1 (sourced by scripts/test.sh).
+set -euo pipefail
+
+ENV_OUT=${1:-/dev/stdout}
+CACHE_DIR=${MESSENGER_CACHE_DIR:-$HOME/.cache/messenger}
+TANSU_VERSION=0.6.0
+KAFKA_PORT=${TEST_KAFKA_PORT:-9092}
+mkdir -p "$CACHE_DIR"
+
+log() { echo "test-deps: $*" >&2; }
+
+apt_updated=false
+apt_install() {
+  if [ "$apt_updated" = false ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    apt_updated=true
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port, seconds, what
+  for _ in $(seq 1 $(( $2 * 5 ))); do port_open "$1" && return 0; sleep 0.2; done
+  log "$3 did not start listening on 127.0.0.1:$1 within $2s"; return 1
+}
+
+# --- build prerequisites (C compiler and make for librdkafka; perl for its configure) ---
+missing=()
+for tool in cc make perl pkg-config; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then apt_install build-essential perl pkg-config; fi
+
+# --- PostgreSQL ---
+if ! command -v pg_lsclusters >/dev/null; then apt_install postgresql; fi
+pg_version=$(pg_lsclusters -h | awk 'NR==1 {print $1}')
+if [ -z "$pg_version" ]; then
+  pg_version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+  pg_createcluster "$pg_version" main >&2
+fi
+if ! pg_lsclusters -h | awk -v v="$pg_version" '$1==v && $2=="main" {print $4}' | grep -q online; then
+  log "starting PostgreSQL $pg_version"
+  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start >&2
+fi
+wait_port 5432 30 PostgreSQL
+# The tests connect over TCP as postgres/postgres; set the password (harmless under trust auth).
+su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+# Parallel tests each hold a small pool; Debian's default of 100 connections is tight.
+current_max=$(su postgres -c "psql -tAq -c 'SHOW max_connections'")
+if [ "$current_max" -lt 300 ]; then
+  log "raising PostgreSQL max_connections to 300"
+  su postgres -c "psql -q -c 'ALTER SYSTEM SET max_connections = 300'" >/dev/null
+  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main restart >&2
+  wait_port 5432 30 PostgreSQL
+fi
+log "PostgreSQL $pg_version up on 127.0.0.1:5432"
+
+# --- Redis ---
+if ! command -v redis-server >/dev/null; then apt_install redis-server redis-tools; fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  log "starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/messenger-test.log >&2
+  wait_port 6379 30 Redis
+fi
+log "Redis up on 127.0.0.1:6379"
+
+# --- Kafka protocol: tansu ---
+TANSU_BIN=${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
+if [ ! -x "$TANSU_BIN" ] || ! "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "installing tansu $TANSU_VERSION from crates.io (first run only; several minutes)"
+  # Its own target dir keeps the project's build cache apart; the default build refuses
+  # memory:// storage, hence dynostore.
+  CARGO_TARGET_DIR="$HOME/.cache/tansu-build" cargo install --locked tansu \
+    --version "$TANSU_VERSION" --features dynostore >&2
+  TANSU_BIN="$HOME/.cargo/bin/tansu"
+fi
+if ! port_open "$KAFKA_PORT"; then
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT"
+  nohup "$TANSU_BIN" broker \
+    --storage-engine memory://tansu/ \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    >"$CACHE_DIR/tansu.log" 2>&1 &
+  wait_port "$KAFKA_PORT" 60 tansu
+fi
+log "Kafka-protocol broker (tansu) up on 127.0.0.1:$KAFKA_PORT"
+
+# --- MongoDB: not packaged here; used when MONGODB_URI reaches a server ---
+mongo_uri=${TEST_MONGODB_URI:-${MONGODB_URI:-}}
+mongo_reachable=false
+if [ -n "$mongo_uri" ]; then
+  hostport=$(echo "$mongo_uri" | sed -E 's#^mongodb(\+srv)?://([^@/]*@)?([^/,?]+).*#\3#')
+  host=${hostport%:*}; port=${hostport##*:}; [ "$port" = "$hostport" ] && port=27017
+  if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then mongo_reachable=true; fi
+fi
+
+{
+  echo "export TEST_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres"
+  echo "export TEST_REDIS_URL=redis://127.0.0.1:6379"
+  echo "export TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+  echo "export TANSU_BIN=$TANSU_BIN"
+  if [ "$mongo_reachable" = true ]; then
+    echo "export TEST_MONGODB_URI='$mongo_uri'"
+    echo "export MONGODB_SKIP_REASON="
+  elif [ -n "$mongo_uri" ]; then
+    echo "export MONGODB_SKIP_REASON='MONGODB_URI is set but its server is not reachable'"
+  else
+    echo "export MONGODB_SKIP_REASON='MONGODB_URI is not set (MongoDB is not packaged for this machine)'"
+  fi
+} >"$ENV_OUT"
