@@ -1,0 +1,112 @@
+//! Shutdown signalling: [`Shutdown`], one cloneable token that servers, the outbox relay
+//! and consumers watch, cancelled by SIGTERM/SIGINT or by hand.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+/// A cloneable shutdown token. All clones see the same trigger.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+}
+
+impl Shutdown {
+    /// A token that only [`Shutdown::trigger`] cancels.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C). Must be called inside a
+    /// Tokio runtime.
+    pub fn on_signal() -> Self {
+        let shutdown = Self::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received, draining");
+            trigger.trigger();
+        });
+        shutdown
+    }
+
+    /// Starts shutdown: every waiter of [`Shutdown::cancelled`] wakes up.
+    pub fn trigger(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes once shutdown has started. Owns a clone of the token, so it can be handed
+    /// to `with_graceful_shutdown` and similar APIs that need a `'static` future.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
+    /// The underlying token, for APIs that take a `CancellationToken`.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install SIGTERM/SIGINT handlers; falling back to Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn trigger_wakes_every_clone() {
+        let shutdown = Shutdown::new();
+        let waiter = tokio::spawn(shutdown.clone().cancelled());
+        assert!(!shutdown.is_triggered());
+        shutdown.clone().trigger();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("waiter woke up")
+            .unwrap();
+        assert!(shutdown.is_triggered());
+    }
+
+    #[tokio::test]
+    async fn sigterm_triggers_on_signal_tokens() {
+        let shutdown = Shutdown::on_signal();
+        // Let the spawned task install its handlers.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled())
+            .await
+            .expect("SIGTERM cancels the token");
+    }
+}

@@ -1,0 +1,342 @@
+//! Test helpers (feature `testing`): a fresh PostgreSQL database per test, unique Redis
+//! key prefixes and Kafka names, the shared test broker address, a private tansu broker
+//! that tests can stop and start (outage tests), and [`wait_for_event`].
+//!
+//! Components come from `TEST_DATABASE_URL`, `TEST_REDIS_URL` and `TEST_KAFKA_BROKERS`
+//! (local defaults). Helpers panic with a message naming the variable when a component is
+//! unreachable: a test must never pass because its component was missing.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+use crate::events::Event;
+
+/// Admin connection URL of the test PostgreSQL (`TEST_DATABASE_URL`).
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// URL of the test Redis (`TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Bootstrap servers of the shared test broker (`TEST_KAFKA_BROKERS`).
+pub fn kafka_brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A prefix no other test uses, e.g. for Redis keys: `test:<uuid>:`.
+pub fn unique_prefix() -> String {
+    format!("test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// A name no other test uses, e.g. a topic or consumer group: `<base>.<uuid>`.
+pub fn unique_name(base: &str) -> String {
+    format!("{base}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("binding 127.0.0.1:0 to find a free port")
+}
+
+/// A database created for one test; dropped (best effort) when this value is dropped.
+pub struct TestDatabase {
+    name: String,
+    url: String,
+    pool: PgPool,
+}
+
+impl TestDatabase {
+    /// Creates an empty database with a unique name on `TEST_DATABASE_URL`'s server.
+    pub async fn create() -> Self {
+        let mut url = url::Url::parse(&database_url()).expect("TEST_DATABASE_URL is not a URL");
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        url.set_path(&name);
+        let url = url.to_string();
+        // Small pools: many tests (of several crates) share one server's connection limit.
+        let settings = crate::postgres::PoolSettings {
+            max_connections: 5,
+            ..Default::default()
+        };
+        let pool = crate::postgres::connect_with(&url, settings)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create a test database on TEST_DATABASE_URL ({}): {e}",
+                    database_url()
+                )
+            });
+        Self { name, url, pool }
+    }
+
+    /// Creates a database and applies the common migrations plus `migrator`'s.
+    pub async fn create_migrated(migrator: &Migrator) -> Self {
+        let database = Self::create().await;
+        crate::postgres::migrate(&database.pool, migrator)
+            .await
+            .expect("migrations apply to a fresh database");
+        database
+    }
+
+    /// Creates a database with only the common migrations (outbox, processed events).
+    pub async fn create_with_common_migrations() -> Self {
+        let database = Self::create().await;
+        crate::postgres::migrate_common(&database.pool)
+            .await
+            .expect("common migrations apply to a fresh database");
+        database
+    }
+
+    /// A pool connected to the database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own runtime.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&database_url()).await {
+                    let statement = format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        crate::postgres::quote_identifier(&name)
+                    );
+                    let _ = sqlx::query(&statement).execute(&mut admin).await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of the tansu binary: `TANSU_BIN`, else `tansu` on `PATH`, else
+/// `/root/.cargo/bin/tansu`.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("tansu");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("/root/.cargo/bin/tansu")
+}
+
+/// A private tansu broker (in-memory storage) on 127.0.0.1:`port`, for tests that stop
+/// and restart the broker. Killed on drop. Storage does not survive [`TansuBroker::stop`].
+pub struct TansuBroker {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl TansuBroker {
+    /// Starts a broker on `port` and waits until it accepts connections.
+    pub fn start(port: u16) -> Self {
+        let mut broker = Self::stopped(port);
+        broker.restart();
+        broker
+    }
+
+    /// A handle for `port` with no broker running yet; [`TansuBroker::restart`] starts it.
+    pub fn stopped(port: u16) -> Self {
+        Self { port, child: None }
+    }
+
+    /// `127.0.0.1:<port>`, for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// (Re)starts the broker process if it is not running and waits for its port.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let binary = tansu_binary();
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(&binary)
+            .arg("broker")
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({}; set TANSU_BIN): {e}",
+                    binary.display()
+                )
+            });
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("tansu on port {} exited at start-up: {status}", self.port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on port {} within 20s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker process (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One event read back from Kafka.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent {
+    /// The record key.
+    pub key: String,
+    /// The partition it was in.
+    pub partition: i32,
+    /// The decoded event.
+    pub event: Event,
+}
+
+fn reader(brokers: &str, topic: &str) -> StreamConsumer {
+    crate::kafka::consumer(brokers, &unique_name("test-reader"), &[topic])
+        .unwrap_or_else(|e| panic!("cannot create a Kafka consumer for {brokers}: {e}"))
+}
+
+/// Reads `topic` from the beginning until an event matches `predicate` or `timeout`
+/// passes. Undecodable records are skipped.
+pub async fn wait_for_event(
+    brokers: &str,
+    topic: &str,
+    predicate: impl Fn(&Event) -> bool,
+    timeout: Duration,
+) -> Option<ReceivedEvent> {
+    let consumer = reader(brokers, topic);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let received = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .ok()?;
+        let Ok(message) = received else { continue };
+        let Ok(event) = Event::decode(message.payload().unwrap_or_default()) else {
+            continue;
+        };
+        if predicate(&event) {
+            return Some(ReceivedEvent {
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                partition: message.partition(),
+                event,
+            });
+        }
+    }
+}
+
+/// Reads `count` events of `topic` from the beginning (all partitions, in arrival order),
+/// or as many as arrived within `timeout`.
+pub async fn read_events(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<ReceivedEvent> {
+    let consumer = reader(brokers, topic);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = Vec::new();
+    while events.len() < count {
+        let Ok(received) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let Ok(message) = received else { continue };
+        if let Ok(event) = Event::decode(message.payload().unwrap_or_default()) {
+            events.push(ReceivedEvent {
+                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                partition: message.partition(),
+                event,
+            });
+        }
+    }
+    consumer.unsubscribe();
+    events
+}

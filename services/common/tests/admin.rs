@@ -1,0 +1,205 @@
+//! The admin router: liveness, readiness naming failed checks, Prometheus metrics.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use messenger_common::admin::{self, AdminState, ReadinessCheck};
+use messenger_common::testing::{TestDatabase, free_port, redis_url};
+use messenger_common::{Metrics, Shutdown};
+use prometheus_client::metrics::counter::Counter;
+use tower::ServiceExt as _;
+
+async fn get(state: AdminState, path: &str) -> (StatusCode, String, Option<String>) {
+    let response = admin::router(state)
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8(body.to_vec()).unwrap(),
+        content_type,
+    )
+}
+
+/// A pool pointed at a port nothing listens on: a database that is down.
+fn unreachable_pool() -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_lazy(&format!(
+            "postgres://postgres:postgres@127.0.0.1:{}/x",
+            free_port()
+        ))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn healthz_answers_while_the_process_runs_even_if_dependencies_are_down() {
+    let state = AdminState {
+        metrics: Metrics::new(),
+        readiness: vec![Arc::new(unreachable_pool())],
+    };
+    let (status, body, _) = get(state, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok\n");
+}
+
+#[tokio::test]
+async fn readyz_is_ok_when_postgres_and_redis_answer() {
+    let database = TestDatabase::create().await;
+    let redis = messenger_common::redis::connect(&redis_url())
+        .await
+        .expect("TEST_REDIS_URL reachable");
+    let state = AdminState {
+        metrics: Metrics::new(),
+        readiness: vec![Arc::new(database.pool().clone()), Arc::new(redis)],
+    };
+    let (status, body, _) = get(state, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("postgres: ok"), "{body}");
+    assert!(body.contains("redis: ok"), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_the_failed_check() {
+    let redis = messenger_common::redis::connect(&redis_url())
+        .await
+        .expect("TEST_REDIS_URL reachable");
+    let state = AdminState {
+        metrics: Metrics::new(),
+        readiness: vec![Arc::new(unreachable_pool()), Arc::new(redis)],
+    };
+    let (status, body, _) = get(state, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("postgres: failed"), "{body}");
+    assert!(body.contains("redis: ok"), "{body}");
+}
+
+struct Hanging;
+
+#[messenger_common::async_trait]
+impl ReadinessCheck for Hanging {
+    fn name(&self) -> &str {
+        "mongodb"
+    }
+    async fn check(&self) -> Result<(), String> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_a_check_that_does_not_answer_in_time() {
+    let state = AdminState {
+        metrics: Metrics::new(),
+        readiness: vec![Arc::new(Hanging)],
+    };
+    let started = std::time::Instant::now();
+    let (status, body, _) = get(state, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("mongodb: failed"), "{body}");
+    assert!(started.elapsed() < admin::CHECK_TIMEOUT * 2);
+}
+
+#[tokio::test]
+async fn metrics_exposes_the_registry_including_service_metrics() {
+    let metrics = Metrics::new();
+    let logins = Counter::<u64>::default();
+    metrics.register("auth_logins", "Successful logins", logins.clone());
+    logins.inc_by(3);
+    metrics.record_rpc("/messenger.v1.AuthService/Login", tonic::Code::Ok, 0.01);
+    let state = AdminState {
+        metrics,
+        readiness: vec![],
+    };
+    let (status, body, content_type) = get(state, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(body.contains("auth_logins_total 3"), "{body}");
+    assert!(
+        body.contains(
+            r#"grpc_server_handled_total{method="/messenger.v1.AuthService/Login",code="OK"} 1"#
+        ),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let (status, _, _) = get(AdminState::default(), "/admin").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn serve_answers_over_tcp_and_stops_on_shutdown() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(admin::serve_with_listener(
+        listener,
+        AdminState::default(),
+        shutdown.clone(),
+    ));
+    // A raw HTTP/1.1 request: the real socket path, no client library needed.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    shutdown.trigger();
+    tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("admin server stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn http_metrics_layer_counts_requests_by_route_template_and_status() {
+    use axum::routing::get;
+    let metrics = Metrics::new();
+    let api = axum::Router::new()
+        .route("/v1/users/{id}", get(|| async { "profile" }))
+        .layer(metrics.http_layer());
+    for path in ["/v1/users/1", "/v1/users/2", "/nope"] {
+        let response = api
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let _ = response.into_body().collect().await.unwrap();
+    }
+    let text = metrics.render();
+    assert!(
+        text.contains(
+            r#"http_server_requests_total{method="GET",route="/v1/users/{id}",status="200"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"http_server_requests_total{method="GET",route="unmatched",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/v1/users/1"),
+        "raw paths never become labels"
+    );
+}

@@ -1,0 +1,2 @@
+-- Uses a version reserved for messenger-common: migrate must refuse it.
+CREATE TABLE clash (id INT);

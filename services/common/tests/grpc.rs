@@ -1,0 +1,393 @@
+//! The gRPC bootstrap on port 0: health, reflection, error mapping, metrics, request
+//! deadline and graceful shutdown, exercised through real gRPC clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_common::grpc::{GrpcServer, connect_channel};
+use messenger_common::{Metrics, ServiceError, Shutdown};
+use messenger_proto::v1::users_service_client::UsersServiceClient;
+use messenger_proto::v1::users_service_server::{UsersService, UsersServiceServer};
+use messenger_proto::v1::{
+    GetUserProfileByNicknameRequest, GetUserProfileRequest, SearchUsersRequest,
+    SearchUsersResponse, UpdateUserProfileRequest, UserProfile,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A users service whose methods show off one behaviour each.
+struct Stub {
+    /// Signalled when a slow call has started.
+    started: Arc<Notify>,
+}
+
+#[tonic::async_trait]
+impl UsersService for Stub {
+    /// Fails with a domain error.
+    async fn get_user_profile(
+        &self,
+        request: Request<GetUserProfileRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        Err(ServiceError::NotFound(format!("no user {}", request.get_ref().user_id)).into())
+    }
+
+    /// Takes as long as the nickname says (in ms), then answers.
+    async fn get_user_profile_by_nickname(
+        &self,
+        request: Request<GetUserProfileByNicknameRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        let millis: u64 = request.get_ref().nickname.parse().unwrap_or(0);
+        self.started.notify_one();
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok(Response::new(UserProfile {
+            nickname: request.into_inner().nickname,
+            ..Default::default()
+        }))
+    }
+
+    /// Fails internally.
+    async fn update_user_profile(
+        &self,
+        _: Request<UpdateUserProfileRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        Err(ServiceError::internal(anyhow::anyhow!("disk on fire at /var/secret")).into())
+    }
+
+    async fn search_users(
+        &self,
+        _: Request<SearchUsersRequest>,
+    ) -> Result<Response<SearchUsersResponse>, Status> {
+        Ok(Response::new(SearchUsersResponse::default()))
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    started: Arc<Notify>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+    server: JoinHandle<Result<(), messenger_common::Error>>,
+}
+
+async fn start(request_timeout: Duration) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Metrics::new();
+    let shutdown = Shutdown::new();
+    let started = Arc::new(Notify::new());
+    let server = GrpcServer::new(&metrics)
+        .request_timeout(request_timeout)
+        .drain_timeout(Duration::from_secs(3))
+        .add_service(UsersServiceServer::new(Stub {
+            started: started.clone(),
+        }));
+    let server = tokio::spawn(server.serve_with_listener(listener, shutdown.clone()));
+    Running {
+        addr,
+        started,
+        metrics,
+        shutdown,
+        server,
+    }
+}
+
+impl Running {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn health(&self) -> HealthClient<tonic::transport::Channel> {
+        HealthClient::new(self.channel())
+    }
+
+    fn channel(&self) -> tonic::transport::Channel {
+        connect_channel(&self.url(), Duration::from_secs(5)).unwrap()
+    }
+
+    async fn users(&self) -> UsersServiceClient<tonic::transport::Channel> {
+        UsersServiceClient::new(self.channel())
+    }
+}
+
+async fn status_of(
+    client: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    response.into_inner().status()
+}
+
+#[tokio::test]
+async fn health_reports_serving_and_metrics_count_the_calls() {
+    let server = start(Duration::from_secs(5)).await;
+    let mut health = server.health().await;
+    assert_eq!(status_of(&mut health, "").await, ServingStatus::Serving);
+    assert_eq!(
+        status_of(&mut health, "messenger.v1.UsersService").await,
+        ServingStatus::Serving
+    );
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "messenger.v1.Nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let text = server.metrics.render();
+    assert!(
+        text.contains(
+            r#"grpc_server_handled_total{method="/grpc.health.v1.Health/Check",code="OK"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"grpc_server_handled_total{method="/grpc.health.v1.Health/Check",code="NotFound"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"grpc_server_handling_seconds_count{method="/grpc.health.v1.Health/Check"} 3"#
+        ),
+        "{text}"
+    );
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn service_errors_reach_the_client_with_their_code_and_are_counted() {
+    let server = start(Duration::from_secs(5)).await;
+    let mut users = server.users().await;
+
+    let not_found = users
+        .get_user_profile(GetUserProfileRequest {
+            user_id: "u-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_found.code(), tonic::Code::NotFound);
+    assert_eq!(not_found.message(), "no user u-1");
+
+    let internal = users
+        .update_user_profile(UpdateUserProfileRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(internal.code(), tonic::Code::Internal);
+    assert!(
+        !internal.message().contains("secret"),
+        "{}",
+        internal.message()
+    );
+
+    let ok = users
+        .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+            nickname: "0".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok.get_ref().nickname, "0");
+
+    let text = server.metrics.render();
+    for line in [
+        r#"grpc_server_handled_total{method="/messenger.v1.UsersService/GetUserProfile",code="NotFound"} 1"#,
+        r#"grpc_server_handled_total{method="/messenger.v1.UsersService/UpdateUserProfile",code="Internal"} 1"#,
+        r#"grpc_server_handled_total{method="/messenger.v1.UsersService/GetUserProfileByNickname",code="OK"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_request_running_past_the_deadline_is_cut_off() {
+    let server = start(Duration::from_millis(200)).await;
+    let mut users = server.users().await;
+    let started = std::time::Instant::now();
+    let error = users
+        .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+            nickname: "3000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(error.code(), tonic::Code::Cancelled, "{error:?}");
+    let text = server.metrics.render();
+    assert!(
+        text.contains(
+            r#"method="/messenger.v1.UsersService/GetUserProfileByNickname",code="Canceled""#
+        ),
+        "{text}"
+    );
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_messenger_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = start(Duration::from_secs(5)).await;
+    let mut client = ServerReflectionClient::new(server.channel());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "messenger.v1.UsersService",
+        "messenger.v1.AuthService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_reports_not_serving_and_lets_in_flight_calls_finish() {
+    let server = start(Duration::from_secs(5)).await;
+    let mut health = server.health().await;
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "messenger.v1.UsersService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let mut users = server.users().await;
+    let in_flight = tokio::spawn(async move {
+        users
+            .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+                nickname: "700".into(),
+            })
+            .await
+    });
+    server.started.notified().await;
+    server.shutdown.trigger();
+
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert_eq!(answer.get_ref().nickname, "700");
+    // The open Watch stream would block forever; the drain timeout ends it.
+    tokio::time::timeout(Duration::from_secs(10), server.server)
+        .await
+        .expect("server stops within the drain timeout")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(server.addr).await.is_err(),
+        "the port is closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_channel_connects_lazily_and_fails_fast_when_the_peer_is_down() {
+    assert!(connect_channel("not a url", Duration::from_secs(1)).is_err());
+
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        messenger_common::testing::free_port()
+    );
+    let channel = connect_channel(&dead, Duration::from_millis(500)).expect("lazy: no connect yet");
+    let mut users = UsersServiceClient::new(channel);
+    let started = std::time::Instant::now();
+    let error = users
+        .get_user_profile(GetUserProfileRequest {
+            user_id: "u".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error:?}");
+    assert_eq!(ServiceError::from(error).code(), tonic::Code::Unavailable);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_peer_call_is_bounded_by_the_channel_timeout() {
+    let server = start(Duration::from_secs(30)).await;
+    let channel = connect_channel(&server.url(), Duration::from_millis(300)).unwrap();
+    let mut users = UsersServiceClient::new(channel);
+    let started = std::time::Instant::now();
+    let error = users
+        .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+            nickname: "5000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            error.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{error:?}"
+    );
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+/// Compile-time check: every long-running future of the crate can be `tokio::spawn`ed.
+#[allow(dead_code)]
+fn start_up_futures_are_send(addr: SocketAddr, pool: sqlx::PgPool) {
+    fn send<T: Send>(_: T) {}
+    let metrics = Metrics::new();
+    let shutdown = Shutdown::new();
+    send(GrpcServer::new(&metrics).serve(addr, shutdown.clone()));
+    send(messenger_common::admin::serve(
+        addr,
+        Default::default(),
+        shutdown.clone(),
+    ));
+    send(messenger_common::postgres::connect("postgres://x"));
+    send(messenger_common::postgres::migrate(
+        &pool,
+        &messenger_common::postgres::COMMON_MIGRATOR,
+    ));
+    send(messenger_common::redis::connect("redis://x"));
+    send(messenger_common::kafka::ensure_topics("x", &["t"]));
+}
