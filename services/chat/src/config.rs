@@ -1,0 +1,277 @@
+//! Configuration of the chat service: the shared settings (`GRPC_ADDR`, `ADMIN_ADDR`,
+//! `LOG_FORMAT`, `REQUEST_TIMEOUT`) plus the chat's own, read from the environment by
+//! [`Config::from_env`], or built directly for tests and the all-in-one dev mode
+//! ([`Config::in_memory`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_common::ConfigError;
+use messenger_common::config::{
+    ServiceConfig, ServiceDefaults, env_duration_from, env_optional_from, env_or_from, process_env,
+};
+use messenger_common::events::InMemoryEventBus;
+
+use crate::friendship::InMemoryFriendships;
+use crate::store::MongoStoreConfig;
+
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    name: "chat",
+    grpc_port: 8002,
+    admin_port: 9002,
+};
+pub const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_FRIENDS_URL: &str = "http://127.0.0.1:8003";
+pub const DEFAULT_CACHE_PREFIX: &str = "messenger:chat:";
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
+pub const DEFAULT_FRIENDS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_OUTBOX_ORPHAN_GRACE: Duration = Duration::from_secs(120);
+
+/// Everything `crate::run` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub store: StoreConfig,
+    /// `None`: no Redis, every history read goes to the store.
+    pub cache: Option<CacheConfig>,
+    pub events: EventsConfig,
+    pub friends: FriendsConfig,
+    /// How often the outbox relay looks for events besides being woken by writes
+    /// (`CHAT_OUTBOX_POLL_INTERVAL`).
+    pub outbox_poll_interval: Duration,
+}
+
+/// Where chats and messages live (`CHAT_STORE`).
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// Process memory: keeps nothing across restarts (dev mode, tests).
+    Memory,
+    MongoDb(MongoStoreConfig),
+}
+
+/// The Redis cache of recent messages.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// `REDIS_URL`.
+    pub redis_url: String,
+    /// `CHAT_CACHE_PREFIX`: namespaces every key.
+    pub key_prefix: String,
+    /// `CHAT_CACHE_TTL`.
+    pub ttl: Duration,
+}
+
+/// Where events go.
+#[derive(Clone, Debug)]
+pub enum EventsConfig {
+    /// `KAFKA_BROKERS`.
+    Kafka { brokers: String },
+    /// The in-process bus (dev mode, tests).
+    InMemory(InMemoryEventBus),
+}
+
+/// Who answers "are these people friends?".
+#[derive(Clone)]
+pub enum FriendsConfig {
+    /// The friends service at `FRIENDS_URL`, each call bounded by `CHAT_FRIENDS_TIMEOUT`.
+    Grpc { url: String, timeout: Duration },
+    /// An in-process set of friendships (tests, single-process runs).
+    InMemory(Arc<InMemoryFriendships>),
+}
+
+impl std::fmt::Debug for FriendsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Grpc { url, timeout } => f
+                .debug_struct("Grpc")
+                .field("url", url)
+                .field("timeout", timeout)
+                .finish(),
+            Self::InMemory(_) => f.write_str("InMemory"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(process_env)
+    }
+
+    /// Reads through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
+        let mongodb_uri: Option<String> = env_optional_from(&lookup, "MONGODB_URI")?;
+        let store_kind: Option<String> = env_optional_from(&lookup, "CHAT_STORE")?;
+        let store = match store_kind
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("memory") => StoreConfig::Memory,
+            Some("mongodb") => StoreConfig::MongoDb(MongoStoreConfig {
+                uri: mongodb_uri.unwrap_or_else(|| DEFAULT_MONGODB_URI.to_owned()),
+                database: env_optional_from(&lookup, "CHAT_MONGODB_DATABASE")?,
+                orphan_grace: env_duration_from(
+                    &lookup,
+                    "CHAT_OUTBOX_ORPHAN_GRACE",
+                    DEFAULT_OUTBOX_ORPHAN_GRACE,
+                )?,
+            }),
+            None => match mongodb_uri {
+                Some(uri) => StoreConfig::MongoDb(MongoStoreConfig {
+                    uri,
+                    database: env_optional_from(&lookup, "CHAT_MONGODB_DATABASE")?,
+                    orphan_grace: env_duration_from(
+                        &lookup,
+                        "CHAT_OUTBOX_ORPHAN_GRACE",
+                        DEFAULT_OUTBOX_ORPHAN_GRACE,
+                    )?,
+                }),
+                None => StoreConfig::Memory,
+            },
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "CHAT_STORE",
+                    other,
+                    "use mongodb or memory",
+                ));
+            }
+        };
+        let cache_ttl = env_duration_from(&lookup, "CHAT_CACHE_TTL", DEFAULT_CACHE_TTL)?;
+        let cache = (!cache_ttl.is_zero())
+            .then(|| -> Result<CacheConfig, ConfigError> {
+                Ok(CacheConfig {
+                    redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
+                    key_prefix: env_or_from(
+                        &lookup,
+                        "CHAT_CACHE_PREFIX",
+                        DEFAULT_CACHE_PREFIX.to_owned(),
+                    )?,
+                    ttl: cache_ttl,
+                })
+            })
+            .transpose()?;
+        let friends_timeout =
+            env_duration_from(&lookup, "CHAT_FRIENDS_TIMEOUT", DEFAULT_FRIENDS_TIMEOUT)?;
+        if friends_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "CHAT_FRIENDS_TIMEOUT",
+                "0",
+                "must be greater than zero",
+            ));
+        }
+        let outbox_poll_interval = env_duration_from(
+            &lookup,
+            "CHAT_OUTBOX_POLL_INTERVAL",
+            DEFAULT_OUTBOX_POLL_INTERVAL,
+        )?;
+        if outbox_poll_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "CHAT_OUTBOX_POLL_INTERVAL",
+                "0",
+                "must be greater than zero",
+            ));
+        }
+        Ok(Self {
+            service,
+            store,
+            cache,
+            events: EventsConfig::Kafka {
+                brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.to_owned())?,
+            },
+            friends: FriendsConfig::Grpc {
+                url: env_or_from(&lookup, "FRIENDS_URL", DEFAULT_FRIENDS_URL.to_owned())?,
+                timeout: friends_timeout,
+            },
+            outbox_poll_interval,
+        })
+    }
+
+    /// Everything in process: in-memory store, no cache, events on `bus`, friendships
+    /// from `friendships`. For the all-in-one dev mode and tests; listeners come from
+    /// `crate::Listeners`.
+    pub fn in_memory(bus: InMemoryEventBus, friendships: Arc<InMemoryFriendships>) -> Self {
+        Self {
+            service: ServiceConfig::from_lookup(DEFAULTS, |_| None)
+                .unwrap_or_else(|_| unreachable!("the defaults are valid")),
+            store: StoreConfig::Memory,
+            cache: None,
+            events: EventsConfig::InMemory(bus),
+            friends: FriendsConfig::InMemory(friendships),
+            outbox_poll_interval: DEFAULT_OUTBOX_POLL_INTERVAL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(move |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_work_against_local_services() {
+        let config = config(&[]).unwrap();
+        assert!(matches!(config.store, StoreConfig::Memory));
+        assert_eq!(config.service.grpc_addr.port(), 8002);
+        assert_eq!(config.service.admin_addr.port(), 9002);
+        let cache = config.cache.unwrap();
+        assert_eq!(
+            (cache.redis_url.as_str(), cache.ttl),
+            (DEFAULT_REDIS_URL, DEFAULT_CACHE_TTL)
+        );
+        assert!(
+            matches!(config.events, EventsConfig::Kafka { ref brokers } if brokers == DEFAULT_KAFKA_BROKERS)
+        );
+        assert!(
+            matches!(config.friends, FriendsConfig::Grpc { ref url, .. } if url == DEFAULT_FRIENDS_URL)
+        );
+    }
+
+    #[test]
+    fn the_default_store_follows_whether_a_database_uri_is_set() {
+        let config = config(&[("MONGODB_URI", "mongodb://db:27017/chat")]).unwrap();
+        assert!(
+            matches!(config.store, StoreConfig::MongoDb(ref m) if m.uri == "mongodb://db:27017/chat")
+        );
+        let forced = self::config(&[
+            ("MONGODB_URI", "mongodb://db:27017"),
+            ("CHAT_STORE", "memory"),
+        ])
+        .unwrap();
+        assert!(matches!(forced.store, StoreConfig::Memory));
+        let local = self::config(&[("CHAT_STORE", "mongodb")]).unwrap();
+        assert!(matches!(local.store, StoreConfig::MongoDb(ref m) if m.uri == DEFAULT_MONGODB_URI));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            ("CHAT_STORE", "postgres"),
+            ("CHAT_CACHE_TTL", "10"),
+            ("CHAT_FRIENDS_TIMEOUT", "0s"),
+            ("CHAT_OUTBOX_POLL_INTERVAL", "soon"),
+            ("GRPC_ADDR", "nowhere"),
+        ];
+        for (name, value) in cases {
+            let error = config(&[(name, value)]).unwrap_err();
+            assert_eq!(error.variable(), name, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_zero_cache_ttl_turns_the_cache_off() {
+        assert!(config(&[("CHAT_CACHE_TTL", "0s")]).unwrap().cache.is_none());
+    }
+}

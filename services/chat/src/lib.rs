@@ -1,0 +1,223 @@
+//! `messenger-chat`: conversations between friends and their messages.
+//!
+//! gRPC `ChatService` (default port 8002) on MongoDB (or in memory), with recent messages
+//! cached in Redis, friendship checked through the friends service, and `ChatCreated` /
+//! `MessageSent` events relayed from the store's outbox to Kafka.
+//!
+//! Modules: [`domain`] (pure rules), [`store`] (the `ChatStore` trait, MongoDB and
+//! in-memory), [`outbox`] (relay to the event bus), [`cache`] (Redis), [`friendship`]
+//! (the friends service seam), [`service`] (gRPC), [`config`]. [`run`] wires them.
+
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod friendship;
+pub mod outbox;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use messenger_common::admin::{self, AdminState, ReadinessCheck};
+use messenger_common::events::{Event, EventPublisher, KafkaPublisher, PublishError};
+use messenger_common::grpc::{GrpcServer, connect_channel};
+use messenger_common::kafka::KafkaReadiness;
+use messenger_common::{Metrics, Shutdown};
+use messenger_proto::v1::chat_service_server::ChatServiceServer;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::ChatError;
+
+use crate::cache::HistoryCache;
+use crate::config::{EventsConfig, FriendsConfig, StoreConfig};
+use crate::friendship::{FriendshipChecker, GrpcFriendshipChecker};
+use crate::outbox::ChatOutboxRelay;
+use crate::service::ChatHandler;
+use crate::store::{ChatStore, InMemoryChatStore, MongoChatStore};
+
+/// The sockets the service serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &Config) -> Result<Self, ChatError> {
+        let io = |error: std::io::Error| ChatError::Runtime(error.into());
+        Ok(Self {
+            grpc: TcpListener::bind(config.service.grpc_addr)
+                .await
+                .map_err(io)?,
+            admin: TcpListener::bind(config.service.admin_addr)
+                .await
+                .map_err(io)?,
+        })
+    }
+}
+
+/// Connects the store, cache and event bus, starts the outbox relay, the admin server
+/// (`/healthz`, `/readyz`, `/metrics`) and the gRPC server, and returns after a graceful
+/// shutdown once `shutdown` fires. The store, events and friendship sources come from
+/// `config` (`Config::in_memory` runs everything in process).
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), ChatError> {
+    let metrics = Metrics::new();
+    let mut readiness: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
+
+    let store: Arc<dyn ChatStore> = match &config.store {
+        StoreConfig::Memory => {
+            tracing::warn!(
+                "CHAT_STORE=memory: chats and messages live in this process only and are LOST on restart; \
+                 set MONGODB_URI to keep them"
+            );
+            Arc::new(InMemoryChatStore::new())
+        }
+        StoreConfig::MongoDb(mongo) => {
+            let store = MongoChatStore::connect(mongo).await?;
+            readiness.push(Arc::new(MongoReadiness(store.database().clone())));
+            Arc::new(store)
+        }
+    };
+
+    let cache = match &config.cache {
+        Some(cache) => {
+            let connection = messenger_common::redis::connect(&cache.redis_url).await?;
+            readiness.push(Arc::new(connection.clone()));
+            Some(HistoryCache::new(
+                connection,
+                cache.key_prefix.clone(),
+                cache.ttl,
+            ))
+        }
+        None => None,
+    };
+
+    let publisher: Arc<dyn EventPublisher> = match &config.events {
+        EventsConfig::Kafka { brokers } => {
+            let kafka = KafkaPublisher::connect(brokers)?;
+            readiness.push(Arc::new(KafkaReadiness::new(kafka.producer().clone())));
+            Arc::new(TopicCreatingPublisher::new(kafka, brokers.clone()))
+        }
+        EventsConfig::InMemory(bus) => Arc::new(bus.clone()),
+    };
+
+    let friendships: Arc<dyn FriendshipChecker> = match &config.friends {
+        FriendsConfig::Grpc { url, timeout } => {
+            let channel = connect_channel(url, *timeout)?;
+            Arc::new(GrpcFriendshipChecker::new(channel, *timeout))
+        }
+        FriendsConfig::InMemory(friendships) => friendships.clone(),
+    };
+
+    // Our own token, cancelled by the caller's: stopping this service after an error
+    // must not stop whatever else shares the caller's token (the all-in-one dev mode).
+    let stop = Shutdown::new();
+    let forward_shutdown = tokio::spawn({
+        let (outer, stop) = (shutdown.cancelled(), stop.clone());
+        async move {
+            outer.await;
+            stop.trigger();
+        }
+    });
+
+    let relay = ChatOutboxRelay::new(Arc::clone(&store), publisher, config.outbox_poll_interval)
+        .with_metrics(&metrics);
+    let handler = ChatHandler::new(store, friendships, cache, relay.waker());
+    let relay_task = tokio::spawn(relay.run(stop.clone()));
+    let admin_task = tokio::spawn(admin::serve_with_listener(
+        listeners.admin,
+        AdminState {
+            metrics: metrics.clone(),
+            readiness,
+        },
+        stop.clone(),
+    ));
+
+    let served = GrpcServer::new(&metrics)
+        .request_timeout(config.service.request_timeout)
+        .add_service(ChatServiceServer::new(handler))
+        .serve_with_listener(listeners.grpc, stop.clone())
+        .await;
+    // If the gRPC server stopped on its own (an error), stop the relay and admin too.
+    stop.trigger();
+    forward_shutdown.abort();
+    if relay_task.await.is_err() {
+        tracing::error!("the chat outbox relay panicked");
+    }
+    let admin_result = admin_task
+        .await
+        .map_err(|error| ChatError::internal(anyhow::anyhow!("admin server: {error}")))?;
+    served?;
+    admin_result?;
+    Ok(())
+}
+
+/// `/readyz`: MongoDB answers a ping.
+// moves to messenger-common (next to the PgPool and Redis checks) once it has a MongoDB connector.
+struct MongoReadiness(mongodb::Database);
+
+#[messenger_common::async_trait]
+impl ReadinessCheck for MongoReadiness {
+    fn name(&self) -> &str {
+        "mongodb"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0
+            .run_command(mongodb::bson::doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+}
+
+// moves to messenger-common: any service whose relay may start while Kafka is down needs it.
+/// Publishes to Kafka, creating the chat topic first. Brokers such as tansu do not
+/// auto-create topics, and the broker may be down at start-up, so the topic is created
+/// lazily by the relay (which retries with backoff) rather than blocking start-up.
+struct TopicCreatingPublisher {
+    kafka: KafkaPublisher,
+    brokers: String,
+    topic_ready: AtomicBool,
+}
+
+impl TopicCreatingPublisher {
+    fn new(kafka: KafkaPublisher, brokers: String) -> Self {
+        Self {
+            kafka,
+            brokers,
+            topic_ready: AtomicBool::new(false),
+        }
+    }
+}
+
+#[messenger_common::async_trait]
+impl EventPublisher for TopicCreatingPublisher {
+    async fn publish(&self, topic: &str, key: &str, event: &Event) -> Result<(), PublishError> {
+        if !self.topic_ready.load(Ordering::Acquire) {
+            match messenger_common::kafka::ensure_topics(
+                &self.brokers,
+                &[messenger_proto::topics::CHAT_EVENTS],
+            )
+            .await
+            {
+                Ok(()) => self.topic_ready.store(true, Ordering::Release),
+                // Publishing below fails with the broker's own reason if the topic is missing.
+                Err(error) => tracing::warn!(%error, "could not create the chat events topic yet"),
+            }
+        }
+        let result = self.kafka.publish(topic, key, event).await;
+        if result.is_err() {
+            // The broker may have come back without the topic (tansu in memory): check again.
+            self.topic_ready.store(false, Ordering::Release);
+        }
+        result
+    }
+}
