@@ -1,0 +1,145 @@
+# Kubernetes targets: a kind (or minikube) demo cluster running the operator, the backing
+# services and a MessengerApp. Included from the top-level Makefile.
+#
+#   make k8s-deploy-all     cluster (if absent) + ingress-nginx + images + CRD + operator +
+#                           dependencies + sample app + hosts entry, then print the URLs
+#   make k8s-undeploy       remove the sample, the dependencies and the operator (keeps the cluster)
+#   make k8s-cluster-delete delete the kind cluster / stop minikube
+#
+# Needs: docker, kubectl (>= 1.23), and kind or minikube. See docs/deploy.md.
+
+K8S_CLUSTER_TOOL ?= $(shell if command -v kind >/dev/null 2>&1; then echo kind; elif command -v minikube >/dev/null 2>&1; then echo minikube; else echo none; fi)
+KIND_CLUSTER_NAME ?= messenger
+KUBECTL ?= kubectl
+DOCKER ?= docker
+# Image tag of every component and of the operator; the samples use 0.1.0.
+K8S_VERSION ?= 0.1.0
+IMAGE_REGISTRY ?= ghcr.io/messenger
+K8S_COMPONENTS ?= auth users friends chat gateway
+K8S_SAMPLE ?= config/samples/messengerapp_full.yaml
+K8S_APP_NAMESPACE ?= messenger
+K8S_APP_NAME ?= messenger
+K8S_APP_HOSTS ?= messenger.local preview.messenger.local
+INGRESS_NGINX_VERSION ?= controller-v1.12.1
+INGRESS_NGINX_KIND_MANIFEST ?= https://raw.githubusercontent.com/kubernetes/ingress-nginx/$(INGRESS_NGINX_VERSION)/deploy/static/provider/kind/deploy.yaml
+K8S_WAIT_TIMEOUT ?= 300s
+
+.PHONY: k8s-deploy-all k8s-undeploy k8s-cluster k8s-cluster-delete k8s-ingress k8s-images \
+        k8s-operator k8s-dependencies k8s-sample k8s-hosts k8s-urls k8s-check-tools
+
+k8s-deploy-all:
+	@$(MAKE) --no-print-directory k8s-check-tools
+	@$(MAKE) --no-print-directory k8s-cluster
+	@$(MAKE) --no-print-directory k8s-ingress
+	@$(MAKE) --no-print-directory k8s-images
+	@$(MAKE) --no-print-directory k8s-operator
+	@$(MAKE) --no-print-directory k8s-dependencies
+	@$(MAKE) --no-print-directory k8s-sample
+	@$(MAKE) --no-print-directory k8s-hosts
+	@$(MAKE) --no-print-directory k8s-urls
+
+k8s-check-tools:
+	@command -v $(KUBECTL) >/dev/null || { echo "k8s: kubectl not found" >&2; exit 1; }
+	@command -v $(DOCKER) >/dev/null || { echo "k8s: docker not found (needed to build the images)" >&2; exit 1; }
+	@[ "$(K8S_CLUSTER_TOOL)" != none ] || { echo "k8s: neither kind nor minikube is installed" >&2; exit 1; }
+	@echo "k8s: using $(K8S_CLUSTER_TOOL)"
+
+k8s-cluster:
+ifeq ($(K8S_CLUSTER_TOOL),kind)
+	@if kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER_NAME)'; then \
+	  echo "k8s: kind cluster $(KIND_CLUSTER_NAME) exists"; \
+	else \
+	  kind create cluster --name $(KIND_CLUSTER_NAME) --config kind.yaml --wait 120s; \
+	fi
+	@$(KUBECTL) config use-context kind-$(KIND_CLUSTER_NAME) >/dev/null
+else
+	@minikube status >/dev/null 2>&1 || minikube start
+	@$(KUBECTL) config use-context minikube >/dev/null
+endif
+
+k8s-cluster-delete:
+ifeq ($(K8S_CLUSTER_TOOL),kind)
+	kind delete cluster --name $(KIND_CLUSTER_NAME)
+else
+	minikube stop
+endif
+
+k8s-ingress:
+ifeq ($(K8S_CLUSTER_TOOL),kind)
+	$(KUBECTL) apply -f $(INGRESS_NGINX_KIND_MANIFEST)
+else
+	minikube addons enable ingress
+endif
+	$(KUBECTL) -n ingress-nginx wait --for=condition=Available deployment/ingress-nginx-controller --timeout=$(K8S_WAIT_TIMEOUT)
+
+# One BuildKit build; each --target reuses the cached builder stage.
+k8s-images:
+	@set -e; for c in $(K8S_COMPONENTS) operator; do \
+	  image=$(IMAGE_REGISTRY)/messenger-$$c:$(K8S_VERSION); \
+	  echo "k8s: building $$image"; \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build --target $$c -t $$image . ; \
+	  if [ "$(K8S_CLUSTER_TOOL)" = kind ]; then kind load docker-image $$image --name $(KIND_CLUSTER_NAME); \
+	  else minikube image load $$image; fi; \
+	done
+
+# config/default with the operator image pinned to the tag just built (a throw-away overlay,
+# so the checked-in kustomization stays generic; kustomize wants a relative path to it).
+k8s-operator:
+	@set -e; overlay=$$(mktemp -d); trap 'rm -rf "$$overlay"' EXIT; \
+	base=$$(realpath --relative-to="$$overlay" "$(CURDIR)/config/default"); \
+	printf '%s\n' \
+	  'apiVersion: kustomize.config.k8s.io/v1beta1' \
+	  'kind: Kustomization' \
+	  'bases:' \
+	  "  - $$base" \
+	  'images:' \
+	  '  - name: ghcr.io/messenger/messenger-operator' \
+	  '    newName: $(IMAGE_REGISTRY)/messenger-operator' \
+	  '    newTag: "$(K8S_VERSION)"' >"$$overlay/kustomization.yaml"; \
+	$(KUBECTL) apply -k "$$overlay"
+	$(KUBECTL) wait --for=condition=Established crd/messengerapps.messenger.dev --timeout=60s
+	$(KUBECTL) -n messenger-system rollout status deployment/messenger-operator --timeout=$(K8S_WAIT_TIMEOUT)
+
+k8s-dependencies:
+	$(KUBECTL) apply -k config/dependencies
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/postgres --timeout=$(K8S_WAIT_TIMEOUT)
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status deployment/redis --timeout=$(K8S_WAIT_TIMEOUT)
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/mongodb --timeout=$(K8S_WAIT_TIMEOUT)
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/kafka --timeout=$(K8S_WAIT_TIMEOUT)
+
+# The sample with spec.version and spec.image.registry set to what k8s-images built.
+k8s-sample:
+	$(KUBECTL) patch --local -f $(K8S_SAMPLE) -o yaml --type merge \
+	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}' \
+	  | $(KUBECTL) apply -f -
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) wait messengerapp/$(K8S_APP_NAME) \
+	  --for=jsonpath='{.status.phase}'=Ready --timeout=$(K8S_WAIT_TIMEOUT)
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(K8S_APP_NAME)
+
+# kind maps the node's ports 80/443 to the host; minikube's ingress answers on its node IP.
+k8s-hosts:
+	@set -e; \
+	if [ "$(K8S_CLUSTER_TOOL)" = kind ]; then ip=127.0.0.1; else ip=$$(minikube ip); fi; \
+	for host in $(K8S_APP_HOSTS); do \
+	  if grep -qE "^[^#]*[[:space:]]$$host([[:space:]]|$$)" /etc/hosts; then \
+	    echo "k8s: /etc/hosts already resolves $$host"; \
+	  else \
+	    line="$$ip $$host # messenger k8s-deploy-all"; \
+	    if [ -w /etc/hosts ]; then echo "$$line" >>/etc/hosts; else echo "$$line" | sudo tee -a /etc/hosts >/dev/null; fi; \
+	    echo "k8s: added '$$line' to /etc/hosts"; \
+	  fi; \
+	done
+
+k8s-urls:
+	@echo
+	@echo "Messenger on $(K8S_CLUSTER_TOOL):"
+	@for host in $(K8S_APP_HOSTS); do echo "  http://$$host/"; done
+	@echo "  REST API:      http://$(firstword $(K8S_APP_HOSTS))/v1/"
+	@echo "  status:        $(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(K8S_APP_NAME)"
+	@echo "  operator logs: $(KUBECTL) -n messenger-system logs -l app.kubernetes.io/name=messenger-operator -f"
+
+k8s-undeploy:
+	-$(KUBECTL) -n $(K8S_APP_NAMESPACE) delete messengerapp $(K8S_APP_NAME) --ignore-not-found --wait=true --timeout=120s
+	-$(KUBECTL) delete -k config/dependencies --ignore-not-found
+	-$(KUBECTL) delete -k config/default --ignore-not-found
+	@echo "k8s: the /etc/hosts entries marked '# messenger k8s-deploy-all' are left in place; the cluster is kept (make k8s-cluster-delete)"
