@@ -1,0 +1,655 @@
+//! Pure builders: from a `MessengerApp` and a slot to the exact objects the operator applies.
+//! Names are deterministic so server-side apply finds the same objects every time.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::component::Component;
+use crate::crd::{MessengerApp, SecretKeyRef, Slot, TrafficRouter};
+use crate::httproute::{HTTPRoute, HttpBackendRef, HttpRouteRule, HttpRouteSpec, ParentReference};
+
+/// The one field manager every server-side apply of the operator uses.
+pub const FIELD_MANAGER: &str = "messenger-operator";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_SLOT: &str = "messenger.dev/slot";
+pub const CONFIG_HASH_ANNOTATION: &str = "messenger.dev/config-hash";
+/// Value of `app.kubernetes.io/managed-by` on every child; the owned-object watches filter on it.
+pub const MANAGED_BY: &str = "messenger-operator";
+const APP_NAME: &str = "messenger";
+/// Non-root user of the distroless images.
+const RUN_AS_USER: i64 = 65532;
+
+/// Which optional APIs the cluster serves; what is missing is skipped and reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiCapabilities {
+    /// `policy/v1` PodDisruptionBudget (Kubernetes >= 1.21).
+    pub pdb_v1: bool,
+    /// `gateway.networking.k8s.io/v1` HTTPRoute (Gateway API CRDs installed).
+    pub http_route: bool,
+}
+
+impl ApiCapabilities {
+    pub const ALL: ApiCapabilities = ApiCapabilities {
+        pdb_v1: true,
+        http_route: true,
+    };
+}
+
+/// Everything one app should have in the cluster, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Children {
+    pub service_accounts: Vec<ServiceAccount>,
+    pub config_maps: Vec<ConfigMap>,
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    pub ingresses: Vec<Ingress>,
+    pub http_routes: Vec<HTTPRoute>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// Objects the spec asks for that the cluster cannot hold (missing APIs).
+    pub skipped: Vec<String>,
+}
+
+impl Children {
+    pub fn count(&self) -> usize {
+        self.service_accounts.len()
+            + self.config_maps.len()
+            + self.deployments.len()
+            + self.services.len()
+            + self.ingresses.len()
+            + self.http_routes.len()
+            + self.pdbs.len()
+    }
+}
+
+pub fn workload_name(app: &MessengerApp, component: Component, slot: Slot) -> String {
+    format!("{}-{component}-{slot}", app.name_any())
+}
+
+pub fn config_map_name(app: &MessengerApp, slot: Slot) -> String {
+    format!("{}-config-{slot}", app.name_any())
+}
+
+/// The Service clients (and the Ingress) use; it selects the stable slot's gateway.
+pub fn entry_service_name(app: &MessengerApp) -> String {
+    format!("{}-gateway", app.name_any())
+}
+
+pub fn service_account_name(app: &MessengerApp) -> String {
+    app.name_any()
+}
+
+pub fn route_name(app: &MessengerApp) -> String {
+    app.name_any()
+}
+
+/// Labels that pick one component's pods in one slot; immutable in a Deployment, so no version.
+pub fn selector_labels(
+    app: &MessengerApp,
+    component: Component,
+    slot: Slot,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), app.name_any()),
+        (LABEL_COMPONENT.to_owned(), component.name().to_owned()),
+        (LABEL_SLOT.to_owned(), slot.as_str().to_owned()),
+    ])
+}
+
+/// Selector for every child of one app (all kinds, all slots).
+pub fn app_children_selector(app: &MessengerApp) -> String {
+    format!(
+        "{LABEL_INSTANCE}={},{LABEL_MANAGED_BY}={MANAGED_BY}",
+        app.name_any()
+    )
+}
+
+fn common_labels(app: &MessengerApp) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), app.name_any()),
+        (LABEL_VERSION.to_owned(), app.spec.version.clone()),
+        (LABEL_PART_OF.to_owned(), APP_NAME.to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ])
+}
+
+fn slot_labels(
+    app: &MessengerApp,
+    component: Option<Component>,
+    slot: Slot,
+) -> BTreeMap<String, String> {
+    let mut labels = common_labels(app);
+    labels.insert(LABEL_SLOT.to_owned(), slot.as_str().to_owned());
+    if let Some(component) = component {
+        labels.insert(LABEL_COMPONENT.to_owned(), component.name().to_owned());
+    }
+    labels
+}
+
+fn owner_reference(app: &MessengerApp) -> OwnerReference {
+    // Without a uid (an app never stored) there is nothing to own children; reconcile only
+    // sees stored apps, and tests set one.
+    let mut owner = app
+        .controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            api_version: MessengerApp::api_version(&()).into_owned(),
+            kind: MessengerApp::kind(&()).into_owned(),
+            name: app.name_any(),
+            uid: String::new(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        });
+    // Foreground deletion of the app waits for its children.
+    owner.block_owner_deletion = Some(true);
+    owner
+}
+
+fn meta(app: &MessengerApp, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: app.namespace(),
+        labels: Some(labels),
+        owner_references: Some(vec![owner_reference(app)]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn service_url(app: &MessengerApp, component: Component, slot: Slot) -> String {
+    format!(
+        "http://{}:{}",
+        workload_name(app, component, slot),
+        component.api_port()
+    )
+}
+
+/// Settings shared by every component of a slot: logging, peer addresses within the slot,
+/// and the user's `config`.
+pub fn config_data(app: &MessengerApp, slot: Slot) -> BTreeMap<String, String> {
+    let mut data = app.spec.config.clone();
+    data.insert("LOG_FORMAT".to_owned(), "json".to_owned());
+    data.insert("RUST_LOG".to_owned(), app.spec.log_level.clone());
+    for component in Component::ALL {
+        if let Some(var) = component.peer_url_env() {
+            data.insert(var.to_owned(), service_url(app, component, slot));
+        }
+    }
+    data
+}
+
+/// Short, stable hash of a slot's configuration; stamped on pod templates so a config change
+/// rolls the pods.
+pub fn config_hash(data: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in data {
+        // Length prefixes keep ("a","bc") and ("ab","c") apart.
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+pub fn build_config_map(app: &MessengerApp, slot: Slot) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(
+            app,
+            config_map_name(app, slot),
+            slot_labels(app, None, slot),
+        ),
+        data: Some(config_data(app, slot)),
+        ..ConfigMap::default()
+    }
+}
+
+pub fn build_service_account(app: &MessengerApp) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(app, service_account_name(app), common_labels(app)),
+        // The components never call the Kubernetes API.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn plain_env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    }
+}
+
+/// Environment set directly on the container (the slot's ConfigMap comes in via `envFrom`).
+pub fn component_env(app: &MessengerApp, component: Component) -> Vec<EnvVar> {
+    let deps = &app.spec.dependencies;
+    let mut env = vec![
+        plain_env(
+            component.api_addr_env(),
+            format!("0.0.0.0:{}", component.api_port()),
+        ),
+        plain_env("ADMIN_ADDR", format!("0.0.0.0:{}", component.admin_port())),
+    ];
+    if component.uses_postgres()
+        && let Some(pg) = &deps.postgres
+    {
+        let per_service = match component {
+            Component::Auth => pg.auth.as_ref(),
+            Component::Users => pg.users.as_ref(),
+            Component::Friends => pg.friends.as_ref(),
+            _ => None,
+        };
+        if let Some(secret) = per_service.or(pg.shared.as_ref()) {
+            env.push(secret_env("DATABASE_URL", secret));
+        }
+    }
+    if component.uses_redis()
+        && let Some(secret) = &deps.redis
+    {
+        env.push(secret_env("REDIS_URL", secret));
+    }
+    if component.uses_kafka()
+        && let Some(secret) = &deps.kafka
+    {
+        env.push(secret_env("KAFKA_BROKERS", secret));
+    }
+    if component.uses_mongodb()
+        && let Some(secret) = &deps.mongodb
+    {
+        env.push(secret_env("MONGODB_URI", secret));
+    }
+    env.extend(component.spec(&app.spec).env.iter().cloned());
+    env
+}
+
+pub fn image(app: &MessengerApp, component: Component) -> String {
+    component.spec(&app.spec).image.clone().unwrap_or_else(|| {
+        format!(
+            "{}/messenger-{component}:{}",
+            app.spec.image.registry, app.spec.version
+        )
+    })
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("50m".to_owned())),
+            ("memory".to_owned(), Quantity("64Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("256Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn http_probe(path: &str, initial_delay: i32, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+pub fn build_deployment(app: &MessengerApp, component: Component, slot: Slot) -> Deployment {
+    let spec = component.spec(&app.spec);
+    let selector = selector_labels(app, component, slot);
+    let mut pod_labels = slot_labels(app, Some(component), slot);
+    pod_labels.extend(selector.clone());
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        (
+            "prometheus.io/port".to_owned(),
+            component.admin_port().to_string(),
+        ),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+        (
+            CONFIG_HASH_ANNOTATION.to_owned(),
+            config_hash(&config_data(app, slot)),
+        ),
+    ]);
+    let container = Container {
+        name: component.name().to_owned(),
+        image: Some(image(app, component)),
+        image_pull_policy: Some(app.spec.image.pull_policy.as_str().to_owned()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(component.api_port_name().to_owned()),
+                container_port: component.api_port(),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".to_owned()),
+                container_port: component.admin_port(),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(component_env(app, component)),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: config_map_name(app, slot),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", 5, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 2, 5, 3)),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let pull_secrets = &app.spec.image.pull_secrets;
+    Deployment {
+        metadata: meta(
+            app,
+            workload_name(app, component, slot),
+            slot_labels(app, Some(component), slot),
+        ),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            revision_history_limit: Some(3),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(service_account_name(app)),
+                    automount_service_account_token: Some(false),
+                    containers: vec![container],
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+                        pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    affinity: spec.affinity.clone(),
+                    volumes: Some(vec![Volume {
+                        name: "tmp".to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+pub fn build_service(app: &MessengerApp, component: Component, slot: Slot) -> Service {
+    Service {
+        metadata: meta(
+            app,
+            workload_name(app, component, slot),
+            slot_labels(app, Some(component), slot),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(app, component, slot)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some(component.api_port_name().to_owned()),
+                    port: component.api_port(),
+                    target_port: Some(IntOrString::String(component.api_port_name().to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("admin".to_owned()),
+                    port: component.admin_port(),
+                    target_port: Some(IntOrString::String("admin".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The gateway Service clients use, pointing at the stable slot.
+pub fn build_entry_service(app: &MessengerApp, stable: Slot) -> Service {
+    let mut labels = common_labels(app);
+    labels.insert(
+        LABEL_COMPONENT.to_owned(),
+        Component::Gateway.name().to_owned(),
+    );
+    Service {
+        metadata: meta(app, entry_service_name(app), labels),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(app, Component::Gateway, stable)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: 80,
+                target_port: Some(IntOrString::String(
+                    Component::Gateway.api_port_name().to_owned(),
+                )),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The Ingress for `ingressNginx` and `none`, or `None` without an ingress block or with
+/// `gatewayAPI`.
+pub fn build_ingress(app: &MessengerApp) -> Option<Ingress> {
+    let ingress = app.spec.ingress.as_ref()?;
+    if ingress.router == TrafficRouter::GatewayApi {
+        return None;
+    }
+    Some(Ingress {
+        metadata: meta(app, route_name(app), common_labels(app)),
+        spec: Some(IngressSpec {
+            ingress_class_name: ingress.class_name.clone(),
+            tls: ingress.tls_secret_name.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(vec![ingress.host.clone()]),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            rules: Some(vec![IngressRule {
+                host: Some(ingress.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".to_owned()),
+                        path_type: "Prefix".to_owned(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: entry_service_name(app),
+                                port: Some(ServiceBackendPort {
+                                    name: Some("http".to_owned()),
+                                    number: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
+}
+
+/// The HTTPRoute for `gatewayAPI`: all weight on the stable slot's gateway Service.
+pub fn build_http_route(app: &MessengerApp, stable: Slot) -> Option<HTTPRoute> {
+    let ingress = app.spec.ingress.as_ref()?;
+    if ingress.router != TrafficRouter::GatewayApi {
+        return None;
+    }
+    let gateway = ingress.gateway_ref.as_ref()?;
+    let mut route = HTTPRoute::new(
+        &route_name(app),
+        HttpRouteSpec {
+            parent_refs: vec![ParentReference {
+                name: gateway.name.clone(),
+                namespace: gateway.namespace.clone(),
+                section_name: gateway.section_name.clone(),
+            }],
+            hostnames: vec![ingress.host.clone()],
+            rules: vec![HttpRouteRule {
+                backend_refs: vec![HttpBackendRef {
+                    name: workload_name(app, Component::Gateway, stable),
+                    port: Component::Gateway.api_port(),
+                    weight: 100,
+                }],
+            }],
+        },
+    );
+    route.metadata = meta(app, route_name(app), common_labels(app));
+    Some(route)
+}
+
+pub fn build_pdb(
+    app: &MessengerApp,
+    component: Component,
+    slot: Slot,
+) -> Option<PodDisruptionBudget> {
+    if component.spec(&app.spec).replicas <= 1 {
+        return None;
+    }
+    Some(PodDisruptionBudget {
+        metadata: meta(
+            app,
+            workload_name(app, component, slot),
+            slot_labels(app, Some(component), slot),
+        ),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(app, component, slot)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// Every child of the app for its stable slot, leaving out kinds the cluster does not serve.
+pub fn build_children(app: &MessengerApp, caps: ApiCapabilities) -> Children {
+    let slot = app.stable_slot();
+    let mut children = Children {
+        service_accounts: vec![build_service_account(app)],
+        config_maps: vec![build_config_map(app, slot)],
+        ..Children::default()
+    };
+    for component in Component::ALL {
+        children
+            .deployments
+            .push(build_deployment(app, component, slot));
+        children.services.push(build_service(app, component, slot));
+        if let Some(pdb) = build_pdb(app, component, slot) {
+            if caps.pdb_v1 {
+                children.pdbs.push(pdb);
+            } else {
+                children
+                    .skipped
+                    .push(format!("PodDisruptionBudget/{}", pdb.name_any()));
+            }
+        }
+    }
+    children.services.push(build_entry_service(app, slot));
+    children.ingresses.extend(build_ingress(app));
+    if let Some(route) = build_http_route(app, slot) {
+        if caps.http_route {
+            children.http_routes.push(route);
+        } else {
+            children
+                .skipped
+                .push(format!("HTTPRoute/{}", route.name_any()));
+        }
+    }
+    children
+}
+
+#[cfg(test)]
+#[path = "builders_tests.rs"]
+mod tests;

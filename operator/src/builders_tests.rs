@@ -1,0 +1,613 @@
+//! Table-driven checks of what the builders render.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::*;
+use crate::crd::MessengerAppSpec;
+
+fn app(spec: serde_json::Value) -> MessengerApp {
+    let spec: MessengerAppSpec = serde_json::from_value(spec).unwrap();
+    let mut app = MessengerApp::new("chat-prod", spec);
+    app.metadata.namespace = Some("team".into());
+    app.metadata.uid = Some("0d5a-uid".into());
+    app
+}
+
+fn full_app() -> MessengerApp {
+    app(serde_json::json!({
+        "version": "1.4.2",
+        "image": {"registry": "registry.local/m", "pullPolicy": "Always", "pullSecrets": ["regcred"]},
+        "components": {
+            "gateway": {"replicas": 3},
+            "chat": {"replicas": 2, "env": [{"name": "CHAT_STORE", "value": "mongo"}], "nodeSelector": {"pool": "chat"}},
+            "users": {"image": "other.local/users:patched"}
+        },
+        "dependencies": {
+            "postgres": {"shared": {"name": "pg", "key": "url"}, "friends": {"name": "pg-friends", "key": "url"}},
+            "redis": {"name": "redis", "key": "url"},
+            "mongodb": {"name": "mongo", "key": "uri"},
+            "kafka": {"name": "kafka", "key": "brokers"}
+        },
+        "config": {"AUTH_TOKEN_TTL": "3600"},
+        "ingress": {"host": "messenger.local", "className": "nginx", "tlsSecretName": "tls"}
+    }))
+}
+
+fn env_value(deployment: &Deployment, name: &str) -> Option<String> {
+    let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+    container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| {
+            e.value.clone().unwrap_or_else(|| {
+                let secret = e
+                    .value_from
+                    .as_ref()
+                    .unwrap()
+                    .secret_key_ref
+                    .as_ref()
+                    .unwrap();
+                format!("secret:{}/{}", secret.name, secret.key)
+            })
+        })
+}
+
+#[test]
+fn every_child_is_owned_labelled_and_namespaced() {
+    let app = full_app();
+    let children = build_children(&app, ApiCapabilities::ALL);
+    let metas: Vec<&ObjectMeta> = children
+        .service_accounts
+        .iter()
+        .map(|o| &o.metadata)
+        .chain(children.config_maps.iter().map(|o| &o.metadata))
+        .chain(children.deployments.iter().map(|o| &o.metadata))
+        .chain(children.services.iter().map(|o| &o.metadata))
+        .chain(children.ingresses.iter().map(|o| &o.metadata))
+        .chain(children.pdbs.iter().map(|o| &o.metadata))
+        .collect();
+    // 1 SA + 1 ConfigMap + 5 Deployments + 6 Services + 1 Ingress + 2 PDBs (gateway, chat).
+    assert_eq!(metas.len(), 16);
+    assert_eq!(children.count(), 16);
+    for meta in metas {
+        let name = meta.name.as_deref().unwrap();
+        assert_eq!(meta.namespace.as_deref(), Some("team"), "{name}");
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("MessengerApp", "chat-prod", "0d5a-uid"),
+            "{name}"
+        );
+        assert_eq!(owner.controller, Some(true), "{name}");
+        assert_eq!(owner.block_owner_deletion, Some(true), "{name}");
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_INSTANCE], "chat-prod", "{name}");
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY, "{name}");
+        assert_eq!(labels[LABEL_NAME], "messenger", "{name}");
+        assert_eq!(labels[LABEL_VERSION], "1.4.2", "{name}");
+        assert!(name.len() <= 63, "{name} is not a DNS label");
+    }
+}
+
+#[test]
+fn names_and_labels_carry_the_slot() {
+    let app = full_app();
+    for slot in [Slot::Blue, Slot::Green] {
+        for component in Component::ALL {
+            let deployment = build_deployment(&app, component, slot);
+            let service = build_service(&app, component, slot);
+            let expected = format!("chat-prod-{component}-{slot}");
+            assert_eq!(deployment.metadata.name.as_deref(), Some(expected.as_str()));
+            assert_eq!(service.metadata.name.as_deref(), Some(expected.as_str()));
+            for labels in [
+                deployment.metadata.labels.as_ref().unwrap(),
+                service.metadata.labels.as_ref().unwrap(),
+            ] {
+                assert_eq!(labels[LABEL_SLOT], slot.as_str());
+                assert_eq!(labels[LABEL_COMPONENT], component.name());
+            }
+        }
+        assert_eq!(
+            build_config_map(&app, slot).metadata.name.unwrap(),
+            format!("chat-prod-config-{slot}")
+        );
+    }
+}
+
+#[test]
+fn selectors_match_pod_labels_and_services_select_the_same_pods() {
+    let app = full_app();
+    for slot in [Slot::Blue, Slot::Green] {
+        for component in Component::ALL {
+            let deployment = build_deployment(&app, component, slot);
+            let selector = deployment.spec.selector.match_labels.clone().unwrap();
+            let pod_labels = deployment
+                .spec
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .clone()
+                .unwrap();
+            for (k, v) in &selector {
+                assert_eq!(
+                    pod_labels.get(k),
+                    Some(v),
+                    "{component}/{slot}: pod lacks selector label {k}"
+                );
+            }
+            assert!(
+                !selector.contains_key(LABEL_VERSION),
+                "a version in the selector would make upgrades impossible"
+            );
+            let service = build_service(&app, component, slot);
+            assert_eq!(
+                service.spec.unwrap().selector.unwrap(),
+                selector,
+                "{component}/{slot}"
+            );
+            if let Some(pdb) = build_pdb(&app, component, slot) {
+                assert_eq!(
+                    pdb.spec.unwrap().selector.unwrap().match_labels.unwrap(),
+                    selector
+                );
+            }
+        }
+    }
+    let entry = build_entry_service(&app, Slot::Green);
+    assert_eq!(
+        entry.spec.unwrap().selector.unwrap(),
+        selector_labels(&app, Component::Gateway, Slot::Green)
+    );
+}
+
+#[test]
+fn ports_agree_across_container_service_probes_and_env() {
+    let app = full_app();
+    let cases = [
+        (Component::Gateway, "http", 8080, 9080, "HTTP_ADDR"),
+        (Component::Auth, "grpc", 8001, 9001, "GRPC_ADDR"),
+        (Component::Chat, "grpc", 8002, 9002, "GRPC_ADDR"),
+        (Component::Friends, "grpc", 8003, 9003, "GRPC_ADDR"),
+        (Component::Users, "grpc", 8004, 9004, "GRPC_ADDR"),
+    ];
+    for (component, api_name, api_port, admin_port, addr_env) in cases {
+        let deployment = build_deployment(&app, component, Slot::Blue);
+        let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+        let ports: Vec<(String, i32)> = container
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                (api_name.to_owned(), api_port),
+                ("admin".to_owned(), admin_port)
+            ],
+            "{component}"
+        );
+        assert_eq!(
+            env_value(&deployment, addr_env),
+            Some(format!("0.0.0.0:{api_port}")),
+            "{component}"
+        );
+        assert_eq!(
+            env_value(&deployment, "ADMIN_ADDR"),
+            Some(format!("0.0.0.0:{admin_port}")),
+            "{component}"
+        );
+        for (probe, path) in [
+            (&container.liveness_probe, "/healthz"),
+            (&container.readiness_probe, "/readyz"),
+        ] {
+            let http = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(http.path.as_deref(), Some(path));
+            assert_eq!(
+                http.port,
+                IntOrString::String("admin".into()),
+                "{component} probes the admin port"
+            );
+        }
+        let service: Service = build_service(&app, component, Slot::Blue);
+        let service_ports: Vec<(String, i32, IntOrString)> = service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port, p.target_port.unwrap()))
+            .collect();
+        assert_eq!(
+            service_ports,
+            vec![
+                (
+                    api_name.to_owned(),
+                    api_port,
+                    IntOrString::String(api_name.into())
+                ),
+                (
+                    "admin".to_owned(),
+                    admin_port,
+                    IntOrString::String("admin".into())
+                ),
+            ],
+            "{component}"
+        );
+        let annotations = deployment
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone()
+            .unwrap();
+        assert_eq!(annotations["prometheus.io/port"], admin_port.to_string());
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+    }
+}
+
+#[test]
+fn peer_addresses_stay_within_the_slot() {
+    let app = full_app();
+    for slot in [Slot::Blue, Slot::Green] {
+        let data = config_data(&app, slot);
+        for (var, component, port) in [
+            ("AUTH_URL", "auth", 8001),
+            ("USERS_URL", "users", 8004),
+            ("FRIENDS_URL", "friends", 8003),
+            ("CHAT_URL", "chat", 8002),
+        ] {
+            assert_eq!(
+                data[var],
+                format!("http://chat-prod-{component}-{slot}:{port}")
+            );
+            // The URL names a Service that the same build renders for this slot.
+            let service = build_service(&app, Component::from_name(component).unwrap(), slot);
+            assert!(data[var].contains(&service.metadata.name.unwrap()));
+            assert!(
+                !data[var].contains(slot.other().as_str()),
+                "{var} leaks into the other slot"
+            );
+        }
+        assert_eq!(data["LOG_FORMAT"], "json");
+        assert_eq!(data["AUTH_TOKEN_TTL"], "3600");
+        for component in Component::ALL {
+            let deployment = build_deployment(&app, component, slot);
+            let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+            let env_from = container.env_from.as_ref().unwrap()[0]
+                .config_map_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!(
+                env_from.name,
+                config_map_name(&app, slot),
+                "{component} reads its own slot's ConfigMap"
+            );
+        }
+    }
+    let route = build_http_route(
+        &app_with_router(serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}})),
+        Slot::Green,
+    )
+    .unwrap();
+    assert_eq!(
+        route.spec.rules[0].backend_refs[0].name,
+        "chat-prod-gateway-green"
+    );
+}
+
+#[test]
+fn dependencies_come_from_the_referenced_secrets() {
+    let app = full_app();
+    let cases: &[(Component, &str, Option<&str>)] = &[
+        (Component::Auth, "DATABASE_URL", Some("secret:pg/url")),
+        (Component::Users, "DATABASE_URL", Some("secret:pg/url")),
+        (
+            Component::Friends,
+            "DATABASE_URL",
+            Some("secret:pg-friends/url"),
+        ),
+        (Component::Chat, "DATABASE_URL", None),
+        (Component::Gateway, "DATABASE_URL", None),
+        (Component::Chat, "MONGODB_URI", Some("secret:mongo/uri")),
+        (Component::Auth, "MONGODB_URI", None),
+        (
+            Component::Users,
+            "KAFKA_BROKERS",
+            Some("secret:kafka/brokers"),
+        ),
+        (Component::Gateway, "KAFKA_BROKERS", None),
+        (Component::Friends, "REDIS_URL", Some("secret:redis/url")),
+        (Component::Gateway, "REDIS_URL", None),
+        (Component::Chat, "CHAT_STORE", Some("mongo")),
+    ];
+    for (component, var, expected) in cases {
+        let deployment = build_deployment(&app, *component, Slot::Blue);
+        assert_eq!(
+            env_value(&deployment, var).as_deref(),
+            *expected,
+            "{component} {var}"
+        );
+    }
+}
+
+#[test]
+fn pods_run_locked_down() {
+    let app = full_app();
+    for component in Component::ALL {
+        let deployment = build_deployment(&app, component, Slot::Blue);
+        let pod = deployment.spec.template.spec.as_ref().unwrap();
+        let pod_sc = pod.security_context.as_ref().unwrap();
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_sc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.service_account_name.as_deref(), Some("chat-prod"));
+        let sc = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        let resources = pod.containers[0].resources.as_ref().unwrap();
+        assert!(
+            resources.requests.as_ref().unwrap().contains_key("memory"),
+            "{component} has requests"
+        );
+        assert!(
+            resources.limits.as_ref().unwrap().contains_key("memory"),
+            "{component} has limits"
+        );
+    }
+}
+
+#[test]
+fn images_pull_settings_and_scheduling() {
+    let app = full_app();
+    let cases = [
+        (
+            Component::Gateway,
+            "registry.local/m/messenger-gateway:1.4.2",
+        ),
+        (Component::Users, "other.local/users:patched"),
+    ];
+    for (component, expected) in cases {
+        let deployment = build_deployment(&app, component, Slot::Blue);
+        let pod = deployment.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some(expected));
+        assert_eq!(
+            pod.containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+    }
+    let chat = build_deployment(&app, Component::Chat, Slot::Blue);
+    assert_eq!(chat.spec.replicas, Some(2));
+    assert_eq!(
+        chat.spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .node_selector
+            .as_ref()
+            .unwrap()["pool"],
+        "chat"
+    );
+}
+
+#[test]
+fn config_hash_follows_the_config() {
+    let base = full_app();
+    let hash = |app: &MessengerApp| {
+        let d = build_deployment(app, Component::Auth, Slot::Blue);
+        d.spec.template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION].clone()
+    };
+    let mut changed_config = base.clone();
+    changed_config
+        .spec
+        .config
+        .insert("AUTH_TOKEN_TTL".into(), "60".into());
+    let mut changed_log = base.clone();
+    changed_log.spec.log_level = "debug".into();
+    let mut changed_replicas = base.clone();
+    changed_replicas.spec.components.auth.replicas = 4;
+
+    assert_eq!(hash(&base), hash(&base.clone()), "deterministic");
+    assert_ne!(
+        hash(&base),
+        hash(&changed_config),
+        "config change rolls pods"
+    );
+    assert_ne!(
+        hash(&base),
+        hash(&changed_log),
+        "log level change rolls pods"
+    );
+    assert_eq!(
+        hash(&base),
+        hash(&changed_replicas),
+        "scaling does not roll pods"
+    );
+    assert_eq!(
+        hash(&base),
+        config_hash(build_config_map(&base, Slot::Blue).data.as_ref().unwrap())
+    );
+    let blue = config_hash(&config_data(&base, Slot::Blue));
+    let green = config_hash(&config_data(&base, Slot::Green));
+    assert_ne!(blue, green, "each slot's ConfigMap names its own peers");
+}
+
+fn app_with_router(ingress: serde_json::Value) -> MessengerApp {
+    app(serde_json::json!({"version": "1", "ingress": ingress}))
+}
+
+#[test]
+fn entry_route_depends_on_router_and_capabilities() {
+    let nginx = app_with_router(
+        serde_json::json!({"host": "m.local", "className": "nginx", "tlsSecretName": "tls"}),
+    );
+    let gateway_api = app_with_router(
+        serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw", "namespace": "infra"}}),
+    );
+    let plain = app(serde_json::json!({"version": "1"}));
+    let no_gateway_api = ApiCapabilities {
+        pdb_v1: true,
+        http_route: false,
+    };
+    let cases = [
+        ("nginx", &nginx, ApiCapabilities::ALL, 1, 0, 0),
+        ("gateway api", &gateway_api, ApiCapabilities::ALL, 0, 1, 0),
+        ("gateway api missing", &gateway_api, no_gateway_api, 0, 0, 1),
+        ("no ingress", &plain, ApiCapabilities::ALL, 0, 0, 0),
+    ];
+    for (case, app, caps, ingresses, routes, skipped) in cases {
+        let children = build_children(app, caps);
+        assert_eq!(children.ingresses.len(), ingresses, "{case}");
+        assert_eq!(children.http_routes.len(), routes, "{case}");
+        assert_eq!(children.skipped.len(), skipped, "{case}");
+    }
+    let ingress = build_ingress(&nginx).unwrap().spec.unwrap();
+    assert_eq!(ingress.ingress_class_name.as_deref(), Some("nginx"));
+    assert_eq!(ingress.tls.unwrap()[0].secret_name.as_deref(), Some("tls"));
+    let backend = ingress.rules.unwrap()[0].http.as_ref().unwrap().paths[0]
+        .backend
+        .service
+        .clone()
+        .unwrap();
+    assert_eq!(
+        backend.name, "chat-prod-gateway",
+        "the Ingress goes through the entry Service"
+    );
+    assert_eq!(backend.port.unwrap().name.as_deref(), Some("http"));
+    let route = build_http_route(&gateway_api, Slot::Blue).unwrap();
+    assert_eq!(
+        route.spec.parent_refs[0].namespace.as_deref(),
+        Some("infra")
+    );
+    assert_eq!(route.spec.hostnames, vec!["m.local".to_owned()]);
+    assert_eq!(route.spec.rules[0].backend_refs[0].weight, 100);
+}
+
+#[test]
+fn pdbs_only_for_replicated_components_and_only_where_served() {
+    let app = full_app();
+    let names: Vec<String> = build_children(&app, ApiCapabilities::ALL)
+        .pdbs
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, vec!["chat-prod-gateway-blue", "chat-prod-chat-blue"]);
+    let old_cluster = build_children(
+        &app,
+        ApiCapabilities {
+            pdb_v1: false,
+            http_route: true,
+        },
+    );
+    assert!(old_cluster.pdbs.is_empty());
+    assert_eq!(
+        old_cluster.skipped,
+        vec![
+            "PodDisruptionBudget/chat-prod-gateway-blue",
+            "PodDisruptionBudget/chat-prod-chat-blue"
+        ]
+    );
+}
+
+#[test]
+fn rendered_objects_serialize_with_type_information() {
+    // Server-side apply needs apiVersion and kind in every body.
+    let app = full_app();
+    let children = build_children(&app, ApiCapabilities::ALL);
+    let deployment = serde_json::to_value(&children.deployments[0]).unwrap();
+    assert_eq!(
+        (
+            deployment["apiVersion"].as_str(),
+            deployment["kind"].as_str()
+        ),
+        (Some("apps/v1"), Some("Deployment"))
+    );
+    let route = serde_json::to_value(build_http_route(
+        &app_with_router(serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}})),
+        Slot::Blue,
+    ))
+    .unwrap();
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(route["kind"], "HTTPRoute");
+    assert_eq!(route["metadata"]["labels"][LABEL_MANAGED_BY], MANAGED_BY);
+}
+
+/// The whole rendered output for a fully specified app, committed so a review shows what a
+/// builder change does to real objects. Regenerate with `UPDATE_SNAPSHOTS=1`.
+#[test]
+fn full_app_renders_as_in_the_snapshot() {
+    let children = build_children(&full_app(), ApiCapabilities::ALL);
+    let mut documents: Vec<serde_json::Value> = Vec::new();
+    documents.extend(
+        children
+            .service_accounts
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .config_maps
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .deployments
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .services
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .pdbs
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .ingresses
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    let rendered: String = documents
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/children_full_app.yaml"
+    );
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(path, &rendered).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{path} differs from the rendered children; review and rerun with UPDATE_SNAPSHOTS=1"
+    );
+}

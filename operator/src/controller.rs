@@ -1,0 +1,626 @@
+//! The reconcile pipeline `validate -> discover -> build -> apply -> prune -> status`; only
+//! `apply`, `prune` and the status write talk to the API server.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, try_join_all};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::RwLock;
+use tracing::{info, instrument, warn};
+
+use crate::builders::{
+    ApiCapabilities, Children, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, app_children_selector,
+    build_children,
+};
+use crate::crd::{MessengerApp, MessengerAppStatus, Phase};
+use crate::error::{Error, Result};
+use crate::httproute::HTTPRoute;
+use crate::metrics::Metrics;
+use crate::status::{Transition, compute_status, degraded_status, invalid_status, transitions};
+use crate::validate::validate;
+
+/// How long discovered API capabilities are trusted before asking again (Gateway API CRDs
+/// may be installed while the operator runs).
+const CAPABILITIES_TTL: Duration = Duration::from_secs(60);
+/// Periodic re-check of a healthy app, to notice drift the watches cannot see.
+const RESYNC_READY: Duration = Duration::from_secs(300);
+const RESYNC_PROGRESSING: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often phase series of deleted apps are dropped.
+const METRICS_SWEEP: Duration = Duration::from_secs(5);
+
+/// What every reconcile needs: the client, the event recorder, metrics and caches.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    capabilities: RwLock<Option<(Instant, ApiCapabilities)>>,
+    /// Consecutive failures per app, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            capabilities: RwLock::new(None),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A context that does not ask the API server which APIs it serves (benchmarks, mocks).
+    pub fn with_capabilities(self, caps: ApiCapabilities) -> Self {
+        Context {
+            capabilities: RwLock::new(Some((far_future(), caps))),
+            ..self
+        }
+    }
+
+    /// Which optional APIs the cluster serves, cached for a minute.
+    pub async fn capabilities(&self) -> Result<ApiCapabilities> {
+        if let Some((at, caps)) = *self.capabilities.read().await
+            && at.elapsed() < CAPABILITIES_TTL
+        {
+            return Ok(caps);
+        }
+        let caps = discover_capabilities(&self.client).await?;
+        *self.capabilities.write().await = Some((Instant::now(), caps));
+        Ok(caps)
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.to_owned()).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn reset_failures(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+fn far_future() -> Instant {
+    // `elapsed()` of an instant in the future is zero, so this never expires.
+    Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600)
+}
+
+/// Asks the API server whether `policy/v1` PodDisruptionBudget and Gateway API HTTPRoute exist.
+pub async fn discover_capabilities(client: &Client) -> Result<ApiCapabilities> {
+    Ok(ApiCapabilities {
+        pdb_v1: serves(client, "policy/v1", "poddisruptionbudgets").await?,
+        http_route: serves(client, "gateway.networking.k8s.io/v1", "httproutes").await?,
+    })
+}
+
+async fn serves(client: &Client, group_version: &str, plural: &str) -> Result<bool> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn app_key(app: &MessengerApp) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+/// Reconciles one app; wraps the pipeline with metrics.
+#[instrument(skip_all, fields(namespace = app.namespace().unwrap_or_default(), app = %app.name_any()))]
+pub async fn reconcile(app: Arc<MessengerApp>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_app(&app, &ctx).await;
+    ctx.metrics.observe(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    if result.is_ok() {
+        ctx.reset_failures(&app_key(&app));
+    }
+    result
+}
+
+/// Transient failures (network, conflicts, 5xx) retry with exponential backoff.
+pub fn error_policy(app: Arc<MessengerApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&app_key(&app));
+    let delay = backoff(failures);
+    warn!(app = %app_key(&app), %error, failures, ?delay, "reconcile failed, retrying");
+    Action::requeue(delay)
+}
+
+/// 1s, 2s, 4s, ... capped at five minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+}
+
+async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
+    let namespace = app.namespace().ok_or(Error::MissingNamespace {
+        kind: "MessengerApp",
+    })?;
+    let now = Time(Timestamp::now());
+
+    if app.metadata.deletion_timestamp.is_some() {
+        // Garbage collection is removing the children; re-applying them would fight it.
+        return Ok(Action::await_change());
+    }
+
+    if let Err(invalid) = validate(app) {
+        info!(%invalid, "spec is invalid; nothing applied");
+        let status = invalid_status(app, &invalid, &now);
+        finish(app, ctx, &namespace, status).await?;
+        // Only a spec change can fix this; the watch brings it.
+        return Ok(Action::await_change());
+    }
+
+    let caps = ctx.capabilities().await?;
+    let children = build_children(app, caps);
+    let observed = match apply_children(&ctx.client, &namespace, &children).await {
+        Ok(observed) => observed,
+        Err(error) if error.is_rejection() => {
+            warn!(%error, "the API server rejected a child; waiting for a spec change");
+            let status = degraded_status(app, "ApplyRejected", error.to_string(), &now);
+            finish(app, ctx, &namespace, status).await?;
+            return Ok(Action::await_change());
+        }
+        Err(error) => return Err(error),
+    };
+    prune_children(&ctx.client, &namespace, app, &children, caps).await?;
+
+    let status = compute_status(app, &observed, &children.skipped, &now);
+    let ready = status.phase == Some(Phase::Ready);
+    finish(app, ctx, &namespace, status).await?;
+    Ok(Action::requeue(if ready {
+        RESYNC_READY
+    } else {
+        RESYNC_PROGRESSING
+    }))
+}
+
+/// Writes the status when it changed, publishes Events for transitions, updates the phase gauge.
+async fn finish(
+    app: &MessengerApp,
+    ctx: &Context,
+    namespace: &str,
+    status: MessengerAppStatus,
+) -> Result<()> {
+    if let Some(phase) = status.phase {
+        ctx.metrics.set_phase(namespace, &app.name_any(), phase);
+    }
+    if app.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let events = transitions(app.status.as_ref(), &status);
+    write_status(&ctx.client, namespace, app, &status).await?;
+    publish(ctx, app, &events).await;
+    Ok(())
+}
+
+async fn write_status(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+) -> Result<()> {
+    let api: Api<MessengerApp> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": MessengerApp::api_version(&()),
+        "kind": MessengerApp::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, app: &MessengerApp, events: &[Transition]) {
+    let reference = app.object_ref(&());
+    for transition in events {
+        let event = Event {
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason.clone(),
+            note: Some(transition.note.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        // An Event is a courtesy; failing to write one must not fail the reconcile.
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            warn!(%error, reason = %transition.reason, "could not publish event");
+        }
+    }
+}
+
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch(&object.name_any(), &params, &Patch::Apply(object))
+        .await?)
+}
+
+/// Applies every child with server-side apply; returns the Deployments as stored (with status).
+pub async fn apply_children(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+) -> Result<Vec<Deployment>> {
+    // Applies within a stage run concurrently (one round trip of latency instead of ~20).
+    // Stage 1 is what pods reference (ServiceAccount, ConfigMap), so pods never start
+    // without it.
+    let mut stage_one: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    stage_one.extend(
+        children
+            .service_accounts
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    stage_one.extend(
+        children
+            .config_maps
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    try_join_all(stage_one).await?;
+
+    let deployments = try_join_all(
+        children
+            .deployments
+            .iter()
+            .map(|d| apply(client, namespace, d)),
+    );
+    let mut rest: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    rest.extend(
+        children
+            .services
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    rest.extend(
+        children
+            .pdbs
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    rest.extend(
+        children
+            .ingresses
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    rest.extend(
+        children
+            .http_routes
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    let (observed, _) = futures::try_join!(deployments, try_join_all(rest))?;
+    Ok(observed)
+}
+
+fn apply_discard<'a, K>(
+    client: &'a Client,
+    namespace: &'a str,
+    object: &'a K,
+) -> BoxFuture<'a, Result<()>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync,
+    K::DynamicType: Default,
+{
+    Box::pin(async move { apply(client, namespace, object).await.map(|_| ()) })
+}
+
+async fn prune<K>(client: &Client, namespace: &str, app: &MessengerApp, desired: &[K]) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let keep: BTreeSet<String> = desired.iter().map(|o| o.name_any()).collect();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let uid = app.uid().unwrap_or_default();
+    let existing = api
+        .list_metadata(&ListParams::default().labels(&app_children_selector(app)))
+        .await?;
+    for object in existing.items {
+        let owned = object
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid && o.controller == Some(true));
+        let name = object.name_any();
+        if owned && !keep.contains(&name) {
+            info!(kind = %K::kind(&Default::default()), %name, "deleting child that is no longer desired");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes children of this app (by label and controller ownerReference) that the current
+/// spec no longer asks for: PDBs after scaling to one replica, a removed Ingress, the
+/// Ingress/HTTPRoute after switching routers, another slot's objects.
+pub async fn prune_children(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+    children: &Children,
+    caps: ApiCapabilities,
+) -> Result<()> {
+    let mut lists: Vec<BoxFuture<'_, Result<()>>> = vec![
+        Box::pin(prune(client, namespace, app, &children.service_accounts)),
+        Box::pin(prune(client, namespace, app, &children.config_maps)),
+        Box::pin(prune(client, namespace, app, &children.deployments)),
+        Box::pin(prune(client, namespace, app, &children.services)),
+        Box::pin(prune(client, namespace, app, &children.ingresses)),
+    ];
+    if caps.pdb_v1 {
+        lists.push(Box::pin(prune(client, namespace, app, &children.pdbs)));
+    }
+    if caps.http_route {
+        lists.push(Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.http_routes,
+        )));
+    }
+    try_join_all(lists).await?;
+    Ok(())
+}
+
+/// Runs the controller until `shutdown` resolves: watches MessengerApps (in `namespace`, or
+/// all) and the children it owns (filtered by the managed-by label).
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    caps: ApiCapabilities,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let client = ctx.client.clone();
+    let metrics = ctx.metrics.clone();
+    let ns = namespace.as_deref();
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let mut controller =
+        Controller::new(api::<MessengerApp>(&client, ns), watcher::Config::default())
+            .owns(api::<Deployment>(&client, ns), owned.clone())
+            .owns(api::<Service>(&client, ns), owned.clone())
+            .owns(api::<ConfigMap>(&client, ns), owned.clone())
+            .owns(api::<ServiceAccount>(&client, ns), owned.clone())
+            .owns(api::<Ingress>(&client, ns), owned.clone());
+    // Watching a kind the server does not serve would fail forever.
+    if caps.pdb_v1 {
+        controller = controller.owns(api::<PodDisruptionBudget>(&client, ns), owned.clone());
+    }
+    if caps.http_route {
+        controller = controller.owns(api::<HTTPRoute>(&client, ns), owned.clone());
+    }
+    // Deleted apps trigger no reconcile; sweep their phase series against the cache.
+    let store = controller.store();
+    let sweep_metrics = metrics.clone();
+    let sweep = async move {
+        if store.wait_until_ready().await.is_err() {
+            // The controller is gone; let it end the select below.
+            return std::future::pending().await;
+        }
+        let mut tick = tokio::time::interval(METRICS_SWEEP);
+        loop {
+            tick.tick().await;
+            sweep_metrics.forget_missing(|namespace, name| {
+                store.get(&ObjectRef::new(name).within(namespace)).is_some()
+            });
+        }
+    };
+    let results_ctx = ctx.clone();
+    let run = controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            let ctx = results_ctx.clone();
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(app = %object.name, "reconciled"),
+                    // Reconcile failures were logged by `error_policy`.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    // A deleted app: its phase series must not linger.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                        let namespace = object.namespace.as_deref().unwrap_or_default();
+                        metrics.forget_app(namespace, &object.name);
+                        ctx.reset_failures(&format!("{namespace}/{}", object.name));
+                    }
+                    // Watch failures (RBAC, connectivity) surface only here.
+                    Err(error) => warn!(%error, "controller error"),
+                }
+            }
+        });
+    tokio::select! {
+        _ = run => {}
+        _ = sweep => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::crd::MessengerAppSpec;
+    use crate::fake_api::{FakeBehaviour, fake_client};
+
+    fn app() -> Arc<MessengerApp> {
+        let spec: MessengerAppSpec =
+            serde_json::from_value(serde_json::json!({"version": "1.0.0"})).unwrap();
+        let mut app = MessengerApp::new("demo", spec);
+        app.metadata.namespace = Some("ns".into());
+        app.metadata.uid = Some("uid-1".into());
+        app.metadata.generation = Some(1);
+        Arc::new(app)
+    }
+
+    fn context(behaviour: FakeBehaviour) -> (Arc<Context>, Arc<crate::fake_api::FakeApiStats>) {
+        let (client, stats) = fake_client(behaviour);
+        let metrics = Metrics::register(&mut Registry::default());
+        (
+            Arc::new(Context::new(client, metrics, None).with_capabilities(ApiCapabilities::ALL)),
+            stats,
+        )
+    }
+
+    #[tokio::test]
+    async fn an_app_being_deleted_is_left_to_garbage_collection() {
+        let (ctx, stats) = context(FakeBehaviour::Healthy);
+        let mut app = (*app()).clone();
+        app.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let action = reconcile(Arc::new(app), ctx).await.expect("reconcile");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(stats.total(), 0, "nothing is applied, pruned or written");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 100]
+            .into_iter()
+            .map(|n| backoff(n).as_secs())
+            .collect();
+        assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
+    }
+
+    /// A failing API server (500s) is the one case the real test server cannot produce.
+    #[tokio::test]
+    async fn server_errors_are_retried_with_growing_backoff_and_counted() {
+        let (ctx, _) = context(FakeBehaviour::FailWrites);
+        let app = app();
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let error = reconcile(app.clone(), ctx.clone())
+                .await
+                .expect_err("writes fail");
+            assert!(!error.is_rejection(), "a 500 is transient: {error}");
+            delays.push(error_policy(app.clone(), &error, ctx.clone()));
+        }
+        let expected: Vec<Action> = [1, 2, 4]
+            .into_iter()
+            .map(|s| Action::requeue(Duration::from_secs(s)))
+            .collect();
+        assert_eq!(delays, expected);
+        assert_eq!(ctx.metrics.reconciles.get(), 3);
+        assert_eq!(
+            ctx.metrics
+                .failures
+                .get_or_create(&crate::metrics::ErrorLabels {
+                    error: "api".into()
+                })
+                .get(),
+            3
+        );
+
+        // Once the server recovers, a success resets the backoff.
+        let (healthy, stats) = context(FakeBehaviour::Healthy);
+        let recovered = Arc::new(Context {
+            failures: Mutex::new(ctx.failures.lock().unwrap().clone()),
+            ..Arc::into_inner(healthy).unwrap()
+        });
+        reconcile(app.clone(), recovered.clone())
+            .await
+            .expect("healthy server");
+        assert!(stats.total() > 0);
+        let error = Error::LeaderElection("synthetic".into());
+        assert_eq!(
+            error_policy(app, &error, recovered),
+            Action::requeue(Duration::from_secs(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn one_reconcile_applies_every_child_prunes_every_kind_and_writes_status_once() {
+        let (ctx, stats) = context(FakeBehaviour::Healthy);
+        let app = app();
+        let action = reconcile(app.clone(), ctx.clone())
+            .await
+            .expect("reconcile");
+        let children = build_children(&app, ApiCapabilities::ALL).count();
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            stats.patches.load(Relaxed),
+            children + 1,
+            "every child plus the status"
+        );
+        assert_eq!(stats.lists.load(Relaxed), 7, "one prune list per kind");
+        assert_eq!(
+            action,
+            Action::requeue(RESYNC_PROGRESSING),
+            "nothing is ready behind a fake"
+        );
+        let phase = crate::metrics::PhaseLabels {
+            namespace: "ns".into(),
+            name: "demo".into(),
+            phase: "Progressing".into(),
+        };
+        assert_eq!(ctx.metrics.app_phase.get_or_create(&phase).get(), 1);
+    }
+}

@@ -1,0 +1,383 @@
+//! Spec checks the operator makes before creating anything. They repeat the CRD's CEL rules
+//! (API servers before 1.25 ignore CEL) and add rules a schema cannot state.
+
+use kube::ResourceExt;
+
+use crate::component::{Component, WIRED_ENV};
+use crate::crd::{MessengerApp, StrategyType, TrafficRouter};
+
+/// Longest app name: child names append up to 14 characters and must stay DNS labels.
+pub const MAX_APP_NAME_LEN: usize = 40;
+
+/// Every problem found in a spec, in a stable order, for the Degraded condition's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidSpec {
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.problems.join("; "))
+    }
+}
+
+pub fn validate(app: &MessengerApp) -> Result<(), InvalidSpec> {
+    let spec = &app.spec;
+    let mut problems = Vec::new();
+
+    let name = app.name_any();
+    if name.len() > MAX_APP_NAME_LEN {
+        problems.push(format!(
+            "metadata.name must be at most {MAX_APP_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    if spec.version.is_empty()
+        || !spec
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        || spec.version.starts_with(['.', '-'])
+    {
+        problems.push(format!(
+            "spec.version {:?} is not a valid image tag",
+            spec.version
+        ));
+    }
+    for key in spec.config.keys() {
+        if !is_env_name(key) {
+            problems.push(format!(
+                "spec.config key {key:?} is not an environment variable name"
+            ));
+        } else if WIRED_ENV.contains(&key.as_str()) {
+            problems.push(format!("spec.config key {key} is set by the operator"));
+        }
+    }
+    for component in Component::ALL {
+        let c = component.spec(spec);
+        if !(0..=100).contains(&c.replicas) {
+            problems.push(format!(
+                "spec.components.{component}.replicas must be 0..=100, got {}",
+                c.replicas
+            ));
+        }
+        if let Some(resources) = &c.resources {
+            for (kind, map) in [
+                ("requests", &resources.requests),
+                ("limits", &resources.limits),
+            ] {
+                for (name, quantity) in map.iter().flatten() {
+                    if !is_quantity(&quantity.0) {
+                        problems.push(format!(
+                            "spec.components.{component}.resources.{kind}.{name} {:?} is not a quantity (e.g. 250m, 64Mi)",
+                            quantity.0
+                        ));
+                    }
+                }
+            }
+        }
+        for var in &c.env {
+            if WIRED_ENV.contains(&var.name.as_str()) {
+                problems.push(format!(
+                    "spec.components.{component}.env redefines {}, which the operator sets",
+                    var.name
+                ));
+            }
+        }
+    }
+    if let Some(pg) = &spec.dependencies.postgres
+        && pg.shared.is_none()
+        && (pg.auth.is_none() || pg.users.is_none() || pg.friends.is_none())
+    {
+        problems.push(
+            "spec.dependencies.postgres needs `shared` or all of `auth`, `users` and `friends`"
+                .to_owned(),
+        );
+    }
+    if let Some(ingress) = &spec.ingress {
+        if ingress.router == TrafficRouter::GatewayApi && ingress.gateway_ref.is_none() {
+            problems.push("spec.ingress: router gatewayAPI needs gatewayRef".to_owned());
+        }
+        if ingress.router == TrafficRouter::GatewayApi && ingress.tls_secret_name.is_some() {
+            problems.push("spec.ingress: with gatewayAPI, TLS is configured on the Gateway, not with tlsSecretName".to_owned());
+        }
+    }
+    if spec.strategy.type_ == StrategyType::Canary {
+        match &spec.strategy.canary {
+            Some(canary) if !canary.steps.is_empty() => {
+                for (i, step) in canary.steps.iter().enumerate() {
+                    let set = [
+                        step.set_weight.is_some(),
+                        step.pause.is_some(),
+                        step.analysis.is_some(),
+                    ];
+                    if set.iter().filter(|x| **x).count() != 1 {
+                        problems.push(format!(
+                            "spec.strategy.canary.steps[{i}] must set exactly one of setWeight, pause, analysis"
+                        ));
+                    }
+                    if let Some(w) = step.set_weight
+                        && !(0..=100).contains(&w)
+                    {
+                        problems.push(format!(
+                            "spec.strategy.canary.steps[{i}].setWeight must be 0..=100, got {w}"
+                        ));
+                    }
+                }
+            }
+            _ => problems.push("spec.strategy: Canary needs canary.steps".to_owned()),
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec { problems })
+    }
+}
+
+/// The API server's quantity grammar, `^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$`.
+fn is_quantity(value: &str) -> bool {
+    let rest = value.strip_prefix(['+', '-']).unwrap_or(value);
+    let number_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    if number_len == 0 {
+        return false;
+    }
+    let suffix = &rest[number_len..];
+    let suffix = suffix.trim_start_matches(|c: char| "eEinumkKMGTP".contains(c));
+    let suffix = suffix.strip_prefix(['+', '-']).unwrap_or(suffix);
+    suffix.chars().all(|c| c.is_ascii_digit())
+}
+
+fn is_env_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MessengerAppSpec;
+
+    fn app(name: &str, spec: serde_json::Value) -> MessengerApp {
+        let spec: MessengerAppSpec = serde_json::from_value(spec).unwrap();
+        let mut app = MessengerApp::new(name, spec);
+        app.metadata.namespace = Some("ns".into());
+        app
+    }
+
+    #[test]
+    fn valid_and_invalid_specs() {
+        let cases: &[(&str, &str, serde_json::Value, Option<&str>)] = &[
+            (
+                "minimal",
+                "chat",
+                serde_json::json!({"version": "1.0.0"}),
+                None,
+            ),
+            (
+                "full ingress",
+                "chat",
+                serde_json::json!({"version": "1.0.0", "ingress": {"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}}}),
+                None,
+            ),
+            (
+                "long name",
+                &"x".repeat(41),
+                serde_json::json!({"version": "1"}),
+                Some("at most 40"),
+            ),
+            (
+                "bad tag",
+                "chat",
+                serde_json::json!({"version": "-1 0"}),
+                Some("not a valid image tag"),
+            ),
+            (
+                "gateway api without ref",
+                "chat",
+                serde_json::json!({"version": "1", "ingress": {"host": "m.local", "router": "gatewayAPI"}}),
+                Some("needs gatewayRef"),
+            ),
+            (
+                "partial postgres",
+                "chat",
+                serde_json::json!({"version": "1", "dependencies": {"postgres": {"auth": {"name": "pg", "key": "url"}}}}),
+                Some("postgres needs"),
+            ),
+            (
+                "wired env redefined",
+                "chat",
+                serde_json::json!({"version": "1", "components": {"chat": {"env": [{"name": "USERS_URL", "value": "http://elsewhere"}]}}}),
+                Some("redefines USERS_URL"),
+            ),
+            (
+                "bad quantity",
+                "chat",
+                serde_json::json!({"version": "1", "components": {"auth": {"resources": {"limits": {"memory": "lots"}}}}}),
+                Some("resources.limits.memory \"lots\" is not a quantity"),
+            ),
+            (
+                "good quantities",
+                "chat",
+                serde_json::json!({"version": "1", "components": {"auth": {"resources": {"requests": {"cpu": "250m", "memory": "1.5Gi"}, "limits": {"cpu": "2", "memory": "1e9"}}}}}),
+                None,
+            ),
+            (
+                "config key",
+                "chat",
+                serde_json::json!({"version": "1", "config": {"bad key": "x"}}),
+                Some("not an environment"),
+            ),
+            (
+                "canary without steps",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary"}}),
+                Some("Canary needs"),
+            ),
+            (
+                "canary step with two actions",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 10, "pause": {}}]}}}),
+                Some("exactly one"),
+            ),
+            (
+                "replicas out of range",
+                "chat",
+                serde_json::json!({"version": "1", "components": {"users": {"replicas": 101}}}),
+                Some("replicas must be"),
+            ),
+        ];
+        for (case, name, spec, expected) in cases {
+            let result = validate(&app(name, spec.clone()));
+            match expected {
+                None => assert_eq!(result, Ok(()), "{case}"),
+                Some(fragment) => {
+                    let err = result.expect_err(case);
+                    assert!(err.to_string().contains(fragment), "{case}: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// The CRD's CEL rules, evaluated the way a >= 1.25 API server does, must agree with
+/// `validate` on every rule they both state.
+#[cfg(test)]
+mod cel_tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    fn cel(object: &serde_json::Value) -> Result<(), String> {
+        let crd = serde_json::to_value(MessengerApp::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        kube_cel::validate(schema, object, None).map_err(|errors| {
+            errors
+                .into_vec()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    #[test]
+    fn cel_rules_agree_with_the_operator() {
+        let cases: &[(&str, &str, serde_json::Value, Option<&str>)] = &[
+            (
+                "minimal",
+                "chat",
+                serde_json::json!({"version": "1.0.0"}),
+                None,
+            ),
+            (
+                "gateway api with ref",
+                "chat",
+                serde_json::json!({"version": "1", "ingress": {"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}}}),
+                None,
+            ),
+            (
+                "nginx default router",
+                "chat",
+                serde_json::json!({"version": "1", "ingress": {"host": "m.local"}}),
+                None,
+            ),
+            (
+                "gateway api without ref",
+                "chat",
+                serde_json::json!({"version": "1", "ingress": {"host": "m.local", "router": "gatewayAPI"}}),
+                Some("needs gatewayRef"),
+            ),
+            (
+                "gateway api with tls secret",
+                "chat",
+                serde_json::json!({"version": "1", "ingress": {"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}, "tlsSecretName": "t"}}),
+                Some("TLS is configured on the Gateway"),
+            ),
+            (
+                "long name",
+                &"x".repeat(41),
+                serde_json::json!({"version": "1"}),
+                Some("at most 40"),
+            ),
+            (
+                "partial postgres",
+                "chat",
+                serde_json::json!({"version": "1", "dependencies": {"postgres": {"auth": {"name": "pg", "key": "url"}}}}),
+                Some("postgres needs"),
+            ),
+            (
+                "shared postgres",
+                "chat",
+                serde_json::json!({"version": "1", "dependencies": {"postgres": {"shared": {"name": "pg", "key": "url"}}}}),
+                None,
+            ),
+            (
+                "canary without steps",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary"}}),
+                Some("Canary needs"),
+            ),
+            (
+                "canary with steps",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 10}, {"pause": {}}]}}}),
+                None,
+            ),
+            (
+                "canary step with two actions",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 10, "pause": {}}]}}}),
+                Some("exactly one"),
+            ),
+        ];
+        for (case, name, spec, expected) in cases {
+            let object = serde_json::json!({
+                "apiVersion": "messenger.dev/v1alpha1", "kind": "MessengerApp",
+                "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
+            });
+            let by_cel = cel(&object);
+            let app: MessengerApp = serde_json::from_value(object).unwrap();
+            let by_operator = validate(&app).map_err(|e| e.to_string());
+            match expected {
+                None => {
+                    assert_eq!(by_cel, Ok(()), "{case}: CEL");
+                    assert_eq!(by_operator, Ok(()), "{case}: operator");
+                }
+                Some(fragment) => {
+                    let cel_error = by_cel.expect_err(case);
+                    assert!(cel_error.contains(fragment), "{case}: CEL said {cel_error}");
+                    let operator_error = by_operator.expect_err(case);
+                    assert!(
+                        operator_error.contains(fragment),
+                        "{case}: operator said {operator_error}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The `messenger-operator` binary's subcommands that need no cluster.
+
+use std::process::Command;
+
+#[test]
+fn crd_subcommand_prints_the_committed_crd() {
+    let output = Command::new(env!("CARGO_BIN_EXE_messenger-operator"))
+        .arg("crd")
+        .output()
+        .expect("run the binary");
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).expect("UTF-8 YAML");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/messengerapps.messenger.dev.yaml"
+    ))
+    .expect("crds/messengerapps.messenger.dev.yaml exists");
+    assert_eq!(
+        printed, committed,
+        "`messenger-operator crd` must print exactly the committed CRD"
+    );
+    let crd: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
+    assert_eq!(
+        crd["metadata"]["name"].as_str(),
+        Some("messengerapps.messenger.dev")
+    );
+}
+
+#[test]
+fn run_without_a_reachable_cluster_fails_with_a_message() {
+    let output = Command::new(env!("CARGO_BIN_EXE_messenger-operator"))
+        .arg("run")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("run the binary");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("messenger-operator:"), "stderr: {stderr}");
+}

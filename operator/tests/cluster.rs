@@ -1,0 +1,1141 @@
+//! Controller and leader election against a real kube-apiserver (see
+//! `scripts/kube-test-env.sh`; `make test` starts it). There is no controller-manager: pods
+//! never run, so Deployment readiness is simulated by patching the status subresource, and
+//! garbage collection does not happen.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::controller::Action;
+use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
+use messenger_operator::builders::{FIELD_MANAGER, app_children_selector};
+use messenger_operator::controller::{Context, discover_capabilities, reconcile, run_controller};
+use messenger_operator::crd::{MessengerApp, MessengerAppSpec, Phase};
+use messenger_operator::httproute::HTTPRoute;
+use messenger_operator::leader::{LeaderElector, LeaseConfig};
+use messenger_operator::metrics::Metrics;
+use messenger_operator::status::{
+    CONDITION_APIS_AVAILABLE, CONDITION_DEGRADED, CONDITION_READY, find_condition,
+};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::sync::watch;
+
+const DEFAULT_KUBECONFIG: &str = "/root/.cache/messenger-kube/kubeconfig";
+
+/// A client for the test API server, with the CRD installed. Panics when it is unreachable.
+async fn cluster() -> Client {
+    let path = std::env::var("TEST_KUBECONFIG").unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_owned());
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!("TEST_KUBECONFIG={path} cannot be read ({e}); start the API server with `scripts/kube-test-env.sh start`")
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("TEST_KUBECONFIG={path} is not a usable kubeconfig: {e}"));
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    let version = client.apiserver_version().await.unwrap_or_else(|e| {
+        panic!("the API server of TEST_KUBECONFIG={path} is unreachable ({e}); start it with `scripts/kube-test-env.sh start`")
+    });
+    install_crd(
+        &client,
+        version.minor.trim_end_matches('+').parse().unwrap_or(0),
+    )
+    .await;
+    client
+}
+
+/// Server-side applies the generated CRD (idempotent; parallel tests may race on it) and
+/// waits until it is served.
+async fn install_crd(client: &Client, server_minor: u32) {
+    let mut crd = serde_json::to_value(MessengerApp::crd()).unwrap();
+    if server_minor < 25 {
+        // Servers before 1.25 do not know CEL rules; the operator checks them itself.
+        strip_key(&mut crd, "x-kubernetes-validations");
+    }
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "messengerapps.messenger.dev";
+    let mut attempts = 0;
+    loop {
+        match api
+            .patch(
+                name,
+                &PatchParams::apply("messenger-operator-tests").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if attempts < 5 => {
+                attempts += 1;
+                eprintln!("applying the CRD failed ({e}), retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot install the MessengerApp CRD: {e}"),
+        }
+    }
+    eventually(
+        "the CRD is established",
+        Duration::from_secs(20),
+        || async {
+            let crd = api.get(name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await;
+    // Established can precede the resource being served by a moment.
+    let apps: Api<MessengerApp> = Api::all(client.clone());
+    eventually(
+        "MessengerApps are served",
+        Duration::from_secs(20),
+        || async {
+            apps.list(&ListParams::default().limit(1))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+fn strip_key(value: &mut serde_json::Value, key: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove(key);
+            map.values_mut().for_each(|v| strip_key(v, key));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| strip_key(v, key)),
+        _ => {}
+    }
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fresh namespace per test so tests run in parallel.
+async fn namespace(client: &Client, test: &str) -> String {
+    let name = format!(
+        "{test}-{:x}",
+        Timestamp::now().as_nanosecond() as u64 & 0xff_ffff
+    );
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+fn context(client: &Client) -> Arc<Context> {
+    Arc::new(Context::new(
+        client.clone(),
+        Metrics::register(&mut Registry::default()),
+        Some("tests".into()),
+    ))
+}
+
+async fn create_app(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> MessengerApp {
+    let spec: MessengerAppSpec = serde_json::from_value(spec).expect("spec");
+    let api: Api<MessengerApp> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &MessengerApp::new(name, spec))
+        .await
+        .expect("create MessengerApp")
+}
+
+async fn get_app(client: &Client, ns: &str, name: &str) -> MessengerApp {
+    Api::<MessengerApp>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("get MessengerApp")
+}
+
+async fn reconcile_now(client: &Client, ctx: &Arc<Context>, ns: &str, name: &str) -> Action {
+    let app = get_app(client, ns, name).await;
+    reconcile(Arc::new(app), ctx.clone())
+        .await
+        .expect("reconcile")
+}
+
+fn full_spec() -> serde_json::Value {
+    json!({
+        "version": "1.2.3",
+        "components": {"gateway": {"replicas": 2}},
+        "dependencies": {
+            "postgres": {"shared": {"name": "pg", "key": "url"}},
+            "redis": {"name": "redis", "key": "url"},
+            "mongodb": {"name": "mongo", "key": "uri"},
+            "kafka": {"name": "kafka", "key": "brokers"}
+        },
+        "ingress": {"host": "messenger.local", "className": "nginx"}
+    })
+}
+
+/// resourceVersion of every child and of the app, by kind/name.
+async fn resource_versions(
+    client: &Client,
+    ns: &str,
+    app: &MessengerApp,
+) -> BTreeMap<String, String> {
+    let lp = ListParams::default().labels(&app_children_selector(app));
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($kind:ty) => {
+            for o in Api::<$kind>::namespaced(client.clone(), ns)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                out.insert(
+                    format!("{}/{}", stringify!($kind), o.name_any()),
+                    o.resource_version().unwrap(),
+                );
+            }
+        };
+    }
+    collect!(Deployment);
+    collect!(Service);
+    collect!(ConfigMap);
+    collect!(ServiceAccount);
+    collect!(Ingress);
+    let fresh = get_app(client, ns, &app.name_any()).await;
+    out.insert("MessengerApp".into(), fresh.resource_version().unwrap());
+    out
+}
+
+async fn event_reasons(client: &Client, ns: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// Marks `ready` of the app's Deployments Available, the way the Deployment controller would.
+async fn simulate_readiness(client: &Client, ns: &str, names: &[String]) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        let d = api.get(name).await.unwrap();
+        let replicas = d.spec.replicas.unwrap_or(1);
+        let status = json!({"status": {
+            "observedGeneration": d.metadata.generation,
+            "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "simulated"}]
+        }});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_every_child_with_server_side_apply() {
+    let client = cluster().await;
+    let ns = namespace(&client, "first").await;
+    let app = create_app(&client, &ns, "demo", full_spec()).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = deployments.iter().map(|d| d.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "demo-auth-blue",
+            "demo-chat-blue",
+            "demo-friends-blue",
+            "demo-gateway-blue",
+            "demo-users-blue"
+        ]
+    );
+    for d in &deployments {
+        let owner = &d.owner_references()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            (app.uid().unwrap().as_str(), Some(true))
+        );
+        let managers: Vec<(String, String)> = d
+            .managed_fields()
+            .iter()
+            .map(|m| {
+                (
+                    m.manager.clone().unwrap_or_default(),
+                    m.operation.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(
+            managers.contains(&(FIELD_MANAGER.to_owned(), "Apply".to_owned())),
+            "{}: {managers:?}",
+            d.name_any()
+        );
+    }
+    let services = Api::<Service>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        services.items.len(),
+        6,
+        "five slot Services and the entry Service"
+    );
+    let users = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("demo-users-blue")
+        .await
+        .unwrap();
+    assert_eq!(
+        users.spec.unwrap().selector.unwrap()["messenger.dev/slot"],
+        "blue"
+    );
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("demo-config-blue")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["USERS_URL"], "http://demo-users-blue:8004");
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .get("demo")
+        .await
+        .expect("ServiceAccount");
+    let ingress = Api::<Ingress>::namespaced(client.clone(), &ns)
+        .get("demo")
+        .await
+        .expect("Ingress");
+    assert_eq!(
+        ingress.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("messenger.local")
+    );
+
+    let app = get_app(&client, &ns, "demo").await;
+    let status = app.status.as_ref().expect("status written");
+    assert_eq!(status.phase, Some(Phase::Progressing), "nothing runs yet");
+    assert_eq!(status.ready_components.as_deref(), Some("0/5"));
+    // The spec asks for a gateway PDB (2 replicas); whether it exists depends on the server.
+    let caps = discover_capabilities(&client).await.unwrap();
+    let apis = find_condition(Some(status), CONDITION_APIS_AVAILABLE).unwrap();
+    if caps.pdb_v1 {
+        assert_eq!(apis.status, "True");
+    } else {
+        assert_eq!(apis.status, "False", "a missing policy/v1 must be reported");
+        assert!(
+            apis.message
+                .contains("PodDisruptionBudget/demo-gateway-blue"),
+            "{}",
+            apis.message
+        );
+        assert!(
+            event_reasons(&client, &ns)
+                .await
+                .contains(&"ApisMissing".to_owned())
+        );
+    }
+}
+
+#[tokio::test]
+async fn identical_second_reconcile_changes_nothing() {
+    let client = cluster().await;
+    let ns = namespace(&client, "idempotent").await;
+    let app = create_app(&client, &ns, "demo", full_spec()).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let before = resource_versions(&client, &ns, &app).await;
+    assert_eq!(before.len(), 5 + 6 + 1 + 1 + 1 + 1, "{before:?}");
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let after = resource_versions(&client, &ns, &app).await;
+    assert_eq!(
+        before, after,
+        "a second reconcile of an unchanged app must not write anything"
+    );
+}
+
+#[tokio::test]
+async fn deployment_readiness_flows_into_the_app_status() {
+    let client = cluster().await;
+    let ns = namespace(&client, "ready").await;
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+
+    let all: Vec<String> = ["gateway", "auth", "users", "friends", "chat"]
+        .iter()
+        .map(|c| format!("demo-{c}-blue"))
+        .collect();
+    simulate_readiness(&client, &ns, &all[..3]).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(
+        (status.phase, status.ready_components.as_deref()),
+        (Some(Phase::Progressing), Some("3/5"))
+    );
+    let ready = find_condition(Some(&status), CONDITION_READY).unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("friends") && ready.message.contains("chat"),
+        "{}",
+        ready.message
+    );
+
+    simulate_readiness(&client, &ns, &all[3..]).await;
+    let action = reconcile_now(&client, &ctx, &ns, "demo").await;
+    let app = get_app(&client, &ns, "demo").await;
+    let status = app.status.unwrap();
+    assert_eq!(
+        (status.phase, status.ready_components.as_deref()),
+        (Some(Phase::Ready), Some("5/5"))
+    );
+    assert_eq!(
+        find_condition(Some(&status), CONDITION_READY)
+            .unwrap()
+            .status,
+        "True"
+    );
+    assert_eq!(status.observed_generation, app.metadata.generation);
+    assert!(
+        status
+            .components
+            .iter()
+            .all(|c| c.available && c.ready_replicas == 1)
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"Ready".to_owned()),
+        "a Ready event is published"
+    );
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_the_condition_and_creates_nothing() {
+    let client = cluster().await;
+    let ns = namespace(&client, "invalid").await;
+    // Redefining a wired variable is a rule only the operator checks.
+    let spec = json!({"version": "1.0.0", "components": {"chat": {"env": [{"name": "USERS_URL", "value": "http://elsewhere"}]}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    let action = reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        action,
+        Action::await_change(),
+        "an invalid spec waits for a change, no retry loop"
+    );
+
+    let status = get_app(&client, &ns, "demo")
+        .await
+        .status
+        .expect("status written");
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    let degraded = find_condition(Some(&status), CONDITION_DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded.message.contains("USERS_URL"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        find_condition(Some(&status), CONDITION_READY)
+            .unwrap()
+            .status,
+        "False"
+    );
+    let lp = ListParams::default();
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|c| c.name_any() == "kube-root-ca.crt")
+    );
+    assert!(
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"InvalidSpec".to_owned())
+    );
+
+    // Fixing the spec recovers.
+    let api: Api<MessengerApp> = Api::namespaced(client.clone(), &ns);
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"components": {"chat": {"env": [{"name": "CHAT_STORE", "value": "mongo"}]}}}})))
+        .await
+        .unwrap();
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(
+        find_condition(Some(&status), CONDITION_DEGRADED)
+            .unwrap()
+            .status,
+        "False"
+    );
+    assert_eq!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn child_the_api_server_rejects_degrades_and_waits() {
+    let client = cluster().await;
+    let ns = namespace(&client, "rejected").await;
+    // The CRD accepts any map as a node selector; the Deployment API wants label syntax.
+    let spec = json!({"version": "1.0.0", "components": {"auth": {"nodeSelector": {"not a label key!": "x"}}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let action = reconcile_now(&client, &context(&client), &ns, "demo").await;
+    assert_eq!(action, Action::await_change());
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let degraded = find_condition(Some(&status), CONDITION_DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ApplyRejected")
+    );
+    assert!(
+        degraded.message.contains("nodeSelector"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(status.phase, Some(Phase::Degraded));
+}
+
+#[tokio::test]
+async fn children_no_longer_desired_are_deleted() {
+    let client = cluster().await;
+    let ns = namespace(&client, "prune").await;
+    create_app(&client, &ns, "demo", full_spec()).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    ingresses.get("demo").await.expect("Ingress created");
+    // An unrelated Ingress in the same namespace must survive.
+    let foreign: Ingress = serde_json::from_value(
+        json!({"metadata": {"name": "foreign", "labels": {"app.kubernetes.io/instance": "demo"}},
+        "spec": {"defaultBackend": {"service": {"name": "x", "port": {"number": 80}}}}}),
+    )
+    .unwrap();
+    ingresses
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ingress": null}})),
+        )
+        .await
+        .unwrap();
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let remaining: Vec<String> = ingresses
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.name_any())
+        .collect();
+    assert_eq!(
+        remaining,
+        ["foreign"],
+        "only the app's own Ingress is removed"
+    );
+}
+
+/// Starts the real controller for one namespace; dropping the guard stops it.
+struct RunningController {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    ctx: Arc<Context>,
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+async fn start_controller(client: &Client, ns: &str) -> RunningController {
+    let caps = discover_capabilities(client).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ctx = context(client);
+    let task = tokio::spawn(run_controller(
+        ctx.clone(),
+        Some(ns.to_owned()),
+        caps,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    RunningController {
+        stop: Some(stop),
+        task,
+        ctx,
+    }
+}
+
+#[tokio::test]
+async fn running_controller_recreates_a_deleted_child() {
+    let client = cluster().await;
+    let ns = namespace(&client, "recreate").await;
+    let _controller = start_controller(&client, &ns).await;
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let original = eventually(
+        "the controller creates the users Service",
+        Duration::from_secs(20),
+        || async { services.get_opt("demo-users-blue").await.ok().flatten() },
+    )
+    .await;
+    services
+        .delete("demo-users-blue", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = eventually(
+        "the deleted Service is re-created",
+        Duration::from_secs(20),
+        || async {
+            services
+                .get_opt("demo-users-blue")
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.uid() != original.uid())
+        },
+    )
+    .await;
+    assert_eq!(recreated.spec.unwrap().ports.unwrap()[0].port, 8004);
+
+    // Converged: the running controller must not keep rewriting what it owns.
+    let app = get_app(&client, &ns, "demo").await;
+    eventually("the status is written", Duration::from_secs(10), || async {
+        get_app(&client, &ns, "demo").await.status.map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = resource_versions(&client, &ns, &app).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        before,
+        resource_versions(&client, &ns, &app).await,
+        "no writes in steady state"
+    );
+}
+
+#[tokio::test]
+async fn running_controller_puts_back_a_hand_edited_child() {
+    let client = cluster().await;
+    let ns = namespace(&client, "drift").await;
+    let _controller = start_controller(&client, &ns).await;
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        "the controller creates the chat Deployment",
+        Duration::from_secs(20),
+        || async { deployments.get_opt("demo-chat-blue").await.ok().flatten() },
+    )
+    .await;
+    eventually(
+        "the controller creates the ConfigMap",
+        Duration::from_secs(20),
+        || async { configs.get_opt("demo-config-blue").await.ok().flatten() },
+    )
+    .await;
+
+    // What `kubectl edit` / `kubectl scale` would do: another manager changes owned fields.
+    let edit = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
+    deployments
+        .patch(
+            "demo-chat-blue",
+            &edit,
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    configs
+        .patch(
+            "demo-config-blue",
+            &edit,
+            &Patch::Merge(json!({"data": {"USERS_URL": "http://demo-users-green:8004"}})),
+        )
+        .await
+        .unwrap();
+
+    eventually(
+        "the replicas are put back",
+        Duration::from_secs(20),
+        || async {
+            let d = deployments.get("demo-chat-blue").await.ok()?;
+            (d.spec.replicas == Some(1)).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "the peer address is put back",
+        Duration::from_secs(20),
+        || async {
+            let cm = configs.get("demo-config-blue").await.ok()?;
+            (cm.data?.get("USERS_URL")?.as_str() == "http://demo-users-blue:8004").then_some(())
+        },
+    )
+    .await;
+}
+
+fn lease_config(ns: &str, identity: &str) -> LeaseConfig {
+    LeaseConfig::new("messenger-operator-test", ns, identity)
+        .with_lease_duration(Duration::from_secs(3))
+}
+
+#[tokio::test]
+async fn two_instances_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
+    let client = cluster().await;
+    let ns = namespace(&client, "election").await;
+    let (tx_a, rx_a) = watch::channel(false);
+    let (tx_b, rx_b) = watch::channel(false);
+    let never = std::future::pending::<()>;
+    let a =
+        tokio::spawn(LeaderElector::new(client.clone(), lease_config(&ns, "a")).run(tx_a, never()));
+    let b =
+        tokio::spawn(LeaderElector::new(client.clone(), lease_config(&ns, "b")).run(tx_b, never()));
+
+    let leader = eventually("one instance leads", Duration::from_secs(10), || async {
+        match (*rx_a.borrow(), *rx_b.borrow()) {
+            (true, false) => Some("a"),
+            (false, true) => Some("b"),
+            (true, true) => panic!("two leaders at once"),
+            (false, false) => None,
+        }
+    })
+    .await;
+    // Several renewal rounds: still exactly one leader, and it keeps the lease.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_ne!(*rx_a.borrow(), *rx_b.borrow(), "exactly one leader");
+    }
+    let lease = Api::<Lease>::namespaced(client.clone(), &ns)
+        .get("messenger-operator-test")
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(leader));
+
+    // Kill the leader without releasing the lease (a crashed pod).
+    let (dead, follower_rx) = if leader == "a" { (a, rx_b) } else { (b, rx_a) };
+    let killed_at = Instant::now();
+    dead.abort();
+    eventually(
+        "the follower takes over",
+        Duration::from_secs(10),
+        || async { (*follower_rx.borrow()).then_some(()) },
+    )
+    .await;
+    let handover = killed_at.elapsed();
+    // Lease 3s, plus one retry period (0.4s), request time and slack for a loaded machine.
+    assert!(
+        handover <= Duration::from_millis(5500),
+        "handover took {handover:?}"
+    );
+    assert!(
+        handover >= Duration::from_secs(2),
+        "the follower must wait for the lease to expire, took {handover:?}"
+    );
+}
+
+#[tokio::test]
+async fn leader_whose_lease_is_taken_stops_at_once() {
+    let client = cluster().await;
+    let ns = namespace(&client, "stolen").await;
+    let (tx, rx) = watch::channel(false);
+    let _elector = tokio::spawn(
+        LeaderElector::new(client.clone(), lease_config(&ns, "a")).run(tx, std::future::pending()),
+    );
+    eventually("the instance leads", Duration::from_secs(10), || async {
+        (*rx.borrow()).then_some(())
+    })
+    .await;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    // Another writer takes the lease (retrying if a renewal slips in between read and write).
+    loop {
+        let mut lease = leases.get("messenger-operator-test").await.unwrap();
+        let spec = lease.spec.as_mut().unwrap();
+        spec.holder_identity = Some("intruder".into());
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.lease_duration_seconds = Some(30);
+        match leases
+            .replace("messenger-operator-test", &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => break,
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) => panic!("taking the lease: {e}"),
+        }
+    }
+    let taken_at = Instant::now();
+    eventually(
+        "the old leader steps down",
+        Duration::from_secs(5),
+        || async { (!*rx.borrow()).then_some(()) },
+    )
+    .await;
+    assert!(
+        taken_at.elapsed() < Duration::from_secs(2),
+        "stepped down after {:?}, the next renewal (every 0.4 s) must notice",
+        taken_at.elapsed()
+    );
+}
+
+/// One `messenger-operator run` process, killed (SIGKILL) when dropped.
+struct OperatorProcess {
+    child: std::process::Child,
+    admin: std::net::SocketAddr,
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubeconfig_path() -> String {
+    std::env::var("TEST_KUBECONFIG").unwrap_or_else(|_| DEFAULT_KUBECONFIG.to_owned())
+}
+
+fn spawn_operator(ns: &str, identity: &str) -> OperatorProcess {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_messenger-operator"))
+        .arg("run")
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("ADMIN_ADDR", admin.to_string())
+        .env("WATCH_NAMESPACE", ns)
+        .env("POD_NAMESPACE", ns)
+        .env("POD_NAME", identity)
+        .env("LEASE_DURATION_SECONDS", "3")
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start messenger-operator");
+    OperatorProcess { child, admin }
+}
+
+/// Body of `GET path` on the admin server, or `None` while it is not answering.
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned(),
+    ))
+}
+
+async fn leads(process: &OperatorProcess) -> Option<bool> {
+    let (_, body) = admin_get(process.admin, "/metrics").await?;
+    body.lines()
+        .find(|l| l.starts_with("messenger_operator_leader "))
+        .map(|l| l.ends_with(" 1"))
+}
+
+#[tokio::test]
+async fn two_operator_processes_one_reconciles_and_the_other_takes_over_after_a_kill() {
+    let client = cluster().await;
+    let ns = namespace(&client, "processes").await;
+    let a = spawn_operator(&ns, "operator-a");
+    let b = spawn_operator(&ns, "operator-b");
+    for process in [&a, &b] {
+        eventually(
+            "the admin server is ready",
+            Duration::from_secs(20),
+            || async {
+                admin_get(process.admin, "/readyz")
+                    .await
+                    .filter(|(code, _)| *code == 200)
+                    .map(|_| ())
+            },
+        )
+        .await;
+        assert_eq!(
+            admin_get(process.admin, "/healthz").await.map(|r| r.0),
+            Some(200)
+        );
+    }
+    let leader_is_a = eventually("one process leads", Duration::from_secs(15), || async {
+        match (leads(&a).await?, leads(&b).await?) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            (true, true) => panic!("two leaders"),
+            (false, false) => None,
+        }
+    })
+    .await;
+
+    // The leader reconciles: an app gets its children.
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        "the leader creates the Deployments",
+        Duration::from_secs(20),
+        || async {
+            (deployments
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len()
+                == 5)
+                .then_some(())
+        },
+    )
+    .await;
+
+    let (leader, follower) = if leader_is_a { (a, b) } else { (b, a) };
+    drop(leader); // SIGKILL: no lease release
+    let killed_at = Instant::now();
+    eventually(
+        "the follower takes over",
+        Duration::from_secs(10),
+        || async { leads(&follower).await?.then_some(()) },
+    )
+    .await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(7),
+        "handover took {:?}",
+        killed_at.elapsed()
+    );
+
+    // The new leader reconciles too: a deleted child comes back.
+    deployments
+        .delete("demo-chat-blue", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the new leader re-creates the Deployment",
+        Duration::from_secs(20),
+        || async {
+            deployments
+                .get_opt("demo-chat-blue")
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+/// Installs a minimal Gateway API HTTPRoute CRD (the operator's own type) so the server
+/// serves `gateway.networking.k8s.io/v1` httproutes.
+async fn install_http_route_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("messenger-operator-tests").force();
+    let mut crd = HTTPRoute::crd();
+    // *.k8s.io groups are protected; the real Gateway API CRDs carry this approval too.
+    crd.metadata.annotations = Some(BTreeMap::from([(
+        "api-approved.kubernetes.io".to_owned(),
+        "https://github.com/kubernetes-sigs/gateway-api/pull/1538".to_owned(),
+    )]));
+    api.patch(
+        "httproutes.gateway.networking.k8s.io",
+        &params,
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("install the HTTPRoute CRD");
+    eventually("HTTPRoutes are served", Duration::from_secs(20), || async {
+        discover_capabilities(client)
+            .await
+            .ok()?
+            .http_route
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn gateway_api_router_gets_an_http_route_and_switching_routers_prunes_it() {
+    let client = cluster().await;
+    install_http_route_crd(&client).await;
+    let ns = namespace(&client, "gatewayapi").await;
+    let ingress = json!({"host": "messenger.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw", "namespace": "infra"}});
+    create_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"version": "1.0.0", "ingress": ingress}),
+    )
+    .await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+
+    let routes: Api<HTTPRoute> = Api::namespaced(client.clone(), &ns);
+    let route = routes.get("demo").await.expect("HTTPRoute created");
+    assert_eq!(route.spec.parent_refs[0].name, "gw");
+    assert_eq!(
+        route.spec.parent_refs[0].namespace.as_deref(),
+        Some("infra")
+    );
+    assert_eq!(route.spec.hostnames, vec!["messenger.local".to_owned()]);
+    let backend = &route.spec.rules[0].backend_refs[0];
+    assert_eq!(
+        (backend.name.as_str(), backend.port, backend.weight),
+        ("demo-gateway-blue", 8080, 100)
+    );
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        ingresses
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no Ingress with gatewayAPI"
+    );
+
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ingress": {"router": "ingressNginx", "gatewayRef": null, "className": "nginx"}}})),
+        )
+        .await
+        .unwrap();
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    ingresses
+        .get("demo")
+        .await
+        .expect("Ingress after switching to ingressNginx");
+    assert!(
+        routes.get_opt("demo").await.unwrap().is_none(),
+        "the HTTPRoute is pruned"
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_app_drops_its_phase_metric() {
+    let client = cluster().await;
+    let ns = namespace(&client, "forget").await;
+    let controller = start_controller(&client, &ns).await;
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let phase = |phase: &str| messenger_operator::metrics::PhaseLabels {
+        namespace: ns.clone(),
+        name: "demo".into(),
+        phase: phase.into(),
+    };
+    let exported = |ctx: &Context| {
+        let mut registry = Registry::default();
+        registry.register("phase", "", ctx.metrics.app_phase.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    eventually(
+        "the phase gauge is set",
+        Duration::from_secs(20),
+        || async {
+            (controller
+                .ctx
+                .metrics
+                .app_phase
+                .get_or_create(&phase("Progressing"))
+                .get()
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .delete("demo", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the series of the deleted app are gone",
+        Duration::from_secs(20),
+        || async { (!exported(&controller.ctx).contains(&ns)).then_some(()) },
+    )
+    .await;
+}
