@@ -596,7 +596,7 @@ fn full_app_renders_as_in_the_snapshot() {
     );
     let rendered: String = documents
         .iter()
-        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .map(|d| format!("---\n{}", crate::canonical_yaml(d).unwrap()))
         .collect();
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

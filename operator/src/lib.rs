@@ -21,7 +21,32 @@ use kube::CustomResourceExt;
 
 /// The CRD as YAML, exactly what `messenger-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> Result<String> {
-    Ok(serde_yaml::to_string(&crd::MessengerApp::crd())?)
+    canonical_yaml(&crd::MessengerApp::crd())
+}
+
+/// YAML with every mapping's keys sorted. Serialized maps otherwise follow serde_json's map
+/// type, whose order depends on whether any crate in the build enables its
+/// `preserve_order` feature — so the same CRD would print differently per build.
+pub fn canonical_yaml<T: serde::Serialize>(value: &T) -> Result<String> {
+    let json = serde_json::to_value(value).map_err(|source| Error::Serialize {
+        what: "a manifest",
+        source,
+    })?;
+    Ok(serde_yaml::to_string(&sorted(json))?)
+}
+
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
