@@ -1,0 +1,203 @@
+//! Configuration of the users service: the shared settings ([`ServiceConfig`]) plus where
+//! profiles live and how the cache behaves. [`Config::from_env`] reads the environment;
+//! [`Config::new`] builds one from values (tests, dev mode).
+
+use std::time::Duration;
+
+use messenger_common::config::{
+    ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_or_from, mask_secret,
+    process_env,
+};
+
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    name: "users",
+    grpc_port: 8004,
+    admin_port: 9004,
+};
+pub const DEFAULT_DATABASE_URL: &str =
+    "postgres://postgres:postgres@127.0.0.1:5432/messenger_users";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_CACHE_TIMEOUT: Duration = Duration::from_millis(250);
+pub const DEFAULT_CACHE_PREFIX: &str = "users:";
+pub const DEFAULT_CONSUMER_GROUP: &str = "users";
+
+/// Where profiles, the cache and events come from.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// PostgreSQL holding the profiles (`DATABASE_URL`); created on first start if missing.
+    pub database_url: String,
+    /// Redis caching profiles and search pages (`REDIS_URL`).
+    pub redis_url: String,
+    /// Prefix of every Redis key this service writes (`USERS_CACHE_PREFIX`).
+    pub redis_key_prefix: String,
+    /// Kafka bootstrap servers (`KAFKA_BROKERS`).
+    pub kafka_brokers: String,
+    /// Consumer group reading `UserRegistered` events (`USERS_CONSUMER_GROUP`).
+    pub kafka_consumer_group: String,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field(
+                "database_url",
+                &mask_secret("DATABASE_URL", &self.database_url),
+            )
+            .field("redis_url", &mask_secret("REDIS_URL", &self.redis_url))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_consumer_group", &self.kafka_consumer_group)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub storage: StorageConfig,
+    /// How long cached profiles and search pages live (`USERS_CACHE_TTL`).
+    pub cache_ttl: Duration,
+    /// How long one cache call may take before the database answers instead
+    /// (`USERS_CACHE_TIMEOUT`).
+    pub cache_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(process_env)
+    }
+
+    /// Reads the configuration through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
+        let storage = StorageConfig {
+            database_url: env_or_from(&lookup, "DATABASE_URL", DEFAULT_DATABASE_URL.to_owned())?,
+            redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
+            redis_key_prefix: env_or_from(
+                &lookup,
+                "USERS_CACHE_PREFIX",
+                DEFAULT_CACHE_PREFIX.to_owned(),
+            )?,
+            kafka_brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.to_owned())?,
+            kafka_consumer_group: env_or_from(
+                &lookup,
+                "USERS_CONSUMER_GROUP",
+                DEFAULT_CONSUMER_GROUP.to_owned(),
+            )?,
+        };
+        let cache_ttl = env_duration_from(&lookup, "USERS_CACHE_TTL", DEFAULT_CACHE_TTL)?;
+        if cache_ttl < Duration::from_millis(1) {
+            return Err(ConfigError::invalid(
+                "USERS_CACHE_TTL",
+                &format!("{cache_ttl:?}"),
+                "must be at least 1ms",
+            ));
+        }
+        let cache_timeout =
+            env_duration_from(&lookup, "USERS_CACHE_TIMEOUT", DEFAULT_CACHE_TIMEOUT)?;
+        if cache_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "USERS_CACHE_TIMEOUT",
+                "0",
+                "must be greater than zero",
+            ));
+        }
+        Ok(Self {
+            service,
+            storage,
+            cache_ttl,
+            cache_timeout,
+        })
+    }
+
+    /// PostgreSQL/Redis/Kafka at the given places, every other setting at its default.
+    pub fn new(storage: StorageConfig) -> Self {
+        let service = ServiceConfig::from_lookup(DEFAULTS, |_| None)
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
+        Self {
+            service,
+            storage,
+            cache_ttl: DEFAULT_CACHE_TTL,
+            cache_timeout: DEFAULT_CACHE_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_work_against_local_services() {
+        let config = Config::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(config.service.grpc_addr.port(), 8004);
+        assert_eq!(config.service.admin_addr.port(), 9004);
+        assert_eq!(config.cache_ttl, Duration::from_secs(300));
+        assert_eq!(config.cache_timeout, Duration::from_millis(250));
+        assert_eq!(
+            config.storage,
+            StorageConfig {
+                database_url: DEFAULT_DATABASE_URL.into(),
+                redis_url: DEFAULT_REDIS_URL.into(),
+                redis_key_prefix: "users:".into(),
+                kafka_brokers: DEFAULT_KAFKA_BROKERS.into(),
+                kafka_consumer_group: "users".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn variables_override_defaults() {
+        let config = Config::from_lookup(lookup(&[
+            ("USERS_CACHE_TTL", "30s"),
+            ("USERS_CACHE_TIMEOUT", "100ms"),
+            ("DATABASE_URL", "postgres://db/users"),
+            ("USERS_CONSUMER_GROUP", "users-blue"),
+        ]))
+        .unwrap();
+        assert_eq!(config.cache_ttl, Duration::from_secs(30));
+        assert_eq!(config.cache_timeout, Duration::from_millis(100));
+        assert_eq!(config.storage.database_url, "postgres://db/users");
+        assert_eq!(config.storage.kafka_consumer_group, "users-blue");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("USERS_CACHE_TTL", "5"),
+            ("USERS_CACHE_TTL", "0s"),
+            ("USERS_CACHE_TIMEOUT", "soon"),
+            ("GRPC_ADDR", "nowhere"),
+        ] {
+            let error = Config::from_lookup(lookup(&[(name, value)])).unwrap_err();
+            assert_eq!(error.variable(), name, "{error}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_database_passwords() {
+        let config = Config::new(StorageConfig {
+            database_url: "postgres://app:hunter2@db/users".into(),
+            redis_url: "redis://:s3cret@cache:6379".into(),
+            redis_key_prefix: "users:".into(),
+            kafka_brokers: "kafka:9092".into(),
+            kafka_consumer_group: "users".into(),
+        });
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+}
