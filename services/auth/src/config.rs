@@ -1,0 +1,243 @@
+//! Configuration of the auth service: the shared settings plus `AUTH_*` variables.
+
+use std::fmt;
+use std::time::Duration;
+
+use messenger_common::config::{env_duration_from, env_or_from, mask_secret, process_env};
+use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
+
+use crate::store::LoginLimits;
+
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    name: "auth",
+    grpc_port: 8001,
+    admin_port: 9001,
+};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/messenger_auth";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DEFAULT_REDIS_PREFIX: &str = "auth:";
+
+/// Where accounts, sessions and login counters live. `Debug` masks URL passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// PostgreSQL (accounts + outbox), Redis (sessions, counters), Kafka (events).
+    Real {
+        database_url: String,
+        redis_url: String,
+        kafka_brokers: String,
+        /// Prepended to every Redis key (`AUTH_REDIS_PREFIX`), so several deployments or
+        /// tests can share one Redis.
+        redis_prefix: String,
+    },
+    /// Everything in process memory; events go to an in-process bus. For `messenger dev`.
+    InMemory,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Real {
+                database_url,
+                redis_url,
+                kafka_brokers,
+                redis_prefix,
+            } => f
+                .debug_struct("Real")
+                .field("database_url", &mask_secret("DATABASE_URL", database_url))
+                .field("redis_url", &mask_secret("REDIS_URL", redis_url))
+                .field("kafka_brokers", kafka_brokers)
+                .field("redis_prefix", redis_prefix)
+                .finish(),
+            Self::InMemory => f.write_str("InMemory"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub service: ServiceConfig,
+    pub store: StoreConfig,
+    /// Lifetime of an access token (`AUTH_TOKEN_TTL`).
+    pub token_ttl: Duration,
+    pub login_limits: LoginLimits,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(process_env)
+    }
+
+    /// Reads the configuration through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
+        let store_kind: String = env_or_from(&lookup, "AUTH_STORE", "postgres".to_owned())?;
+        let store = match store_kind.as_str() {
+            "postgres" => StoreConfig::Real {
+                database_url: env_or_from(&lookup, "DATABASE_URL", DEFAULT_DATABASE_URL.into())?,
+                redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.into())?,
+                kafka_brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.into())?,
+                redis_prefix: env_or_from(
+                    &lookup,
+                    "AUTH_REDIS_PREFIX",
+                    DEFAULT_REDIS_PREFIX.into(),
+                )?,
+            },
+            "memory" => StoreConfig::InMemory,
+            other => {
+                return Err(ConfigError::invalid(
+                    "AUTH_STORE",
+                    other,
+                    "use postgres or memory",
+                ));
+            }
+        };
+        let token_ttl = positive(&lookup, "AUTH_TOKEN_TTL", DEFAULT_TOKEN_TTL)?;
+        let defaults = LoginLimits::default();
+        let login_limits = LoginLimits {
+            max_failures_per_account: at_least_one(
+                &lookup,
+                "AUTH_LOGIN_MAX_FAILURES",
+                defaults.max_failures_per_account,
+            )?,
+            max_failures_per_client: at_least_one(
+                &lookup,
+                "AUTH_LOGIN_MAX_FAILURES_PER_CLIENT",
+                defaults.max_failures_per_client,
+            )?,
+            window: positive(&lookup, "AUTH_LOGIN_FAILURE_WINDOW", defaults.window)?,
+        };
+        Ok(Self {
+            service,
+            store,
+            token_ttl,
+            login_limits,
+        })
+    }
+
+    /// A configuration built from values, not the environment (tests, dev mode): the
+    /// given stores, listen addresses from the defaults (callers pass bound listeners to
+    /// `run`), default TTL and limits.
+    pub fn new(store: StoreConfig) -> Self {
+        Self {
+            service: ServiceConfig::from_lookup(DEFAULTS, |_| None)
+                .expect("the built-in defaults are valid"),
+            store,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            login_limits: LoginLimits::default(),
+        }
+    }
+}
+
+fn positive(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = env_duration_from(lookup, name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::invalid(name, "0", "must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn at_least_one(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let value = env_or_from(lookup, name, default)?;
+    if value == 0 {
+        return Err(ConfigError::invalid(name, "0", "must be at least 1"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_work_against_local_services() {
+        let config = Config::from_lookup(vars(&[])).unwrap();
+        assert_eq!(config.service.grpc_addr.port(), 8001);
+        assert_eq!(config.service.admin_addr.port(), 9001);
+        assert_eq!(
+            config.store,
+            StoreConfig::Real {
+                database_url: DEFAULT_DATABASE_URL.into(),
+                redis_url: DEFAULT_REDIS_URL.into(),
+                kafka_brokers: DEFAULT_KAFKA_BROKERS.into(),
+                redis_prefix: "auth:".into(),
+            }
+        );
+        assert_eq!(config.token_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.login_limits, LoginLimits::default());
+        assert_eq!(config.login_limits.max_failures_per_account, 5);
+        assert_eq!(config.login_limits.max_failures_per_client, 20);
+        assert_eq!(config.login_limits.window, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn auth_variables_override_defaults() {
+        let config = Config::from_lookup(vars(&[
+            ("AUTH_TOKEN_TTL", "1h"),
+            ("AUTH_LOGIN_MAX_FAILURES", "3"),
+            ("AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", "50"),
+            ("AUTH_LOGIN_FAILURE_WINDOW", "5m"),
+            ("AUTH_STORE", "memory"),
+        ]))
+        .unwrap();
+        assert_eq!(config.token_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            config.login_limits,
+            LoginLimits {
+                max_failures_per_account: 3,
+                max_failures_per_client: 50,
+                window: Duration::from_secs(300),
+            }
+        );
+        assert_eq!(config.store, StoreConfig::InMemory);
+    }
+
+    #[test]
+    fn debug_output_hides_passwords_in_urls() {
+        let config = Config::from_lookup(vars(&[
+            ("DATABASE_URL", "postgres://app:hunter2@db:5432/auth"),
+            ("REDIS_URL", "redis://:s3cret@cache:6379"),
+        ]))
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("db:5432/auth"), "{printed}");
+    }
+
+    #[test]
+    fn bad_values_fail_naming_the_variable() {
+        for (name, value) in [
+            ("AUTH_TOKEN_TTL", "24"),
+            ("AUTH_TOKEN_TTL", "0s"),
+            ("AUTH_LOGIN_MAX_FAILURES", "0"),
+            ("AUTH_LOGIN_MAX_FAILURES", "five"),
+            ("AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", "-1"),
+            ("AUTH_LOGIN_FAILURE_WINDOW", "forever"),
+            ("AUTH_STORE", "mongo"),
+        ] {
+            let error = Config::from_lookup(vars(&[(name, value)]))
+                .expect_err(&format!("{name}={value} must be refused"));
+            assert_eq!(error.variable(), name);
+        }
+    }
+}

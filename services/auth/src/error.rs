@@ -1,0 +1,167 @@
+//! The one error type of the auth crate, and its mapping to gRPC status codes.
+
+use std::time::Duration;
+
+use messenger_common::ServiceError;
+
+use crate::domain::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// Wrong email and wrong password on purpose share this one message.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("invalid, expired or revoked access token")]
+    InvalidToken,
+    #[error("access_token is required")]
+    MissingToken,
+    #[error(
+        "too many failed login attempts; retry in {}s",
+        whole_seconds_up(*retry_after)
+    )]
+    TooManyAttempts { retry_after: Duration },
+    #[error("OAuth sign-in is not implemented yet")]
+    OAuthNotImplemented,
+    #[error("password hashing failed: {0}")]
+    PasswordHash(String),
+    #[error("operating system randomness failed: {0}")]
+    Randomness(String),
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored data is corrupt: {0}")]
+    CorruptData(String),
+    #[error("event publishing failed: {0}")]
+    Publish(String),
+}
+
+/// Response metadata on `RESOURCE_EXHAUSTED`: whole seconds until a login may be tried.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
+
+/// Seconds to wait, rounded up so a client that waits that long is let in (at least 1).
+fn whole_seconds_up(duration: Duration) -> u128 {
+    duration.as_millis().div_ceil(1000).max(1)
+}
+
+impl From<AuthError> for ServiceError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Invalid(e) => Self::InvalidArgument(e.to_string()),
+            AuthError::MissingToken => Self::InvalidArgument(error.to_string()),
+            AuthError::EmailTaken => Self::AlreadyExists(error.to_string()),
+            AuthError::InvalidCredentials | AuthError::InvalidToken => {
+                Self::Unauthenticated(error.to_string())
+            }
+            AuthError::TooManyAttempts { .. } => Self::ResourceExhausted(error.to_string()),
+            // ServiceError has no Unimplemented; the only caller maps it itself.
+            AuthError::OAuthNotImplemented => Self::FailedPrecondition(error.to_string()),
+            AuthError::Database(e) => e.into(),
+            AuthError::Redis(e) => e.into(),
+            other @ (AuthError::PasswordHash(_)
+            | AuthError::Randomness(_)
+            | AuthError::Task(_)
+            | AuthError::CorruptData(_)
+            | AuthError::Publish(_)) => Self::internal(other),
+        }
+    }
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::OAuthNotImplemented => tonic::Status::unimplemented(error.to_string()),
+            AuthError::TooManyAttempts { retry_after } => {
+                let mut status: tonic::Status = ServiceError::from(error).into();
+                // Machine-readable twin of the message, for the gateway's Retry-After.
+                if let Ok(value) = whole_seconds_up(retry_after).to_string().parse() {
+                    status.metadata_mut().insert(RETRY_AFTER_METADATA, value);
+                }
+                status
+            }
+            other => ServiceError::from(other).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_error_maps_to_the_grpc_code_a_client_expects() {
+        let cases = [
+            (
+                AuthError::Invalid(ValidationError::Email("must contain exactly one @")),
+                Code::InvalidArgument,
+                "email: must contain exactly one @",
+            ),
+            (
+                AuthError::MissingToken,
+                Code::InvalidArgument,
+                "access_token is required",
+            ),
+            (
+                AuthError::EmailTaken,
+                Code::AlreadyExists,
+                "an account with this email already exists",
+            ),
+            (
+                AuthError::InvalidCredentials,
+                Code::Unauthenticated,
+                "invalid email or password",
+            ),
+            (
+                AuthError::InvalidToken,
+                Code::Unauthenticated,
+                "invalid, expired or revoked access token",
+            ),
+            (
+                AuthError::TooManyAttempts {
+                    retry_after: Duration::from_millis(90_500),
+                },
+                Code::ResourceExhausted,
+                "too many failed login attempts; retry in 91s",
+            ),
+            (
+                AuthError::OAuthNotImplemented,
+                Code::Unimplemented,
+                "OAuth sign-in is not implemented yet",
+            ),
+            (
+                AuthError::PasswordHash("bad salt".into()),
+                Code::Internal,
+                "internal error",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), message);
+        }
+    }
+
+    #[test]
+    fn rate_limited_status_carries_retry_after_metadata() {
+        let status = tonic::Status::from(AuthError::TooManyAttempts {
+            retry_after: Duration::from_secs(42),
+        });
+        let value = status.metadata().get(RETRY_AFTER_METADATA).unwrap();
+        assert_eq!(value.to_str().unwrap(), "42");
+    }
+
+    #[test]
+    fn a_retry_hint_under_a_second_still_says_one_second() {
+        let status = tonic::Status::from(AuthError::TooManyAttempts {
+            retry_after: Duration::from_millis(10),
+        });
+        assert!(status.message().ends_with("retry in 1s"));
+    }
+}

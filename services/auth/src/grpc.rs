@@ -1,0 +1,138 @@
+//! The `messenger.v1.AuthService` gRPC endpoint: unpacks requests, calls
+//! [`AuthService`], maps errors once through `AuthError` → `ServiceError` → `Status`.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use messenger_proto::v1::auth_service_server;
+use messenger_proto::v1::{
+    LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, OAuthSignInRequest,
+    RegisterRequest, RegisterResponse, ValidateTokenRequest, ValidateTokenResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::AuthError;
+use crate::service::AuthService;
+
+/// Metadata key the gateway sets to the end user's address.
+pub const CLIENT_IP_METADATA: &str = "x-client-ip";
+
+pub struct AuthGrpc {
+    service: AuthService,
+}
+
+impl AuthGrpc {
+    pub fn new(service: AuthService) -> Self {
+        Self { service }
+    }
+
+    pub fn into_server(self) -> auth_service_server::AuthServiceServer<Self> {
+        auth_service_server::AuthServiceServer::new(self)
+    }
+}
+
+/// The end user's address: `x-client-ip` when it holds an IP address (the gateway
+/// sets it), else the peer of the connection.
+pub fn client_address<T>(request: &Request<T>) -> String {
+    let from_gateway = request
+        .metadata()
+        .get(CLIENT_IP_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<IpAddr>().ok());
+    from_gateway
+        .or_else(|| request.remote_addr().map(|addr| addr.ip()))
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[tonic::async_trait]
+impl auth_service_server::AuthService for AuthGrpc {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let user_id = self
+            .service
+            .register(&request.email, &request.password, &request.nickname)
+            .await?;
+        Ok(Response::new(RegisterResponse {
+            user_id: user_id.to_string(),
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let client = client_address(&request);
+        let request = request.into_inner();
+        let issued = self
+            .service
+            .login(&request.email, &request.password, &client)
+            .await?;
+        Ok(Response::new(LoginResponse {
+            access_token: issued.token.expose().to_owned(),
+            token_type: "Bearer".to_owned(),
+            expires_at: Some(timestamp(issued.session.expires_at)),
+            user_id: issued.session.user_id.to_string(),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        self.service
+            .logout(&request.into_inner().access_token)
+            .await?;
+        Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn validate_token(
+        &self,
+        request: Request<ValidateTokenRequest>,
+    ) -> Result<Response<ValidateTokenResponse>, Status> {
+        let session = self
+            .service
+            .validate(&request.into_inner().access_token)
+            .await?;
+        Ok(Response::new(ValidateTokenResponse {
+            user_id: session.user_id.to_string(),
+            expires_at: Some(timestamp(session.expires_at)),
+        }))
+    }
+
+    async fn o_auth_sign_in(
+        &self,
+        _request: Request<OAuthSignInRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        Err(AuthError::OAuthNotImplemented.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_address_prefers_the_gateway_header_when_it_is_an_ip() {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert(CLIENT_IP_METADATA, "203.0.113.7".parse().unwrap());
+        assert_eq!(client_address(&request), "203.0.113.7");
+
+        let mut spoofed = Request::new(());
+        spoofed
+            .metadata_mut()
+            .insert(CLIENT_IP_METADATA, "not an address".parse().unwrap());
+        assert_eq!(client_address(&spoofed), "unknown");
+    }
+}

@@ -1,0 +1,235 @@
+//! The auth use cases — register, login, logout, validate — over the storage traits.
+//! No gRPC types here; `grpc.rs` adapts requests and responses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use messenger_proto::v1::{UserRegistered, event::Payload};
+use uuid::Uuid;
+
+use crate::domain::{Email, Nickname, Password, ValidationError};
+use crate::error::AuthError;
+use crate::password::PasswordHasher;
+use crate::store::{Account, AccountStore, LoginAttemptLimiter, Session, SessionStore};
+use crate::token::AccessToken;
+
+/// The storage the service runs on.
+#[derive(Clone)]
+pub struct AuthStores {
+    pub accounts: Arc<dyn AccountStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub login_attempts: Arc<dyn LoginAttemptLimiter>,
+}
+
+/// What a successful login hands out.
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub token: AccessToken,
+    pub session: Session,
+}
+
+#[derive(Clone)]
+pub struct AuthService {
+    stores: AuthStores,
+    hasher: PasswordHasher,
+    token_ttl: Duration,
+}
+
+impl AuthService {
+    pub fn new(stores: AuthStores, hasher: PasswordHasher, token_ttl: Duration) -> Self {
+        Self {
+            stores,
+            hasher,
+            token_ttl,
+        }
+    }
+
+    /// Creates the account and (atomically, through the store) its `UserRegistered`
+    /// event. Returns the new user id.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        nickname: &str,
+    ) -> Result<Uuid, AuthError> {
+        let email = Email::parse(email)?;
+        let password = Password::parse(password)?;
+        let nickname = Nickname::parse(nickname)?;
+        // Saves the argon2 work for the common case; the unique index decides races.
+        if self.stores.accounts.find_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        let password_hash = self
+            .hasher
+            .hash_blocking(password.expose().to_owned())
+            .await?;
+        let account = Account {
+            user_id: Uuid::now_v7(),
+            email,
+            nickname,
+            password_hash: Some(password_hash),
+            created_at: Utc::now(),
+        };
+        let event = messenger_common::events::new_event(Payload::UserRegistered(UserRegistered {
+            user_id: account.user_id.to_string(),
+            nickname: account.nickname.as_str().to_owned(),
+        }));
+        self.stores.accounts.create(&account, &event).await?;
+        tracing::info!(user_id = %account.user_id, "account registered");
+        Ok(account.user_id)
+    }
+
+    /// Exchanges email and password for a fresh access token. `client` is the caller's
+    /// address, used for the per-client failure limit.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<IssuedToken, AuthError> {
+        // A malformed address cannot belong to an account, so saying so reveals nothing.
+        let email = Email::parse(email)?;
+        if password.is_empty() {
+            return Err(ValidationError::Password("is required").into());
+        }
+        self.stores
+            .login_attempts
+            .begin_attempt(&email, client)
+            .await?;
+
+        let account = self.stores.accounts.find_by_email(&email).await?;
+        let password_matches = self
+            .hasher
+            .verify_blocking(
+                password.to_owned(),
+                // No account, or one without a password: the dummy hash keeps the timing.
+                account.as_ref().and_then(|a| a.password_hash.clone()),
+            )
+            .await?;
+        // A failed attempt simply stays counted.
+        let account = match account {
+            Some(account) if password_matches => account,
+            _ => return Err(AuthError::InvalidCredentials),
+        };
+
+        let token = AccessToken::generate()?;
+        let ttl = chrono::Duration::from_std(self.token_ttl)
+            .map_err(|e| AuthError::CorruptData(format!("token TTL out of range: {e}")))?;
+        let session = Session {
+            user_id: account.user_id,
+            expires_at: Utc::now() + ttl,
+        };
+        self.stores
+            .sessions
+            .insert(&token.digest(), &session)
+            .await?;
+        self.stores
+            .login_attempts
+            .attempt_succeeded(&email, client)
+            .await?;
+        tracing::info!(user_id = %account.user_id, "login succeeded");
+        Ok(IssuedToken { token, session })
+    }
+
+    /// Revokes the token at once. Unknown or already revoked tokens are fine.
+    pub async fn logout(&self, token: &str) -> Result<(), AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::MissingToken);
+        }
+        // A string this service never issued has no session to remove.
+        if let Some(token) = AccessToken::parse(token) {
+            self.stores.sessions.remove(&token.digest()).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a token to its session: one session-store lookup, no password work.
+    pub async fn validate(&self, token: &str) -> Result<Session, AuthError> {
+        let token = AccessToken::parse(token).ok_or(AuthError::InvalidToken)?;
+        self.stores
+            .sessions
+            .get(&token.digest())
+            .await?
+            .ok_or(AuthError::InvalidToken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, LoginLimits,
+    };
+    use messenger_common::events::InMemoryEventBus;
+
+    const PASSWORD: &str = "correct horse battery";
+
+    fn service(limits: LoginLimits) -> AuthService {
+        let stores = AuthStores {
+            accounts: Arc::new(InMemoryAccountStore::new(Arc::new(InMemoryEventBus::new()))),
+            sessions: Arc::new(InMemorySessionStore::new()),
+            login_attempts: Arc::new(InMemoryLoginAttemptLimiter::new(limits)),
+        };
+        AuthService::new(
+            stores,
+            PasswordHasher::new().unwrap(),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_account_without_a_password_cannot_log_in_with_one() {
+        let auth = service(LoginLimits::default());
+        let account = Account {
+            user_id: Uuid::now_v7(),
+            email: Email::parse("oauth@example.com").unwrap(),
+            nickname: Nickname::parse("oauth_user").unwrap(),
+            password_hash: None,
+            created_at: Utc::now(),
+        };
+        let event = messenger_common::events::new_event(Payload::UserRegistered(UserRegistered {
+            user_id: account.user_id.to_string(),
+            nickname: account.nickname.as_str().to_owned(),
+        }));
+        auth.stores.accounts.create(&account, &event).await.unwrap();
+        let error = auth
+            .login("oauth@example.com", PASSWORD, "192.0.2.1")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AuthError::InvalidCredentials), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_successful_login_clears_the_account_failures() {
+        let auth = service(LoginLimits {
+            max_failures_per_account: 2,
+            max_failures_per_client: 100,
+            window: Duration::from_secs(60),
+        });
+        auth.register("clear@example.com", PASSWORD, "clear")
+            .await
+            .unwrap();
+        let wrong = "not the password";
+        assert!(auth.login("clear@example.com", wrong, "c").await.is_err());
+        auth.login("clear@example.com", PASSWORD, "c")
+            .await
+            .unwrap();
+        // Two more failures are tolerated again, then the account is locked.
+        for _ in 0..2 {
+            let error = auth
+                .login("clear@example.com", wrong, "c")
+                .await
+                .unwrap_err();
+            assert!(matches!(error, AuthError::InvalidCredentials), "{error:?}");
+        }
+        let error = auth
+            .login("clear@example.com", PASSWORD, "c")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, AuthError::TooManyAttempts { .. }),
+            "{error:?}"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! One contract suite per storage trait, run against the in-memory implementation and
+//! the real one (PostgreSQL / Redis). Plus what differs by design: where the
+//! `UserRegistered` event goes (the outbox table vs the in-process bus).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use messenger_auth::AuthError;
+use messenger_auth::domain::{Email, Nickname};
+use messenger_auth::store::{
+    Account, AccountStore, InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore,
+    LoginAttemptLimiter, LoginLimits, PostgresAccountStore, RedisLoginAttemptLimiter,
+    RedisSessionStore, Session, SessionStore,
+};
+use messenger_auth::token::AccessToken;
+use messenger_common::events::{InMemoryEventBus, new_event};
+use messenger_common::testing::{TestDatabase, redis_url, unique_prefix};
+use messenger_proto::topics::AUTH_EVENTS;
+use messenger_proto::v1::{Event, UserRegistered, event::Payload};
+use uuid::Uuid;
+
+fn account(email: &str) -> Account {
+    Account {
+        user_id: Uuid::now_v7(),
+        email: Email::parse(email).expect("test email is valid"),
+        nickname: Nickname::parse("contract_user").expect("test nickname is valid"),
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into()),
+        created_at: Utc::now(),
+    }
+}
+
+fn registered(account: &Account) -> Event {
+    new_event(Payload::UserRegistered(UserRegistered {
+        user_id: account.user_id.to_string(),
+        nickname: account.nickname.as_str().to_owned(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// AccountStore
+
+async fn account_store_contract(store: Arc<dyn AccountStore>) {
+    assert_eq!(store.count().await.unwrap(), 0);
+    let alice = account("alice@example.com");
+    store.create(&alice, &registered(&alice)).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 1);
+
+    let found = store
+        .find_by_email(&Email::parse("  ALICE@Example.com").unwrap())
+        .await
+        .unwrap()
+        .expect("alice is found by her normalised email");
+    assert_eq!(found.user_id, alice.user_id);
+    assert_eq!(found.email, alice.email);
+    assert_eq!(found.nickname, alice.nickname);
+    assert_eq!(found.password_hash, alice.password_hash);
+
+    let unknown = store
+        .find_by_email(&Email::parse("nobody@example.com").unwrap())
+        .await
+        .unwrap();
+    assert!(unknown.is_none());
+
+    // Same email, new user id: refused, and nothing changes.
+    let again = account("Alice@EXAMPLE.com");
+    let error = store.create(&again, &registered(&again)).await.unwrap_err();
+    assert!(matches!(error, AuthError::EmailTaken), "{error:?}");
+    assert_eq!(store.count().await.unwrap(), 1);
+    let still = store.find_by_email(&alice.email).await.unwrap().unwrap();
+    assert_eq!(still.user_id, alice.user_id);
+
+    // Concurrent registrations of one new email: exactly one wins, the rest are
+    // EmailTaken (never an internal error).
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let bob = account("bob@example.com");
+                store.create(&bob, &registered(&bob)).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(AuthError::EmailTaken) => {}
+            Err(other) => panic!("a concurrent duplicate must be EmailTaken, got {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(store.count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn in_memory_account_store_meets_the_contract() {
+    let bus = Arc::new(InMemoryEventBus::new());
+    account_store_contract(Arc::new(InMemoryAccountStore::new(bus))).await;
+}
+
+#[tokio::test]
+async fn postgres_account_store_meets_the_contract() {
+    let db = TestDatabase::create().await;
+    messenger_common::postgres::migrate(db.pool(), &messenger_auth::MIGRATOR)
+        .await
+        .expect("migrations apply");
+    account_store_contract(Arc::new(PostgresAccountStore::new(db.pool().clone()))).await;
+}
+
+#[tokio::test]
+async fn in_memory_account_store_publishes_the_event_to_the_bus() {
+    let bus = Arc::new(InMemoryEventBus::new());
+    let mut received = bus.subscribe(AUTH_EVENTS);
+    let store = InMemoryAccountStore::new(bus.clone());
+    let alice = account("alice@example.com");
+    let event = registered(&alice);
+    store.create(&alice, &event).await.unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(5), received.recv())
+        .await
+        .expect("the event reaches the bus")
+        .expect("bus open");
+    assert_eq!(delivered.event.event_id, event.event_id);
+    assert_eq!(delivered.key, alice.user_id.to_string());
+
+    // A refused duplicate publishes nothing.
+    let dup = account("alice@example.com");
+    assert!(store.create(&dup, &registered(&dup)).await.is_err());
+    assert!(
+        received.try_recv().is_err(),
+        "no event for a refused duplicate"
+    );
+}
+
+#[tokio::test]
+async fn postgres_account_store_writes_the_event_to_the_outbox_in_the_same_transaction() {
+    let db = TestDatabase::create().await;
+    messenger_common::postgres::migrate(db.pool(), &messenger_auth::MIGRATOR)
+        .await
+        .expect("migrations apply");
+    let store = PostgresAccountStore::new(db.pool().clone());
+    let alice = account("alice@example.com");
+    let event = registered(&alice);
+    store.create(&alice, &event).await.unwrap();
+
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT topic, event_key, event_id FROM messenger_outbox")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![(
+            AUTH_EVENTS.to_owned(),
+            alice.user_id.to_string(),
+            event.event_id.clone()
+        )]
+    );
+
+    let dup = account("alice@example.com");
+    assert!(store.create(&dup, &registered(&dup)).await.is_err());
+    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messenger_outbox")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(outbox_rows, 1, "a refused duplicate leaves no outbox row");
+}
+
+// ---------------------------------------------------------------------------------------
+// SessionStore
+
+async fn session_store_contract(store: Arc<dyn SessionStore>) {
+    let token = AccessToken::generate().unwrap();
+    let session = Session {
+        user_id: Uuid::now_v7(),
+        expires_at: Utc::now() + chrono::Duration::hours(1),
+    };
+    assert_eq!(store.get(&token.digest()).await.unwrap(), None);
+    store.insert(&token.digest(), &session).await.unwrap();
+    let found = store.get(&token.digest()).await.unwrap().expect("stored");
+    assert_eq!(found.user_id, session.user_id);
+    assert_eq!(
+        found.expires_at.timestamp_millis(),
+        session.expires_at.timestamp_millis()
+    );
+
+    // Another token does not see it.
+    let other = AccessToken::generate().unwrap();
+    assert_eq!(store.get(&other.digest()).await.unwrap(), None);
+
+    store.remove(&token.digest()).await.unwrap();
+    assert_eq!(store.get(&token.digest()).await.unwrap(), None);
+    // Removing again (or something never stored) is fine.
+    store.remove(&token.digest()).await.unwrap();
+    store.remove(&other.digest()).await.unwrap();
+
+    // Sessions disappear at their expiry.
+    let short = AccessToken::generate().unwrap();
+    let short_session = Session {
+        user_id: Uuid::now_v7(),
+        expires_at: Utc::now() + chrono::Duration::milliseconds(300),
+    };
+    store.insert(&short.digest(), &short_session).await.unwrap();
+    assert!(store.get(&short.digest()).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.get(&short.digest()).await.unwrap(), None);
+
+    // A session that is already over is never served.
+    let stale = AccessToken::generate().unwrap();
+    let stale_session = Session {
+        user_id: Uuid::now_v7(),
+        expires_at: Utc::now() - chrono::Duration::seconds(1),
+    };
+    store.insert(&stale.digest(), &stale_session).await.unwrap();
+    assert_eq!(store.get(&stale.digest()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn in_memory_session_store_meets_the_contract() {
+    session_store_contract(Arc::new(InMemorySessionStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_session_store_meets_the_contract() {
+    let redis = messenger_common::redis::connect(&redis_url())
+        .await
+        .expect("TEST_REDIS_URL reachable");
+    session_store_contract(Arc::new(RedisSessionStore::new(redis, unique_prefix()))).await;
+}
+
+#[tokio::test]
+async fn redis_session_store_keeps_only_the_token_digest() {
+    let url = redis_url();
+    let redis = messenger_common::redis::connect(&url).await.unwrap();
+    let prefix = unique_prefix();
+    let store = RedisSessionStore::new(redis.clone(), prefix.clone());
+    let token = AccessToken::generate().unwrap();
+    let session = Session {
+        user_id: Uuid::now_v7(),
+        expires_at: Utc::now() + chrono::Duration::minutes(5),
+    };
+    store.insert(&token.digest(), &session).await.unwrap();
+
+    let mut conn = redis.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].ends_with(token.digest().as_str()));
+    assert!(!keys[0].contains(token.expose()));
+    let value: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!value.contains(token.expose()));
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (1..=300_000).contains(&ttl_ms),
+        "the key expires with the token, PTTL {ttl_ms}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// LoginAttemptLimiter
+
+const LIMITS: LoginLimits = LoginLimits {
+    max_failures_per_account: 3,
+    max_failures_per_client: 5,
+    window: Duration::from_millis(1500),
+};
+
+fn assert_blocked(result: Result<(), AuthError>) {
+    match result {
+        Err(AuthError::TooManyAttempts { retry_after }) => {
+            assert!(
+                retry_after <= LIMITS.window,
+                "retry hint {retry_after:?} is within the window"
+            );
+        }
+        other => panic!("expected TooManyAttempts, got {other:?}"),
+    }
+}
+
+async fn login_attempt_limiter_contract(limiter: Arc<dyn LoginAttemptLimiter>) {
+    let alice = Email::parse("alice@example.com").unwrap();
+    let bob = Email::parse("bob@example.com").unwrap();
+
+    // Per account: failed attempts (begun, never succeeded) from any client count.
+    for client in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        limiter.begin_attempt(&alice, client).await.unwrap();
+    }
+    assert_blocked(limiter.begin_attempt(&alice, "10.0.0.9").await);
+    // Refused attempts are not counted against the client.
+    limiter.begin_attempt(&bob, "10.0.0.9").await.unwrap();
+    limiter.attempt_succeeded(&bob, "10.0.0.9").await.unwrap();
+    // Other accounts from those clients are unaffected.
+    limiter.begin_attempt(&bob, "10.0.0.1").await.unwrap();
+    // A success forgets the account's failures.
+    limiter.attempt_succeeded(&bob, "10.0.0.1").await.unwrap();
+    for _ in 0..3 {
+        limiter.begin_attempt(&bob, "10.0.0.4").await.unwrap();
+        limiter.attempt_succeeded(&bob, "10.0.0.4").await.unwrap();
+    }
+    limiter.begin_attempt(&bob, "10.0.0.4").await.unwrap();
+    limiter.attempt_succeeded(&bob, "10.0.0.4").await.unwrap();
+
+    // Per client: failures against any account count; successes do not.
+    for n in 0..5 {
+        // Interleaved successes from the same client neither count nor clear the count.
+        limiter
+            .begin_attempt(&bob, "192.0.2.1")
+            .await
+            .unwrap_or_else(|e| {
+                panic!("successes are not counted, attempt {n}: {e:?}");
+            });
+        limiter.attempt_succeeded(&bob, "192.0.2.1").await.unwrap();
+        let email = Email::parse(&format!("guess{n}@example.com")).unwrap();
+        limiter.begin_attempt(&email, "192.0.2.1").await.unwrap();
+    }
+    assert_blocked(limiter.begin_attempt(&bob, "192.0.2.1").await);
+    limiter.begin_attempt(&bob, "192.0.2.2").await.unwrap();
+    limiter.attempt_succeeded(&bob, "192.0.2.2").await.unwrap();
+    assert_blocked(limiter.begin_attempt(&bob, "192.0.2.1").await);
+
+    // Parallel attempts cannot slip past the limit.
+    let carol = Email::parse("carol@example.com").unwrap();
+    let racers: Vec<_> = (0..12)
+        .map(|n| {
+            let limiter = limiter.clone();
+            let carol = carol.clone();
+            tokio::spawn(async move { limiter.begin_attempt(&carol, &format!("10.1.0.{n}")).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => allowed += 1,
+            Err(AuthError::TooManyAttempts { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(allowed, LIMITS.max_failures_per_account);
+
+    // The window ends and both are allowed again.
+    tokio::time::sleep(LIMITS.window + Duration::from_millis(200)).await;
+    limiter.begin_attempt(&alice, "192.0.2.1").await.unwrap();
+    limiter.begin_attempt(&carol, "10.0.0.1").await.unwrap();
+}
+
+#[tokio::test]
+async fn in_memory_login_attempt_limiter_meets_the_contract() {
+    login_attempt_limiter_contract(Arc::new(InMemoryLoginAttemptLimiter::new(LIMITS))).await;
+}
+
+#[tokio::test]
+async fn redis_login_attempt_limiter_meets_the_contract() {
+    let redis = messenger_common::redis::connect(&redis_url())
+        .await
+        .expect("TEST_REDIS_URL reachable");
+    login_attempt_limiter_contract(Arc::new(RedisLoginAttemptLimiter::new(
+        redis,
+        unique_prefix(),
+        LIMITS,
+    )))
+    .await;
+}
