@@ -1,0 +1,257 @@
+//! Cache of each user's relationships (their pending and accepted rows), from which the
+//! friend list, the request inbox and `CheckFriendship` are all derived.
+//!
+//! The cache is never the source of truth: callers fall back to the store when it fails.
+//! To keep a slow reader from putting back a list that a concurrent change just
+//! invalidated, every user has a *generation* counter: a reader notes the generation before
+//! reading the store and stores its result under it; a change bumps the generation of both
+//! users after its commit; an entry whose generation is not the current one is a miss.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use crate::domain::{Friendship, UserId};
+use crate::error::FriendsError;
+
+/// What a cache lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheLookup {
+    /// The user's current generation; pass it to [`RelationshipCache::store`] with what
+    /// the store returned for a miss.
+    pub generation: u64,
+    /// The cached rows, if there is a fresh entry.
+    pub rows: Option<Vec<Friendship>>,
+}
+
+/// Cache of the rows each user is part of; see the module docs.
+#[async_trait]
+pub trait RelationshipCache: Send + Sync + 'static {
+    /// The cached rows of `user`, and the generation to store a fresh read under.
+    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError>;
+
+    /// Caches `rows` for `user`, read from the store after a lookup returned `generation`.
+    async fn store(
+        &self,
+        user: UserId,
+        generation: u64,
+        rows: &[Friendship],
+    ) -> Result<(), FriendsError>;
+
+    /// Makes every cached entry of `users` stale (called after each change, for both sides).
+    async fn invalidate(&self, users: &[UserId]) -> Result<(), FriendsError>;
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedEntry {
+    generation: u64,
+    rows: Vec<Friendship>,
+}
+
+/// The cache in Redis: `<prefix>rel:<user>` holds a JSON entry with a TTL,
+/// `<prefix>gen:<user>` the user's generation (no TTL, so it never goes back to an old
+/// value while old entries may still exist).
+///
+/// Built with [`RedisRelationshipCache::connect_lazily`], it connects on first use and
+/// retries on later calls while Redis is unreachable, so the service starts and serves
+/// from the database without Redis.
+#[derive(Clone)]
+pub struct RedisRelationshipCache {
+    connection: Arc<OnceCell<ConnectionManager>>,
+    /// Where to connect when `connection` is still empty.
+    url: Option<String>,
+    prefix: String,
+    ttl: Duration,
+}
+
+impl RedisRelationshipCache {
+    /// A cache on `connection`, every key starting with `prefix` (plus `:` if it does not
+    /// end with one), entries living `ttl`.
+    pub fn new(connection: ConnectionManager, prefix: impl Into<String>, ttl: Duration) -> Self {
+        RedisRelationshipCache {
+            connection: Arc::new(OnceCell::new_with(Some(connection))),
+            url: None,
+            prefix: key_prefix(prefix.into()),
+            ttl,
+        }
+    }
+
+    /// A cache that connects to `url` on first use (and again on later calls until that
+    /// succeeds). Fails only for a malformed URL.
+    pub fn connect_lazily(
+        url: &str,
+        prefix: impl Into<String>,
+        ttl: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        redis::Client::open(url)?;
+        Ok(RedisRelationshipCache {
+            connection: Arc::new(OnceCell::new()),
+            url: Some(url.to_owned()),
+            prefix: key_prefix(prefix.into()),
+            ttl,
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, FriendsError> {
+        let connection = self
+            .connection
+            .get_or_try_init(|| async {
+                let url = self.url.as_deref().unwrap_or_default();
+                messenger_common::redis::connect(url)
+                    .await
+                    .map_err(|error| FriendsError::Unavailable(format!("redis: {error}")))
+            })
+            .await?;
+        Ok(connection.clone())
+    }
+
+    fn entry_key(&self, user: UserId) -> String {
+        format!("{}rel:{user}", self.prefix)
+    }
+
+    fn generation_key(&self, user: UserId) -> String {
+        format!("{}gen:{user}", self.prefix)
+    }
+}
+
+/// `prefix` ending in `:` (added if missing), so `app:friends` gives `app:friends:rel:<id>`.
+fn key_prefix(mut prefix: String) -> String {
+    if !prefix.is_empty() && !prefix.ends_with(':') {
+        prefix.push(':');
+    }
+    prefix
+}
+
+#[async_trait]
+impl RelationshipCache for RedisRelationshipCache {
+    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError> {
+        let mut connection = self.connection().await?;
+        let (generation, entry): (Option<u64>, Option<String>) = redis::pipe()
+            .get(self.generation_key(user))
+            .get(self.entry_key(user))
+            .query_async(&mut connection)
+            .await?;
+        let generation = generation.unwrap_or(0);
+        // An entry we cannot parse (written by another version) is just a miss.
+        let rows = entry
+            .and_then(|json| serde_json::from_str::<CachedEntry>(&json).ok())
+            .filter(|entry| entry.generation == generation)
+            .map(|entry| entry.rows);
+        Ok(CacheLookup { generation, rows })
+    }
+
+    async fn store(
+        &self,
+        user: UserId,
+        generation: u64,
+        rows: &[Friendship],
+    ) -> Result<(), FriendsError> {
+        let json = serde_json::to_string(&CachedEntry {
+            generation,
+            rows: rows.to_vec(),
+        })
+        .map_err(|error| FriendsError::Internal(format!("encoding cache entry: {error}")))?;
+        let mut connection = self.connection().await?;
+        let seconds = self.ttl.as_secs().max(1);
+        let _: () = connection
+            .set_ex(self.entry_key(user), json, seconds)
+            .await?;
+        Ok(())
+    }
+
+    async fn invalidate(&self, users: &[UserId]) -> Result<(), FriendsError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.incr(self.generation_key(*user), 1).ignore();
+            pipe.del(self.entry_key(*user)).ignore();
+        }
+        let mut connection = self.connection().await?;
+        let _: () = pipe.query_async(&mut connection).await?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct InMemoryCacheState {
+    generations: HashMap<UserId, u64>,
+    entries: HashMap<UserId, (u64, Instant, Vec<Friendship>)>,
+}
+
+/// The cache in process memory, with the same generation and TTL rules.
+pub struct InMemoryRelationshipCache {
+    state: Mutex<InMemoryCacheState>,
+    ttl: Duration,
+}
+
+impl InMemoryRelationshipCache {
+    /// An empty cache whose entries live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        InMemoryRelationshipCache {
+            state: Mutex::new(InMemoryCacheState::default()),
+            ttl,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, InMemoryCacheState> {
+        // The state stays consistent even if a holder panicked: every update is one insert.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl RelationshipCache for InMemoryRelationshipCache {
+    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError> {
+        let state = self.state();
+        let generation = state.generations.get(&user).copied().unwrap_or(0);
+        let rows = state
+            .entries
+            .get(&user)
+            .filter(|(entry_generation, expires, _)| {
+                *entry_generation == generation && *expires > Instant::now()
+            })
+            .map(|(_, _, rows)| rows.clone());
+        Ok(CacheLookup { generation, rows })
+    }
+
+    async fn store(
+        &self,
+        user: UserId,
+        generation: u64,
+        rows: &[Friendship],
+    ) -> Result<(), FriendsError> {
+        let expires = Instant::now() + self.ttl;
+        self.state()
+            .entries
+            .insert(user, (generation, expires, rows.to_vec()));
+        Ok(())
+    }
+
+    async fn invalidate(&self, users: &[UserId]) -> Result<(), FriendsError> {
+        let mut state = self.state();
+        for user in users {
+            *state.generations.entry(*user).or_insert(0) += 1;
+            state.entries.remove(user);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_prefix;
+
+    #[test]
+    fn key_prefixes_end_with_a_separator() {
+        assert_eq!(key_prefix("app:friends".into()), "app:friends:");
+        assert_eq!(key_prefix("friends:".into()), "friends:");
+        assert_eq!(key_prefix(String::new()), "");
+    }
+}

@@ -1,0 +1,157 @@
+//! Who is who: nicknames ↔ user ids, owned by the users service.
+//!
+//! [`GrpcUserDirectory`] asks the users service with a deadline per call;
+//! [`InMemoryUserDirectory`] is a table for `messenger dev` and tests.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use messenger_proto::v1::users_service_client::UsersServiceClient;
+use messenger_proto::v1::{GetUserProfileByNicknameRequest, GetUserProfileRequest};
+use tonic::transport::Channel;
+
+use crate::domain::UserId;
+use crate::error::FriendsError;
+
+/// Resolves nicknames to user ids and back.
+#[async_trait]
+pub trait UserDirectory: Send + Sync + 'static {
+    /// The id of the user with `nickname` (matched as the users service matches it,
+    /// case-insensitively); [`FriendsError::UnknownNickname`] if nobody has it.
+    async fn user_id_by_nickname(&self, nickname: &str) -> Result<UserId, FriendsError>;
+
+    /// The nickname of `user`, `None` if they have no profile.
+    async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError>;
+}
+
+/// The users service over gRPC. Each call has its own deadline: past it the call fails
+/// with `Unavailable` (so does an unreachable service); `NotFound` passes through.
+#[derive(Clone)]
+pub struct GrpcUserDirectory {
+    client: UsersServiceClient<Channel>,
+    timeout: Duration,
+}
+
+impl GrpcUserDirectory {
+    /// A directory calling the users service on `channel`, each call limited to `timeout`.
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
+        GrpcUserDirectory {
+            client: UsersServiceClient::new(channel),
+            timeout,
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        // Tells the users service our deadline; the local timeout below enforces it.
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    async fn call<T, F>(&self, call: F) -> Result<Option<T>, FriendsError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(FriendsError::Unavailable(format!(
+                "users service did not answer within {:?}",
+                self.timeout
+            ))),
+            Ok(Ok(response)) => Ok(Some(response.into_inner())),
+            Ok(Err(status)) => match status.code() {
+                tonic::Code::NotFound => Ok(None),
+                tonic::Code::InvalidArgument => {
+                    Err(FriendsError::InvalidArgument(status.message().to_owned()))
+                }
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::ResourceExhausted => Err(FriendsError::Unavailable(format!(
+                    "users service: {}",
+                    status.message()
+                ))),
+                code => Err(FriendsError::Internal(format!(
+                    "users service answered {code:?}: {}",
+                    status.message()
+                ))),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl UserDirectory for GrpcUserDirectory {
+    async fn user_id_by_nickname(&self, nickname: &str) -> Result<UserId, FriendsError> {
+        let mut client = self.client.clone();
+        let request = self.request(GetUserProfileByNicknameRequest {
+            nickname: nickname.to_owned(),
+        });
+        let profile = self
+            .call(client.get_user_profile_by_nickname(request))
+            .await?
+            .ok_or_else(|| FriendsError::UnknownNickname(nickname.to_owned()))?;
+        UserId::parse_str(&profile.user_id).map_err(|_| {
+            FriendsError::Internal(format!(
+                "users service returned an invalid user id {:?}",
+                profile.user_id
+            ))
+        })
+    }
+
+    async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError> {
+        let mut client = self.client.clone();
+        let request = self.request(GetUserProfileRequest {
+            user_id: user.to_string(),
+        });
+        Ok(self
+            .call(client.get_user_profile(request))
+            .await?
+            .map(|profile| profile.nickname))
+    }
+}
+
+/// A fixed table of users, for `messenger dev` and tests. Nicknames match case-insensitively.
+#[derive(Default)]
+pub struct InMemoryUserDirectory {
+    nicknames: RwLock<HashMap<UserId, String>>,
+}
+
+impl InMemoryUserDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or renames) a user.
+    pub fn insert(&self, user: UserId, nickname: impl Into<String>) {
+        self.nicknames
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(user, nickname.into());
+    }
+}
+
+#[async_trait]
+impl UserDirectory for InMemoryUserDirectory {
+    async fn user_id_by_nickname(&self, nickname: &str) -> Result<UserId, FriendsError> {
+        let wanted = nickname.to_lowercase();
+        self.nicknames
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .find(|(_, known)| known.to_lowercase() == wanted)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| FriendsError::UnknownNickname(nickname.to_owned()))
+    }
+
+    async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError> {
+        Ok(self
+            .nicknames
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&user)
+            .cloned())
+    }
+}

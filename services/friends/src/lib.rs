@@ -1,0 +1,203 @@
+//! The friends service: friend requests, friend lists and the friendship check chat uses,
+//! all naming the other person by nickname (resolved through the users service).
+//!
+//! - [`domain`]: the rules, pure and table-tested.
+//! - [`store`]: the source of truth ([`store::FriendshipStore`]: PostgreSQL with the common
+//!   outbox, or in memory).
+//! - [`cache`]: each user's relationships cached in Redis (or in memory), invalidated for
+//!   both users on every change; never the source of truth.
+//! - [`directory`]: nickname ↔ user id ([`directory::UserDirectory`]: gRPC to the users
+//!   service, or in memory).
+//! - [`service`]: the gRPC `FriendsService`.
+//!
+//! Start it with [`run`] (real stores, users over gRPC), [`run_with_directory`] (real
+//! stores, a given directory — tests) or [`run_in_memory`] (everything in process — the
+//! all-in-one dev mode).
+
+pub mod cache;
+pub mod config;
+pub mod directory;
+pub mod domain;
+pub mod error;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_common::admin::{self, AdminState, ReadinessCheck};
+use messenger_common::events::{EventPublisher, KafkaPublisher};
+use messenger_common::grpc::{self, GrpcServer};
+use messenger_common::outbox::OutboxRelay;
+use messenger_common::{Metrics, Shutdown, kafka, postgres};
+use messenger_proto::topics;
+use messenger_proto::v1::friends_service_server::FriendsServiceServer;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::FriendsError;
+/// What start-up and serving fail with.
+pub use messenger_common::Error;
+
+use crate::cache::{InMemoryRelationshipCache, RedisRelationshipCache};
+use crate::directory::{GrpcUserDirectory, UserDirectory};
+use crate::service::FriendsService;
+use crate::store::{InMemoryFriendshipStore, PostgresFriendshipStore};
+
+/// This crate's migrations (the `friendships` table); the common ones run first.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Longest wait between attempts to create the events topic while Kafka is down.
+const TOPIC_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The already-bound sockets the service serves on (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Runs the service on PostgreSQL, Redis and Kafka, resolving nicknames through the users
+/// service at `USERS_URL`, until `shutdown` fires.
+pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
+    let channel = grpc::connect_channel(&config.users_url, config.users_timeout)?;
+    let directory = Arc::new(GrpcUserDirectory::new(channel, config.users_timeout));
+    run_with_directory(config, directory, listeners, shutdown).await
+}
+
+/// [`run`] with a given user directory (tests use an in-memory one).
+///
+/// Connects PostgreSQL (creating the database if needed) and runs the migrations, sets up
+/// the Redis cache (connected on first use; until Redis answers, reads go to the
+/// database), starts the outbox relay to Kafka (creating the events topic in the
+/// background, so the service starts and keeps accepting changes while Kafka is down),
+/// then serves gRPC and the admin endpoints. `/readyz` checks PostgreSQL only: Redis and
+/// Kafka outages degrade the service (no cache, delayed events) without stopping it.
+pub async fn run_with_directory(
+    config: Config,
+    directory: Arc<dyn UserDirectory>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let pool = postgres::connect(&config.database_url).await?;
+    postgres::migrate(&pool, &MIGRATOR).await?;
+    // Connected on first use: the cache is optional, so Redis need not be up at start-up.
+    let cache = RedisRelationshipCache::connect_lazily(
+        &config.redis_url,
+        config.redis_prefix.clone(),
+        config.cache_ttl,
+    )?;
+    let metrics = Metrics::new();
+
+    let publisher = KafkaPublisher::connect(&config.kafka_brokers)?;
+    let topic_task = tokio::spawn(create_events_topic(
+        config.kafka_brokers.clone(),
+        shutdown.clone(),
+    ));
+    let relay = OutboxRelay::new(pool.clone(), Arc::new(publisher))
+        .with_max_backoff(config.outbox_max_backoff)
+        .with_metrics(&metrics);
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+
+    let service = FriendsService::new(
+        Arc::new(PostgresFriendshipStore::new(pool.clone())),
+        Arc::new(cache),
+        directory,
+        config.cache_timeout,
+    )
+    .with_metrics(&metrics);
+    let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(pool)];
+    let served = serve(
+        service,
+        &config,
+        metrics,
+        readiness,
+        listeners,
+        shutdown.clone(),
+    )
+    .await;
+    // The relay and topic task stop on the same shutdown; wait so no relay write is cut off.
+    shutdown.trigger();
+    let _ = tokio::join!(relay_task, topic_task);
+    served
+}
+
+/// Runs the service entirely in process: friendships and cache in memory, events published
+/// to `events` (e.g. the dev mode's `InMemoryEventBus`). Keeps nothing across restarts.
+pub async fn run_in_memory(
+    config: Config,
+    directory: Arc<dyn UserDirectory>,
+    events: Arc<dyn EventPublisher>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    tracing::warn!("friends service running on in-memory storage: nothing is kept");
+    let service = FriendsService::new(
+        Arc::new(InMemoryFriendshipStore::new(events)),
+        Arc::new(InMemoryRelationshipCache::new(config.cache_ttl)),
+        directory,
+        config.cache_timeout,
+    );
+    serve(
+        service,
+        &config,
+        Metrics::new(),
+        Vec::new(),
+        listeners,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves gRPC and the admin endpoints until `shutdown`; if either fails, the other is
+/// stopped too.
+async fn serve(
+    service: FriendsService,
+    config: &Config,
+    metrics: Metrics,
+    readiness: Vec<Arc<dyn ReadinessCheck>>,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let grpc = GrpcServer::new(&metrics)
+        .request_timeout(config.service.request_timeout)
+        .add_service(FriendsServiceServer::new(service))
+        .serve_with_listener(listeners.grpc, shutdown.clone());
+    let admin = admin::serve_with_listener(
+        listeners.admin,
+        AdminState { metrics, readiness },
+        shutdown.clone(),
+    );
+    let stop_on_error = |result: Result<(), Error>| {
+        if result.is_err() {
+            shutdown.trigger();
+        }
+        result
+    };
+    let (grpc, admin) = tokio::join!(async { stop_on_error(grpc.await) }, async {
+        stop_on_error(admin.await)
+    });
+    grpc.and(admin)
+}
+
+/// Creates the events topic, retrying with backoff until it exists or shutdown (the relay
+/// keeps its events until then).
+async fn create_events_topic(brokers: String, shutdown: Shutdown) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            attempt = kafka::ensure_topics(&brokers, &[topics::FRIENDS_EVENTS]) => attempt,
+        };
+        match attempt {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot create the friends events topic yet");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(TOPIC_RETRY_MAX);
+    }
+}

@@ -1,0 +1,115 @@
+//! One contract suite for both relationship caches: Redis (unique key prefix per test) and
+//! in memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messenger_common::testing;
+use messenger_friends::cache::{
+    InMemoryRelationshipCache, RedisRelationshipCache, RelationshipCache,
+};
+use messenger_friends::domain::{Friendship, FriendshipStatus, now};
+use uuid::Uuid;
+
+async fn in_memory(ttl: Duration) -> Arc<dyn RelationshipCache> {
+    Arc::new(InMemoryRelationshipCache::new(ttl))
+}
+
+async fn redis(ttl: Duration) -> Arc<dyn RelationshipCache> {
+    let connection = messenger_common::redis::connect(&testing::redis_url())
+        .await
+        .unwrap_or_else(|e| panic!("TEST_REDIS_URL ({}) unreachable: {e}", testing::redis_url()));
+    Arc::new(RedisRelationshipCache::new(
+        connection,
+        testing::unique_prefix(),
+        ttl,
+    ))
+}
+
+fn rows(a: Uuid, b: Uuid) -> Vec<Friendship> {
+    let at = now();
+    vec![Friendship {
+        requester: a,
+        addressee: b,
+        status: FriendshipStatus::Accepted,
+        created_at: at,
+        updated_at: at,
+    }]
+}
+
+/// A stored read is returned until the user is invalidated.
+async fn stores_until_invalidated(cache: Arc<dyn RelationshipCache>) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = cache.lookup(a).await.unwrap();
+    assert_eq!(first.rows, None);
+    let stored = rows(a, b);
+    cache.store(a, first.generation, &stored).await.unwrap();
+    let hit = cache.lookup(a).await.unwrap();
+    assert_eq!(hit.rows, Some(stored));
+    assert_eq!(hit.generation, first.generation);
+
+    cache.invalidate(&[a, b]).await.unwrap();
+    let after = cache.lookup(a).await.unwrap();
+    assert_eq!(after.rows, None);
+    assert_ne!(after.generation, first.generation);
+}
+
+/// A read that started before an invalidation cannot put its stale result back.
+async fn stale_reads_are_not_served(cache: Arc<dyn RelationshipCache>) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let before_change = cache.lookup(a).await.unwrap();
+    cache.invalidate(&[a]).await.unwrap();
+    cache
+        .store(a, before_change.generation, &rows(a, b))
+        .await
+        .unwrap();
+    assert_eq!(cache.lookup(a).await.unwrap().rows, None);
+}
+
+/// Invalidating one user leaves others cached.
+async fn invalidation_is_per_user(cache: Arc<dyn RelationshipCache>) {
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for user in [a, c] {
+        let lookup = cache.lookup(user).await.unwrap();
+        cache
+            .store(user, lookup.generation, &rows(user, b))
+            .await
+            .unwrap();
+    }
+    cache.invalidate(&[a, b]).await.unwrap();
+    assert_eq!(cache.lookup(a).await.unwrap().rows, None);
+    assert!(cache.lookup(c).await.unwrap().rows.is_some());
+}
+
+/// Entries expire after the TTL.
+async fn entries_expire(cache: Arc<dyn RelationshipCache>) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let lookup = cache.lookup(a).await.unwrap();
+    cache
+        .store(a, lookup.generation, &rows(a, b))
+        .await
+        .unwrap();
+    assert!(cache.lookup(a).await.unwrap().rows.is_some());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(cache.lookup(a).await.unwrap().rows, None);
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod in_memory_cache {
+            $(#[tokio::test]
+            async fn $name() { super::$name(super::in_memory(std::time::Duration::from_secs(1)).await).await })*
+        }
+        mod redis_cache {
+            $(#[tokio::test]
+            async fn $name() { super::$name(super::redis(std::time::Duration::from_secs(1)).await).await })*
+        }
+    };
+}
+
+contract!(
+    stores_until_invalidated,
+    stale_reads_are_not_served,
+    invalidation_is_per_user,
+    entries_expire,
+);

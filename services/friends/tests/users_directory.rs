@@ -1,0 +1,267 @@
+//! Nicknames resolved through a users service over gRPC: a small in-test tonic
+//! `UsersService` on port 0 stands in for `messenger-users`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use messenger_common::testing::{self, TestDatabase};
+use messenger_common::{Shutdown, grpc};
+use messenger_friends::directory::{GrpcUserDirectory, InMemoryUserDirectory, UserDirectory};
+use messenger_friends::error::FriendsError;
+use messenger_proto::v1::users_service_server::{UsersService, UsersServiceServer};
+use messenger_proto::v1::{
+    FriendshipStatus, GetUserProfileByNicknameRequest, GetUserProfileRequest, SearchUsersRequest,
+    SearchUsersResponse, UpdateUserProfileRequest, UserProfile,
+};
+use support::{Person, assert_code, friend};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+/// Profiles by id; answers after `delay` (to test deadlines).
+#[derive(Clone)]
+struct FakeUsers {
+    profiles: Arc<HashMap<String, String>>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl UsersService for FakeUsers {
+    async fn get_user_profile(
+        &self,
+        request: Request<GetUserProfileRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        tokio::time::sleep(self.delay).await;
+        let id = request.into_inner().user_id;
+        let nickname = self
+            .profiles
+            .get(&id)
+            .ok_or_else(|| Status::not_found("no profile"))?;
+        Ok(Response::new(UserProfile {
+            user_id: id,
+            nickname: nickname.clone(),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_user_profile_by_nickname(
+        &self,
+        request: Request<GetUserProfileByNicknameRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        tokio::time::sleep(self.delay).await;
+        let wanted = request.into_inner().nickname.to_lowercase();
+        let (id, nickname) = self
+            .profiles
+            .iter()
+            .find(|(_, nickname)| nickname.to_lowercase() == wanted)
+            .ok_or_else(|| Status::not_found("no profile"))?;
+        Ok(Response::new(UserProfile {
+            user_id: id.clone(),
+            nickname: nickname.clone(),
+            ..Default::default()
+        }))
+    }
+
+    async fn update_user_profile(
+        &self,
+        _: Request<UpdateUserProfileRequest>,
+    ) -> Result<Response<UserProfile>, Status> {
+        Err(Status::unimplemented("not needed by friends"))
+    }
+
+    async fn search_users(
+        &self,
+        _: Request<SearchUsersRequest>,
+    ) -> Result<Response<SearchUsersResponse>, Status> {
+        Err(Status::unimplemented("not needed by friends"))
+    }
+}
+
+/// Serves `people` on a port-0 users service; returns its URL.
+async fn users_service(people: &[&Person], delay: Duration, shutdown: &Shutdown) -> String {
+    let profiles = people
+        .iter()
+        .map(|person| (person.id(), person.nickname.clone()))
+        .collect();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let service = UsersServiceServer::new(FakeUsers {
+        profiles: Arc::new(profiles),
+        delay,
+    });
+    let stop = shutdown.cancelled();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
+    );
+    url
+}
+
+/// A socket that accepts connections (the kernel does) but never answers: a hung users
+/// service. Unlike a closed port, no other test can take it over while the test runs.
+async fn unresponsive_users_service() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+fn person(name: &str) -> Person {
+    Person {
+        id: Uuid::now_v7(),
+        nickname: format!("{name}_{}", &Uuid::new_v4().simple().to_string()[..8]),
+    }
+}
+
+fn directory(url: &str, timeout: Duration) -> GrpcUserDirectory {
+    GrpcUserDirectory::new(grpc::connect_channel(url, timeout).unwrap(), timeout)
+}
+
+/// The directory contract: case-insensitive nickname lookup, `UnknownNickname` for
+/// nobody, `None` for an id without a profile.
+async fn directory_resolves_nicknames_both_ways(directory: &dyn UserDirectory, alice: &Person) {
+    let found = directory
+        .user_id_by_nickname(&alice.nickname.to_lowercase())
+        .await;
+    assert_eq!(found.unwrap(), alice.id);
+    assert!(matches!(
+        directory.user_id_by_nickname("nobody").await,
+        Err(FriendsError::UnknownNickname(name)) if name == "nobody"
+    ));
+    assert_eq!(
+        directory.nickname_of(alice.id).await.unwrap(),
+        Some(alice.nickname.clone())
+    );
+    assert_eq!(directory.nickname_of(Uuid::now_v7()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn grpc_directory_resolves_nicknames_and_passes_not_found_through() {
+    let shutdown = Shutdown::new();
+    let alice = person("Alice");
+    let url = users_service(&[&alice], Duration::ZERO, &shutdown).await;
+    directory_resolves_nicknames_both_ways(&directory(&url, Duration::from_secs(2)), &alice).await;
+    shutdown.trigger();
+}
+
+#[tokio::test]
+async fn in_memory_directory_resolves_nicknames_like_the_grpc_one() {
+    let alice = person("Alice");
+    let directory = InMemoryUserDirectory::new();
+    directory.insert(alice.id, alice.nickname.clone());
+    directory_resolves_nicknames_both_ways(&directory, &alice).await;
+}
+
+#[tokio::test]
+async fn grpc_directory_is_unavailable_when_users_is_slow_or_hung() {
+    let shutdown = Shutdown::new();
+    let alice = person("alice");
+    let slow_url = users_service(&[&alice], Duration::from_secs(5), &shutdown).await;
+    let slow = directory(&slow_url, Duration::from_millis(300));
+    let started = Instant::now();
+    assert!(matches!(
+        slow.user_id_by_nickname(&alice.nickname).await,
+        Err(FriendsError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the deadline cut the call short"
+    );
+
+    let (_listener, unresponsive_url) = unresponsive_users_service().await;
+    let hung = directory(&unresponsive_url, Duration::from_millis(500));
+    assert!(matches!(
+        hung.nickname_of(alice.id).await,
+        Err(FriendsError::Unavailable(_))
+    ));
+    shutdown.trigger();
+}
+
+#[tokio::test]
+async fn service_resolves_nicknames_through_the_users_service() {
+    let shutdown = Shutdown::new();
+    let (alice, bob) = (person("alice"), person("bob"));
+    let users_url = users_service(&[&alice, &bob], Duration::ZERO, &shutdown).await;
+
+    let database = TestDatabase::create().await;
+    let mut config = support::test_config(&database, testing::kafka_brokers());
+    config.users_url = users_url;
+    config.users_timeout = Duration::from_secs(2);
+    let (listeners, grpc_addr, _) = support::bind().await;
+    let server = tokio::spawn(messenger_friends::run(config, listeners, shutdown.clone()));
+    let client = support::connect(grpc_addr).await;
+    let send = |from: &Person, to: &str| {
+        let mut client = client.clone();
+        let request = messenger_proto::v1::SendFriendRequestRequest {
+            user_id: from.id(),
+            nickname: to.to_owned(),
+        };
+        async move {
+            client
+                .send_friend_request(request)
+                .await
+                .map(|r| r.into_inner().status())
+        }
+    };
+
+    assert_eq!(
+        send(&alice, &bob.nickname).await.unwrap(),
+        FriendshipStatus::Requested
+    );
+    assert_eq!(
+        send(&bob, &alice.nickname).await.unwrap(),
+        FriendshipStatus::Accepted
+    );
+    assert_code(send(&alice, "nobody").await, Code::NotFound);
+    assert_code(send(&alice, &alice.nickname).await, Code::InvalidArgument);
+
+    let friends = client
+        .clone()
+        .get_friends_list(messenger_proto::v1::GetFriendsListRequest { user_id: bob.id() })
+        .await
+        .unwrap()
+        .into_inner()
+        .friends;
+    let friends: Vec<_> = friends
+        .into_iter()
+        .map(|f| (f.user_id, f.nickname))
+        .collect();
+    assert_eq!(friends, vec![friend(&alice)]);
+
+    shutdown.trigger();
+    server.await.unwrap().expect("service stops cleanly");
+}
+
+#[tokio::test]
+async fn service_answers_unavailable_when_users_does_not_answer_and_changes_nothing() {
+    let shutdown = Shutdown::new();
+    let (alice, bob) = (person("alice"), person("bob"));
+    let database = TestDatabase::create().await;
+    let mut config = support::test_config(&database, testing::kafka_brokers());
+    let (_listener, unresponsive_url) = unresponsive_users_service().await;
+    config.users_url = unresponsive_url;
+    config.users_timeout = Duration::from_millis(500);
+    let (listeners, grpc_addr, _) = support::bind().await;
+    let server = tokio::spawn(messenger_friends::run(config, listeners, shutdown.clone()));
+    let mut client = support::connect(grpc_addr).await;
+
+    let sent = client
+        .send_friend_request(messenger_proto::v1::SendFriendRequestRequest {
+            user_id: alice.id(),
+            nickname: bob.nickname.clone(),
+        })
+        .await;
+    assert_code(sent, Code::Unavailable);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM friendships")
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+
+    shutdown.trigger();
+    server.await.unwrap().expect("service stops cleanly");
+}
