@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
 
+# Benchmarks measure speed (numbers in docs/benchmarks.md); tests never time anything.
 .PHONY: help build test test-deps fmt lint bench run-auth run-users run-friends run-chat
 
 help: ## list the targets
@@ -23,6 +24,9 @@ fmt: ## format the workspace
 
 lint: ## clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+bench: ## run the benchmarks whose numbers are in docs/benchmarks.md
+	cargo bench --locked -p messenger-operator --bench reconcile
 
 run-auth: ## run the auth service against local PostgreSQL/Redis/Kafka
 	cargo run --locked -p messenger-auth
