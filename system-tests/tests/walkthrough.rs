@@ -100,7 +100,7 @@ impl Platform {
             ("DATABASE_URL", users_db.url().to_owned()),
             ("REDIS_URL", redis.clone()),
             ("KAFKA_BROKERS", kafka.clone()),
-            ("USERS_CACHE_PREFIX", format!("{prefix}:users")),
+            ("USERS_REDIS_PREFIX", format!("{prefix}:users")),
             ("USERS_CONSUMER_GROUP", format!("{prefix}-users")),
         ])))
         .expect("users config");
@@ -116,7 +116,7 @@ impl Platform {
             ("REDIS_URL", redis.clone()),
             ("KAFKA_BROKERS", kafka.clone()),
             ("FRIENDS_URL", friends_url),
-            ("CHAT_CACHE_PREFIX", format!("{prefix}:chat")),
+            ("CHAT_REDIS_PREFIX", format!("{prefix}:chat")),
             ("CHAT_STORE", "memory".to_owned()),
         ]);
         if let Ok(mongo) = std::env::var("TEST_MONGODB_URI") {

@@ -72,7 +72,7 @@ pub struct HistoryCache {
 }
 
 impl HistoryCache {
-    /// `key_prefix` namespaces every key (e.g. `messenger:chat:`); `ttl` bounds how long
+    /// `key_prefix` namespaces every key (e.g. `chat:`); `ttl` bounds how long
     /// an idle chat's page stays.
     pub fn new(
         connection: ConnectionManager,

@@ -24,7 +24,7 @@ pub const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_FRIENDS_URL: &str = "http://127.0.0.1:8003";
-pub const DEFAULT_CACHE_PREFIX: &str = "messenger:chat:";
+pub const DEFAULT_CACHE_PREFIX: &str = "chat:";
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 pub const DEFAULT_FRIENDS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,7 +57,7 @@ pub enum StoreConfig {
 pub struct CacheConfig {
     /// `REDIS_URL`.
     pub redis_url: String,
-    /// `CHAT_CACHE_PREFIX`: namespaces every key.
+    /// `CHAT_REDIS_PREFIX`: namespaces every key.
     pub key_prefix: String,
     /// `CHAT_CACHE_TTL`.
     pub ttl: Duration,
@@ -147,7 +147,7 @@ impl Config {
                     redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
                     key_prefix: env_or_from(
                         &lookup,
-                        "CHAT_CACHE_PREFIX",
+                        "CHAT_REDIS_PREFIX",
                         DEFAULT_CACHE_PREFIX.to_owned(),
                     )?,
                     ttl: cache_ttl,

@@ -30,7 +30,7 @@ pub struct StorageConfig {
     pub database_url: String,
     /// Redis caching profiles and search pages (`REDIS_URL`).
     pub redis_url: String,
-    /// Prefix of every Redis key this service writes (`USERS_CACHE_PREFIX`).
+    /// Prefix of every Redis key this service writes (`USERS_REDIS_PREFIX`).
     pub redis_key_prefix: String,
     /// Kafka bootstrap servers (`KAFKA_BROKERS`).
     pub kafka_brokers: String,
@@ -77,7 +77,7 @@ impl Config {
             redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
             redis_key_prefix: env_or_from(
                 &lookup,
-                "USERS_CACHE_PREFIX",
+                "USERS_REDIS_PREFIX",
                 DEFAULT_CACHE_PREFIX.to_owned(),
             )?,
             kafka_brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.to_owned())?,
