@@ -28,7 +28,6 @@ use messenger_common::outbox::OutboxRelay;
 use messenger_common::{Metrics, Shutdown, kafka, postgres, redis};
 use messenger_proto::topics::AUTH_EVENTS;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 
 pub use config::{Config, StoreConfig};
 pub use error::AuthError;
@@ -46,21 +45,7 @@ use crate::store::{
 /// messenger-common's (outbox).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// Already-bound sockets to serve on (tests and the dev mode bind port 0).
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds the addresses from the configuration.
-    pub async fn bind(config: &Config) -> Result<Self, Error> {
-        Ok(Self {
-            grpc: TcpListener::bind(config.service.grpc_addr).await?,
-            admin: TcpListener::bind(config.service.admin_addr).await?,
-        })
-    }
-}
+pub use messenger_common::grpc::Listeners;
 
 impl AuthStores {
     /// In-memory stores; `UserRegistered` goes straight to `events`.

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
     };
     telemetry::init(&config.service.name, config.service.log_format);
     let result = async {
-        let listeners = Listeners::bind(&config).await?;
+        let listeners = Listeners::bind(&config.service).await?;
         run(config, listeners, Shutdown::on_signal()).await
     }
     .await;

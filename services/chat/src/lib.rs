@@ -26,7 +26,6 @@ use messenger_common::grpc::{GrpcServer, connect_channel};
 use messenger_common::kafka::KafkaReadiness;
 use messenger_common::{Metrics, Shutdown};
 use messenger_proto::v1::chat_service_server::ChatServiceServer;
-use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use error::ChatError;
@@ -38,26 +37,7 @@ use crate::outbox::ChatOutboxRelay;
 use crate::service::ChatHandler;
 use crate::store::{ChatStore, InMemoryChatStore, MongoChatStore};
 
-/// The sockets the service serves on, bound by the caller (tests bind port 0).
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds the configured addresses.
-    pub async fn bind(config: &Config) -> Result<Self, ChatError> {
-        let io = |error: std::io::Error| ChatError::Runtime(error.into());
-        Ok(Self {
-            grpc: TcpListener::bind(config.service.grpc_addr)
-                .await
-                .map_err(io)?,
-            admin: TcpListener::bind(config.service.admin_addr)
-                .await
-                .map_err(io)?,
-        })
-    }
-}
+pub use messenger_common::grpc::Listeners;
 
 /// Connects the store, cache and event bus, starts the outbox relay, the admin server
 /// (`/healthz`, `/readyz`, `/metrics`) and the gRPC server, and returns after a graceful

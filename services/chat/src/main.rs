@@ -1,7 +1,7 @@
 //! `messenger-chat`: reads the configuration, starts logging, binds the listeners and
 //! runs the chat service until SIGTERM/SIGINT.
 
-use messenger_chat::{Config, Listeners, run};
+use messenger_chat::{ChatError, Config, Listeners, run};
 use messenger_common::Shutdown;
 
 #[tokio::main]
@@ -15,7 +15,9 @@ async fn main() -> std::process::ExitCode {
     };
     messenger_common::telemetry::init("chat", config.service.log_format);
     let result = async {
-        let listeners = Listeners::bind(&config).await?;
+        let listeners = Listeners::bind(&config.service)
+            .await
+            .map_err(|error| ChatError::Runtime(error.into()))?;
         run(config, listeners, Shutdown::on_signal()).await
     }
     .await;

@@ -22,6 +22,25 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
+/// The two sockets every service serves on (gRPC and admin), bound before the service
+/// starts so tests and the all-in-one mode can bind port 0 and learn the addresses.
+pub struct Listeners {
+    /// Where the gRPC server accepts connections.
+    pub grpc: TcpListener,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `GRPC_ADDR` and `ADMIN_ADDR` of the service's configuration.
+    pub async fn bind(service: &crate::config::ServiceConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(service.grpc_addr).await?,
+            admin: TcpListener::bind(service.admin_addr).await?,
+        })
+    }
+}
+
 /// Builder and runner of a service's gRPC server.
 ///
 /// ```no_run

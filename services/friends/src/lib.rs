@@ -32,7 +32,6 @@ use messenger_common::outbox::OutboxRelay;
 use messenger_common::{Metrics, Shutdown, kafka, postgres};
 use messenger_proto::topics;
 use messenger_proto::v1::friends_service_server::FriendsServiceServer;
-use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use error::FriendsError;
@@ -50,11 +49,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Longest wait between attempts to create the events topic while Kafka is down.
 const TOPIC_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// The already-bound sockets the service serves on (tests bind port 0).
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
+pub use messenger_common::grpc::Listeners;
 
 /// Runs the service on PostgreSQL, Redis and Kafka, resolving nicknames through the users
 /// service at `USERS_URL`, until `shutdown` fires.

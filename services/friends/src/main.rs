@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use messenger_common::{Shutdown, telemetry};
 use messenger_friends::{Config, Listeners, run};
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,7 +16,7 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init("friends", config.service.log_format);
-    let listeners = match bind(&config).await {
+    let listeners = match Listeners::bind(&config.service).await {
         Ok(listeners) => listeners,
         Err(error) => {
             tracing::error!(%error, "cannot bind the listeners");
@@ -31,11 +30,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn bind(config: &Config) -> std::io::Result<Listeners> {
-    Ok(Listeners {
-        grpc: TcpListener::bind(config.service.grpc_addr).await?,
-        admin: TcpListener::bind(config.service.admin_addr).await?,
-    })
 }

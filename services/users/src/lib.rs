@@ -24,10 +24,9 @@ use messenger_common::consumer::{
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::grpc::GrpcServer;
 use messenger_common::kafka::KafkaReadiness;
-use messenger_common::{Metrics, ServiceConfig, Shutdown};
+use messenger_common::{Metrics, Shutdown};
 use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::users_service_server::UsersServiceServer;
-use tokio::net::TcpListener;
 
 use crate::cache::{InMemoryProfileCache, RedisProfileCache};
 use crate::cached_store::{CacheMetrics, CachedProfileStore};
@@ -41,21 +40,7 @@ pub use error::UsersError;
 /// This crate's migrations (the `profiles` table); run with `messenger_common::postgres::migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The sockets the service serves on (tests and the dev mode bind port 0).
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds `GRPC_ADDR` and `ADMIN_ADDR`.
-    pub async fn bind(service: &ServiceConfig) -> std::io::Result<Self> {
-        Ok(Self {
-            grpc: TcpListener::bind(service.grpc_addr).await?,
-            admin: TcpListener::bind(service.admin_addr).await?,
-        })
-    }
-}
+pub use messenger_common::grpc::Listeners;
 
 /// Serves the users service on PostgreSQL (migrated at start), Redis (connected lazily: the
 /// service works without it) and Kafka (consumes `UserRegistered`) until `shutdown` fires,
