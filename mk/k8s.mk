@@ -27,7 +27,7 @@ K8S_WAIT_TIMEOUT ?= 300s
 .PHONY: k8s-deploy-all k8s-undeploy k8s-cluster k8s-cluster-delete k8s-ingress k8s-images \
         k8s-operator k8s-dependencies k8s-sample k8s-hosts k8s-urls k8s-check-tools
 
-k8s-deploy-all:
+k8s-deploy-all: ## kind/minikube cluster (if absent), ingress, images, CRD, operator, dependencies, sample app
 	@$(MAKE) --no-print-directory k8s-check-tools
 	@$(MAKE) --no-print-directory k8s-cluster
 	@$(MAKE) --no-print-directory k8s-ingress
@@ -57,7 +57,7 @@ else
 	@$(KUBECTL) config use-context minikube >/dev/null
 endif
 
-k8s-cluster-delete:
+k8s-cluster-delete: ## delete the kind cluster or stop minikube
 ifeq ($(K8S_CLUSTER_TOOL),kind)
 	kind delete cluster --name $(KIND_CLUSTER_NAME)
 else
@@ -138,7 +138,7 @@ k8s-urls:
 	@echo "  status:        $(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(K8S_APP_NAME)"
 	@echo "  operator logs: $(KUBECTL) -n messenger-system logs -l app.kubernetes.io/name=messenger-operator -f"
 
-k8s-undeploy:
+k8s-undeploy: ## remove the sample app, the dependencies and the operator (keeps the cluster)
 	-$(KUBECTL) -n $(K8S_APP_NAMESPACE) delete messengerapp $(K8S_APP_NAME) --ignore-not-found --wait=true --timeout=120s
 	-$(KUBECTL) delete -k config/dependencies --ignore-not-found
 	-$(KUBECTL) delete -k config/default --ignore-not-found
