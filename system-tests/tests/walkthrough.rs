@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use messenger_common::grpc::Listeners;
 use messenger_common::shutdown::Shutdown;
 use messenger_common::testing::{self, TestDatabase};
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
@@ -23,13 +24,8 @@ use tonic::transport::Channel;
 /// Profiles are created asynchronously from `UserRegistered`; this bounds the wait.
 const EVENT_WAIT: Duration = Duration::from_secs(30);
 
-struct Ports {
-    grpc: TcpListener,
-    admin: TcpListener,
-}
-
-async fn bind() -> Ports {
-    Ports {
+async fn bind() -> Listeners {
+    Listeners {
         grpc: TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gRPC port"),
@@ -37,6 +33,18 @@ async fn bind() -> Ports {
             .await
             .expect("bind admin port"),
     }
+}
+
+/// Runs one service in the background; a service that stops with an error fails the test.
+fn spawn_service<E: std::fmt::Display>(
+    name: &'static str,
+    service: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(error) = service.await {
+            panic!("{name} service failed: {error}");
+        }
+    });
 }
 
 fn url(listener: &TcpListener) -> String {
@@ -127,46 +135,22 @@ impl Platform {
         let chat_config =
             messenger_chat::Config::from_lookup(lookup(chat_vars)).expect("chat config");
 
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let listeners = messenger_auth::Listeners {
-                grpc: auth_ports.grpc,
-                admin: auth_ports.admin,
-            };
-            messenger_auth::run(auth_config, listeners, stop)
-                .await
-                .expect("auth service failed");
-        });
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let listeners = messenger_users::Listeners {
-                grpc: users_ports.grpc,
-                admin: users_ports.admin,
-            };
-            messenger_users::run(users_config, listeners, stop)
-                .await
-                .expect("users service failed");
-        });
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let listeners = messenger_friends::Listeners {
-                grpc: friends_ports.grpc,
-                admin: friends_ports.admin,
-            };
-            messenger_friends::run(friends_config, listeners, stop)
-                .await
-                .expect("friends service failed");
-        });
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let listeners = messenger_chat::Listeners {
-                grpc: chat_ports.grpc,
-                admin: chat_ports.admin,
-            };
-            messenger_chat::run(chat_config, listeners, stop)
-                .await
-                .expect("chat service failed");
-        });
+        spawn_service(
+            "auth",
+            messenger_auth::run(auth_config, auth_ports, shutdown.clone()),
+        );
+        spawn_service(
+            "users",
+            messenger_users::run(users_config, users_ports, shutdown.clone()),
+        );
+        spawn_service(
+            "friends",
+            messenger_friends::run(friends_config, friends_ports, shutdown.clone()),
+        );
+        spawn_service(
+            "chat",
+            messenger_chat::run(chat_config, chat_ports, shutdown.clone()),
+        );
 
         Self {
             auth: AuthServiceClient::new(channel(&urls[0]).await),

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use messenger_common::config::{env_duration_from, env_or_from, mask_secret, process_env};
+use messenger_common::config::{env_nonzero_duration_from, env_or_from, mask_secret, process_env};
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
 use crate::store::LoginLimits;
@@ -94,7 +94,7 @@ impl Config {
                 ));
             }
         };
-        let token_ttl = positive(&lookup, "AUTH_TOKEN_TTL", DEFAULT_TOKEN_TTL)?;
+        let token_ttl = env_nonzero_duration_from(&lookup, "AUTH_TOKEN_TTL", DEFAULT_TOKEN_TTL)?;
         let defaults = LoginLimits::default();
         let login_limits = LoginLimits {
             max_failures_per_account: at_least_one(
@@ -107,7 +107,11 @@ impl Config {
                 "AUTH_LOGIN_MAX_FAILURES_PER_CLIENT",
                 defaults.max_failures_per_client,
             )?,
-            window: positive(&lookup, "AUTH_LOGIN_FAILURE_WINDOW", defaults.window)?,
+            window: env_nonzero_duration_from(
+                &lookup,
+                "AUTH_LOGIN_FAILURE_WINDOW",
+                defaults.window,
+            )?,
         };
         Ok(Self {
             service,
@@ -129,18 +133,6 @@ impl Config {
             login_limits: LoginLimits::default(),
         }
     }
-}
-
-fn positive(
-    lookup: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let value = env_duration_from(lookup, name, default)?;
-    if value.is_zero() {
-        return Err(ConfigError::invalid(name, "0", "must be greater than zero"));
-    }
-    Ok(value)
 }
 
 fn at_least_one(

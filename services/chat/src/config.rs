@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use messenger_common::ConfigError;
 use messenger_common::config::{
-    ServiceConfig, ServiceDefaults, env_duration_from, env_optional_from, env_or_from, process_env,
+    ServiceConfig, ServiceDefaults, env_duration_from, env_nonzero_duration_from,
+    env_optional_from, env_or_from, process_env,
 };
 use messenger_common::events::InMemoryEventBus;
 
@@ -155,26 +156,12 @@ impl Config {
             })
             .transpose()?;
         let friends_timeout =
-            env_duration_from(&lookup, "CHAT_FRIENDS_TIMEOUT", DEFAULT_FRIENDS_TIMEOUT)?;
-        if friends_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "CHAT_FRIENDS_TIMEOUT",
-                "0",
-                "must be greater than zero",
-            ));
-        }
-        let outbox_poll_interval = env_duration_from(
+            env_nonzero_duration_from(&lookup, "CHAT_FRIENDS_TIMEOUT", DEFAULT_FRIENDS_TIMEOUT)?;
+        let outbox_poll_interval = env_nonzero_duration_from(
             &lookup,
             "CHAT_OUTBOX_POLL_INTERVAL",
             DEFAULT_OUTBOX_POLL_INTERVAL,
         )?;
-        if outbox_poll_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "CHAT_OUTBOX_POLL_INTERVAL",
-                "0",
-                "must be greater than zero",
-            ));
-        }
         Ok(Self {
             service,
             store,

@@ -192,6 +192,20 @@ pub fn env_duration_from(
     }
 }
 
+/// [`env_duration_from`] for a setting where zero makes no sense (timeouts, intervals):
+/// `0s` is refused naming the variable.
+pub fn env_nonzero_duration_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = env_duration_from(lookup, name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::invalid(name, "0", "must be greater than zero"));
+    }
+    Ok(value)
+}
+
 /// Parses `<number><unit>` with unit `ms`, `s`, `m`, `h` or `d`. A unit is required so
 /// `30` is never silently read as 30 milliseconds or 30 hours.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -281,14 +295,7 @@ impl ServiceConfig {
     ) -> Result<Self, ConfigError> {
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let request_timeout =
-            env_duration_from(&lookup, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)?;
-        if request_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "REQUEST_TIMEOUT",
-                "0",
-                "must be greater than zero",
-            ));
-        }
+            env_nonzero_duration_from(&lookup, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)?;
         Ok(Self {
             name: defaults.name.to_owned(),
             grpc_addr: env_or_from(&lookup, "GRPC_ADDR", any(defaults.grpc_port))?,

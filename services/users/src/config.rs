@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use messenger_common::config::{
-    ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_or_from, mask_secret,
-    process_env,
+    ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_nonzero_duration_from,
+    env_or_from, mask_secret, process_env,
 };
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
@@ -96,14 +96,7 @@ impl Config {
             ));
         }
         let cache_timeout =
-            env_duration_from(&lookup, "USERS_CACHE_TIMEOUT", DEFAULT_CACHE_TIMEOUT)?;
-        if cache_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "USERS_CACHE_TIMEOUT",
-                "0",
-                "must be greater than zero",
-            ));
-        }
+            env_nonzero_duration_from(&lookup, "USERS_CACHE_TIMEOUT", DEFAULT_CACHE_TIMEOUT)?;
         Ok(Self {
             service,
             storage,
