@@ -74,14 +74,21 @@ fi
 log "Redis up on 127.0.0.1:6379"
 
 # --- Kafka protocol: tansu ---
+# Features: dynostore for the shared broker's memory:// storage (the default build refuses
+# it); libsql for the sqlite:// storage of the private brokers that outage tests stop and
+# restart (memory storage forgets its topics on restart). The stamp records what the
+# installed binary was built with, so an older install is upgraded once.
+TANSU_FEATURES=dynostore,libsql
+tansu_stamp="$CACHE_DIR/tansu-$TANSU_VERSION-${TANSU_FEATURES/,/-}.installed"
 TANSU_BIN=${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
-if [ ! -x "$TANSU_BIN" ] || ! "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  log "installing tansu $TANSU_VERSION from crates.io (first run only; several minutes)"
-  # Its own target dir keeps the project's build cache apart; the default build refuses
-  # memory:// storage, hence dynostore.
-  CARGO_TARGET_DIR="$HOME/.cache/tansu-build" cargo install --locked tansu \
-    --version "$TANSU_VERSION" --features dynostore >&2
+if [ ! -x "$TANSU_BIN" ] || [ ! -f "$tansu_stamp" ] \
+  || ! "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "installing tansu $TANSU_VERSION ($TANSU_FEATURES) from crates.io (first run only; several minutes)"
+  # Its own target dir keeps the project's build cache apart.
+  CARGO_TARGET_DIR="$HOME/.cache/tansu-build" cargo install --locked --force tansu \
+    --version "$TANSU_VERSION" --features "$TANSU_FEATURES" >&2
   TANSU_BIN="$HOME/.cargo/bin/tansu"
+  touch "$tansu_stamp"
 fi
 if ! port_open "$KAFKA_PORT"; then
   log "starting tansu on 127.0.0.1:$KAFKA_PORT"

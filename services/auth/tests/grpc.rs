@@ -799,10 +799,6 @@ async fn registration_works_while_kafka_is_down_and_its_event_follows() {
 
     broker.restart();
     let back_at = Instant::now();
-    // The private broker keeps topics in memory only; what a restarted cluster would have.
-    messenger_common::kafka::ensure_topics(&brokers, &[AUTH_EVENTS])
-        .await
-        .unwrap();
     let wanted = user_id.clone();
     let received = messenger_common::testing::wait_for_event(
         &brokers,

@@ -53,13 +53,20 @@ impl ConfigError {
 
 /// Hides credentials in a value before it is shown in an error: the password of a URL
 /// (`postgres://app:***@db/app`), or the whole value of a variable whose name says it is a
-/// secret (`*_PASSWORD`, `*_SECRET`, `*_TOKEN`, `*_KEY`).
+/// secret (`*_PASSWORD`, `*_SECRET`, `*_TOKEN`, `*_KEY`, `*_CREDENTIALS`). Only the last
+/// word counts, so `AUTH_TOKEN_TTL` (a duration) is shown and its error stays useful.
 pub fn mask_secret(name: &str, value: &str) -> String {
-    let upper = name.to_ascii_uppercase();
-    if ["PASSWORD", "SECRET", "TOKEN", "KEY", "CREDENTIAL"]
-        .iter()
-        .any(|word| upper.contains(word))
-    {
+    let last_word = name.rsplit('_').next().unwrap_or(name).to_ascii_uppercase();
+    let secret_words = [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "CREDENTIALS",
+    ];
+    if secret_words.contains(&last_word.as_str()) {
         return "***".to_owned();
     }
     mask_url_password(value)
@@ -437,5 +444,30 @@ mod tests {
         let error = env_required_from::<u32>(&lookup, "AUTH_JWT_SECRET").unwrap_err();
         assert!(!error.to_string().contains("topsecretvalue"), "{error}");
         assert!(error.to_string().contains("AUTH_JWT_SECRET"));
+    }
+
+    #[test]
+    fn only_the_last_word_of_a_name_marks_a_secret() {
+        for (name, shown) in [
+            ("AUTH_TOKEN_TTL", "abc"),
+            ("KEY_PREFIX", "abc"),
+            ("AUTH_REDIS_PREFIX", "abc"),
+            ("ADMIN_TOKEN", "***"),
+            ("AWS_SECRET_ACCESS_KEY", "***"),
+            ("SMTP_PASSWORD", "***"),
+            ("gcp_credentials", "***"),
+        ] {
+            assert_eq!(mask_secret(name, "abc"), shown, "{name}");
+        }
+        let error = env_duration_from(
+            &vars(&[("AUTH_TOKEN_TTL", "soon")]),
+            "AUTH_TOKEN_TTL",
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("soon"),
+            "the bad value is shown: {error}"
+        );
     }
 }

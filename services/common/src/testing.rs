@@ -178,11 +178,18 @@ pub fn tansu_binary() -> PathBuf {
     PathBuf::from("/root/.cargo/bin/tansu")
 }
 
-/// A private tansu broker (in-memory storage) on 127.0.0.1:`port`, for tests that stop
-/// and restart the broker. Killed on drop. Storage does not survive [`TansuBroker::stop`].
+/// A private tansu broker on 127.0.0.1:`port`, for tests that stop and restart the broker.
+///
+/// It keeps its topics and records in an SQLite file of its own (tansu's `libsql`
+/// feature), so a [`TansuBroker::stop`] + [`TansuBroker::restart`] is an outage of a real
+/// Kafka: the broker comes back with its data. (tansu's in-memory storage forgets its
+/// topics on restart and then accepts produce requests to the missing topic, dropping the
+/// records: a test on it could lose events the platform would not lose.) Killed on drop;
+/// its data directory is removed then.
 pub struct TansuBroker {
     port: u16,
     child: Option<Child>,
+    data_dir: PathBuf,
 }
 
 impl TansuBroker {
@@ -195,7 +202,14 @@ impl TansuBroker {
 
     /// A handle for `port` with no broker running yet; [`TansuBroker::restart`] starts it.
     pub fn stopped(port: u16) -> Self {
-        Self { port, child: None }
+        let data_dir = std::env::temp_dir().join(unique_name("messenger-tansu"));
+        std::fs::create_dir_all(&data_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", data_dir.display()));
+        Self {
+            port,
+            child: None,
+            data_dir,
+        }
     }
 
     /// `127.0.0.1:<port>`, for `bootstrap.servers`.
@@ -222,7 +236,9 @@ impl TansuBroker {
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(&binary)
             .arg("broker")
-            .args(["--storage-engine", "memory://tansu/"])
+            // Relative to the working directory: `<data_dir>/tansu.db`.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.data_dir)
             .args(["--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
             .env("RUST_LOG", "warn")
@@ -243,7 +259,11 @@ impl TansuBroker {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("tansu on port {} exited at start-up: {status}", self.port);
+                panic!(
+                    "tansu on port {} exited at start-up: {status} (it needs the libsql \
+                     feature; `make test-deps` installs it)",
+                    self.port
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -266,6 +286,7 @@ impl TansuBroker {
 impl Drop for TansuBroker {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
