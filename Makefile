@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
 
 # Benchmarks measure speed (numbers in docs/benchmarks.md); tests never time anything.
-.PHONY: help build test test-deps fmt lint bench run-auth run-users run-friends run-chat
+.PHONY: help build test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -18,6 +18,10 @@ test: ## start/install PostgreSQL, Redis, tansu and kube-apiserver, then fmt, cl
 
 test-deps: ## only start/install the components the tests need
 	scripts/test-deps.sh /dev/null
+
+sqlx-prepare: ## regenerate .sqlx/ (compile-time SQL checks) after changing a query or migration
+	scripts/test-deps.sh /dev/null
+	scripts/sqlx-prepare.sh
 
 fmt: ## format the workspace
 	cargo fmt --all

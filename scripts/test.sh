@@ -25,6 +25,8 @@ fi
 
 echo "test: cargo fmt --check" >&2
 cargo fmt --all --check
+echo "test: sqlx query data (.sqlx/) matches the queries and migrations" >&2
+scripts/sqlx-prepare.sh --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -27,12 +27,12 @@ pub async fn mark_processed(
     consumer_name: &str,
     event_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "INSERT INTO messenger_processed_events (consumer, event_id) VALUES ($1, $2) \
          ON CONFLICT DO NOTHING",
+        consumer_name,
+        event_id
     )
-    .bind(consumer_name)
-    .bind(event_id)
     .execute(connection)
     .await?;
     Ok(result.rows_affected() == 1)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::Error;
 use crate::events::{Event, EventPublisher};
@@ -37,18 +37,19 @@ pub async fn enqueue(
     key: &str,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO messenger_outbox (topic, event_key, event_id, payload) VALUES ($1, $2, $3, $4)",
+        topic,
+        key,
+        &event.event_id,
+        event.encode_to_vec(),
     )
-    .bind(topic)
-    .bind(key)
-    .bind(&event.event_id)
-    .bind(event.encode_to_vec())
     .execute(&mut *connection)
     .await?;
     // Delivered at commit, dropped on rollback; repeated notifies in one transaction fold.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
+    // The channel is NOTIFY_CHANNEL (a literal here for the compile-time check; the test
+    // `a_commit_wakes_the_relay_without_waiting_for_the_poll` fails if the two differ).
+    sqlx::query!("NOTIFY messenger_outbox")
         .execute(&mut *connection)
         .await?;
     Ok(())
@@ -56,9 +57,11 @@ pub async fn enqueue(
 
 /// Number of events not yet relayed.
 pub async fn pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM messenger_outbox WHERE sent_at IS NULL")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "pending!" FROM messenger_outbox WHERE sent_at IS NULL"#
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Publishes outbox rows to an [`EventPublisher`]; see the module docs.
@@ -130,27 +133,26 @@ impl OutboxRelay {
 
     async fn relay_batch(&self) -> Result<Batch, Error> {
         let mut tx = self.pool.begin().await?;
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .await?;
+        let leader = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
+            RELAY_LOCK_KEY
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if !leader {
             return Ok(Batch::default());
         }
-        let rows = sqlx::query(
+        let rows = sqlx::query!(
             "SELECT id, topic, event_key, payload FROM messenger_outbox \
              WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            self.batch_size
         )
-        .bind(self.batch_size)
         .fetch_all(&mut *tx)
         .await?;
         let mut batch = Batch::default();
         for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let topic: String = row.try_get("topic")?;
-            let key: String = row.try_get("event_key")?;
-            let payload: Vec<u8> = row.try_get("payload")?;
-            let event = match Event::decode(payload.as_slice()) {
+            let (id, topic, key) = (row.id, row.topic, row.event_key);
+            let event = match Event::decode(row.payload.as_slice()) {
                 Ok(event) => event,
                 Err(error) => {
                     // Only a bug writes such a row; skip it rather than block the queue.
@@ -184,10 +186,10 @@ impl OutboxRelay {
     }
 
     async fn purge_sent(&self) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query(
+        let result = sqlx::query!(
             "DELETE FROM messenger_outbox WHERE sent_at < now() - make_interval(secs => $1)",
+            self.retention.as_secs_f64()
         )
-        .bind(self.retention.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())
@@ -264,13 +266,13 @@ async fn mark(
     error: Option<&str>,
     sent: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE messenger_outbox SET attempts = attempts + 1, last_error = $2, \
          sent_at = CASE WHEN $3 THEN now() ELSE NULL END WHERE id = $1",
+        id,
+        error,
+        sent
     )
-    .bind(id)
-    .bind(error)
-    .bind(sent)
     .execute(connection)
     .await?;
     Ok(())

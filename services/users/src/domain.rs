@@ -20,7 +20,7 @@ pub const COLLISION_SUFFIX_MAX_HEX: usize = NICKNAME_MAX_CHARS - 1 - NICKNAME_MI
 
 /// A public profile as stored. `version` grows by one on every change; the cache uses it so a
 /// slow reader can never overwrite a newer cached profile with an older one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub user_id: Uuid,
     pub nickname: String,

@@ -27,7 +27,6 @@ impl PostgresAccountStore {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct AccountRow {
     user_id: Uuid,
     email: String,
@@ -62,16 +61,16 @@ impl AccountStore for PostgresAccountStore {
         let mut tx = self.pool.begin().await?;
         // ON CONFLICT DO NOTHING turns a concurrent duplicate (which would otherwise
         // wait for the winner and then raise 23505) into "no row inserted".
-        let inserted = sqlx::query(
+        let inserted = sqlx::query!(
             "INSERT INTO accounts (user_id, email, nickname, password_hash, created_at)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
+            account.user_id,
+            account.email.as_str(),
+            account.nickname.as_str(),
+            account.password_hash.as_deref(),
+            account.created_at
         )
-        .bind(account.user_id)
-        .bind(account.email.as_str())
-        .bind(account.nickname.as_str())
-        .bind(&account.password_hash)
-        .bind(account.created_at)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -91,18 +90,19 @@ impl AccountStore for PostgresAccountStore {
     }
 
     async fn find_by_email(&self, email: &Email) -> Result<Option<Account>, AuthError> {
-        let row: Option<AccountRow> = sqlx::query_as(
+        let row = sqlx::query_as!(
+            AccountRow,
             "SELECT user_id, email, nickname, password_hash, created_at
              FROM accounts WHERE lower(email) = $1",
+            email.as_str()
         )
-        .bind(email.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.map(Account::try_from).transpose()
     }
 
     async fn count(&self) -> Result<u64, AuthError> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        let count = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM accounts"#)
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(count).unwrap_or(0))

@@ -21,8 +21,9 @@ use crate::error::FriendsError;
 /// under the lock, so two attempts are enough in practice; more means something is wrong.
 const MAX_ATTEMPTS: usize = 5;
 
-const COLUMNS: &str = "user_id, friend_id, status, created_at, updated_at";
-const PAIR: &str = "LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2";
+// Queries name the pair as `LEAST(user_id, friend_id) = $1 AND GREATEST(user_id,
+// friend_id) = $2` (what the unique index `friendships_pair_key` covers), with
+// `($1, $2) = pair_key(a, b)`.
 
 /// Friendships in PostgreSQL; events through the common outbox.
 #[derive(Clone)]
@@ -37,7 +38,6 @@ impl PostgresFriendshipStore {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct FriendshipRow {
     user_id: UserId,
     friend_id: UserId,
@@ -68,11 +68,13 @@ async fn lock_pair(
     low: UserId,
     high: UserId,
 ) -> Result<Option<Friendship>, FriendsError> {
-    let row: Option<FriendshipRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM friendships WHERE {PAIR} FOR UPDATE"
-    ))
-    .bind(low)
-    .bind(high)
+    let row = sqlx::query_as!(
+        FriendshipRow,
+        "SELECT user_id, friend_id, status, created_at, updated_at FROM friendships \
+         WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2 FOR UPDATE",
+        low,
+        high
+    )
     .fetch_optional(&mut *connection)
     .await?;
     row.map(Friendship::try_from).transpose()
@@ -88,39 +90,44 @@ async fn write_pair(
 ) -> Result<bool, FriendsError> {
     let affected = match write {
         PairWrite::Insert(row) => {
-            sqlx::query(&format!(
-                "INSERT INTO friendships ({COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT ((LEAST(user_id, friend_id)), (GREATEST(user_id, friend_id))) DO NOTHING"
-            ))
-            .bind(row.requester)
-            .bind(row.addressee)
-            .bind(row.status.as_str())
-            .bind(row.created_at)
-            .bind(row.updated_at)
+            sqlx::query!(
+                "INSERT INTO friendships (user_id, friend_id, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT ((LEAST(user_id, friend_id)), (GREATEST(user_id, friend_id))) DO NOTHING",
+                row.requester,
+                row.addressee,
+                row.status.as_str(),
+                row.created_at,
+                row.updated_at
+            )
             .execute(&mut *connection)
             .await?
         }
         PairWrite::Update(row) => {
-            sqlx::query(&format!(
+            sqlx::query!(
                 "UPDATE friendships SET user_id = $3, friend_id = $4, status = $5, \
-                 created_at = $6, updated_at = $7 WHERE {PAIR}"
-            ))
-            .bind(low)
-            .bind(high)
-            .bind(row.requester)
-            .bind(row.addressee)
-            .bind(row.status.as_str())
-            .bind(row.created_at)
-            .bind(row.updated_at)
+                 created_at = $6, updated_at = $7 \
+                 WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2",
+                low,
+                high,
+                row.requester,
+                row.addressee,
+                row.status.as_str(),
+                row.created_at,
+                row.updated_at
+            )
             .execute(&mut *connection)
             .await?
         }
         PairWrite::Delete => {
-            sqlx::query(&format!("DELETE FROM friendships WHERE {PAIR}"))
-                .bind(low)
-                .bind(high)
-                .execute(&mut *connection)
-                .await?
+            sqlx::query!(
+                "DELETE FROM friendships \
+                 WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2",
+                low,
+                high
+            )
+            .execute(&mut *connection)
+            .await?
         }
     };
     Ok(affected.rows_affected() == 1)
@@ -158,11 +165,12 @@ impl FriendshipStore for PostgresFriendshipStore {
     }
 
     async fn relationships_of(&self, user: UserId) -> Result<Vec<Friendship>, FriendsError> {
-        let rows: Vec<FriendshipRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM friendships \
-             WHERE (user_id = $1 OR friend_id = $1) AND status <> 'rejected'"
-        ))
-        .bind(user)
+        let rows = sqlx::query_as!(
+            FriendshipRow,
+            "SELECT user_id, friend_id, status, created_at, updated_at FROM friendships \
+             WHERE (user_id = $1 OR friend_id = $1) AND status <> 'rejected'",
+            user
+        )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Friendship::try_from).collect()
@@ -170,12 +178,15 @@ impl FriendshipStore for PostgresFriendshipStore {
 
     async fn pair(&self, a: UserId, b: UserId) -> Result<Option<Friendship>, FriendsError> {
         let (low, high) = pair_key(a, b);
-        let row: Option<FriendshipRow> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM friendships WHERE {PAIR}"))
-                .bind(low)
-                .bind(high)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query_as!(
+            FriendshipRow,
+            "SELECT user_id, friend_id, status, created_at, updated_at FROM friendships \
+             WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2",
+            low,
+            high
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(Friendship::try_from).transpose()
     }
 }

@@ -13,7 +13,6 @@ use crate::domain::{
 };
 use crate::error::UsersError;
 
-const PROFILE_COLUMNS: &str = "user_id, nickname, bio, avatar_url, version, created_at, updated_at";
 const NICKNAME_INDEX: &str = "profiles_nickname_key";
 
 /// Profiles in PostgreSQL (table `profiles`, see `migrations/`).
@@ -34,10 +33,12 @@ impl PgProfileStore {
 }
 
 async fn profile_exists(conn: &mut sqlx::PgConnection, user_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM profiles WHERE user_id = $1)")
-        .bind(user_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM profiles WHERE user_id = $1) AS "exists!""#,
+        user_id
+    )
+    .fetch_one(conn)
+    .await
 }
 
 fn is_nickname_conflict(error: &sqlx::Error) -> bool {
@@ -67,18 +68,18 @@ impl ProfileStore for PgProfileStore {
             tx.commit().await?;
             return Ok(RegistrationOutcome::ProfileExists);
         }
-        let insert = format!(
-            "INSERT INTO profiles (user_id, nickname) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING RETURNING {PROFILE_COLUMNS}"
-        );
         for candidate in
             registration_nickname_candidates(&registration.nickname, registration.user_id)
         {
-            let created: Option<Profile> = sqlx::query_as(&insert)
-                .bind(registration.user_id)
-                .bind(candidate.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let created = sqlx::query_as!(
+                Profile,
+                "INSERT INTO profiles (user_id, nickname) VALUES ($1, $2) ON CONFLICT DO NOTHING \
+                 RETURNING user_id, nickname, bio, avatar_url, version, created_at, updated_at",
+                registration.user_id,
+                candidate.as_str()
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(profile) = created {
                 tx.commit().await?;
                 return Ok(RegistrationOutcome::Created(profile));
@@ -97,19 +98,25 @@ impl ProfileStore for PgProfileStore {
     }
 
     async fn get(&self, user_id: Uuid) -> Result<Option<Profile>, UsersError> {
-        let query = format!("SELECT {PROFILE_COLUMNS} FROM profiles WHERE user_id = $1");
-        Ok(sqlx::query_as(&query)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as!(
+            Profile,
+            "SELECT user_id, nickname, bio, avatar_url, version, created_at, updated_at \
+             FROM profiles WHERE user_id = $1",
+            user_id
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn get_by_nickname(&self, nickname: &str) -> Result<Option<Profile>, UsersError> {
-        let query = format!("SELECT {PROFILE_COLUMNS} FROM profiles WHERE nickname = $1");
-        Ok(sqlx::query_as(&query)
-            .bind(nickname)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as!(
+            Profile,
+            "SELECT user_id, nickname, bio, avatar_url, version, created_at, updated_at \
+             FROM profiles WHERE nickname = $1",
+            nickname
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn update(
@@ -118,34 +125,35 @@ impl ProfileStore for PgProfileStore {
         update: &ProfileUpdate,
     ) -> Result<UpdatedProfile, UsersError> {
         let mut tx = self.pool.begin().await?;
-        let previous_nickname: Option<String> =
-            sqlx::query_scalar("SELECT nickname FROM profiles WHERE user_id = $1 FOR UPDATE")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let previous_nickname = sqlx::query_scalar!(
+            "SELECT nickname FROM profiles WHERE user_id = $1 FOR UPDATE",
+            user_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(previous_nickname) = previous_nickname else {
             return Err(UsersError::ProfileNotFound(user_id.to_string()));
         };
         // The unique index decides nickname races: the loser gets a unique violation.
-        let query = format!(
+        let profile = sqlx::query_as!(
+            Profile,
             "UPDATE profiles SET nickname = COALESCE($2, nickname), bio = COALESCE($3, bio), \
              avatar_url = COALESCE($4, avatar_url), version = version + 1, \
-             updated_at = GREATEST(now(), updated_at) \
-             WHERE user_id = $1 RETURNING {PROFILE_COLUMNS}"
-        );
-        let profile: Profile = sqlx::query_as(&query)
-            .bind(user_id)
-            .bind(update.nickname.as_ref().map(|n| n.as_str()))
-            .bind(update.bio.as_deref())
-            .bind(update.avatar_url.as_deref())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(
-                |error| match (&update.nickname, is_nickname_conflict(&error)) {
-                    (Some(nickname), true) => UsersError::NicknameTaken(nickname.to_string()),
-                    _ => UsersError::Database(error),
-                },
-            )?;
+             updated_at = GREATEST(now(), updated_at) WHERE user_id = $1 \
+             RETURNING user_id, nickname, bio, avatar_url, version, created_at, updated_at",
+            user_id,
+            update.nickname.as_ref().map(|n| n.as_str()),
+            update.bio.as_deref(),
+            update.avatar_url.as_deref()
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(
+            |error| match (&update.nickname, is_nickname_conflict(&error)) {
+                (Some(nickname), true) => UsersError::NicknameTaken(nickname.to_string()),
+                _ => UsersError::Database(error),
+            },
+        )?;
         tx.commit().await.map_err(|error| match &update.nickname {
             Some(nickname) if is_nickname_conflict(&error) => {
                 UsersError::NicknameTaken(nickname.to_string())
@@ -159,16 +167,17 @@ impl ProfileStore for PgProfileStore {
     }
 
     async fn search(&self, query: &SearchQuery, limit: usize) -> Result<Vec<Profile>, UsersError> {
-        let sql = format!(
-            "SELECT {PROFILE_COLUMNS} FROM profiles \
+        Ok(sqlx::query_as!(
+            Profile,
+            "SELECT user_id, nickname, bio, avatar_url, version, created_at, updated_at \
+             FROM profiles \
              WHERE nickname LIKE $1 ESCAPE '\\' AND ($2::text IS NULL OR nickname > $2) \
-             ORDER BY nickname LIMIT $3"
-        );
-        Ok(sqlx::query_as(&sql)
-            .bind(query.like_pattern())
-            .bind(query.after.as_deref())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?)
+             ORDER BY nickname LIMIT $3",
+            query.like_pattern(),
+            query.after.as_deref(),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
