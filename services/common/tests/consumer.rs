@@ -415,9 +415,10 @@ async fn a_consumer_of_a_dead_broker_stops_promptly_on_shutdown() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(3), task)
+    // Generous for a loaded machine; a consumer that ignores shutdown never stops.
+    tokio::time::timeout(Duration::from_secs(10), task)
         .await
-        .expect("stops within 3s")
+        .expect("stops within 10s")
         .unwrap()
         .unwrap();
 }

@@ -209,7 +209,8 @@ async fn the_relay_stops_on_shutdown_even_while_the_broker_is_down() {
         tokio::spawn(OutboxRelay::new(database.pool().clone(), publisher).run(shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(3), relay)
+    // Well below the relay's 30 s maximum backoff, generous for a loaded machine.
+    tokio::time::timeout(Duration::from_secs(10), relay)
         .await
         .expect("relay stops promptly")
         .unwrap();
@@ -242,7 +243,7 @@ async fn a_commit_wakes_the_relay_without_waiting_for_the_poll() {
         std::slice::from_ref(&event),
     )
     .await;
-    let message = tokio::time::timeout(Duration::from_secs(3), received.recv())
+    let message = tokio::time::timeout(Duration::from_secs(15), received.recv())
         .await
         .expect("NOTIFY wakes the relay long before the 10-minute poll")
         .unwrap();
