@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use messenger_common::redis::LazyConnection;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -64,9 +65,12 @@ pub struct CacheLookup {
 /// page is stored with the generation its reader saw before querying the store. A page
 /// read from the store before a concurrent send landed therefore carries an older
 /// generation and is never served, even if the racing reader writes it last.
+///
+/// Built with [`HistoryCache::connect_lazily`], it connects on first use, so the
+/// service starts and serves from the store while Redis is down.
 #[derive(Clone)]
 pub struct HistoryCache {
-    connection: ConnectionManager,
+    connection: LazyConnection,
     key_prefix: String,
     ttl: Duration,
 }
@@ -80,9 +84,34 @@ impl HistoryCache {
         ttl: Duration,
     ) -> Self {
         Self {
-            connection,
+            connection: LazyConnection::connected(connection),
             key_prefix: key_prefix.into(),
             ttl,
+        }
+    }
+
+    /// A cache that connects to `url` on first use (and again on later calls until that
+    /// succeeds). Fails only for a malformed URL.
+    pub fn connect_lazily(
+        url: &str,
+        key_prefix: impl Into<String>,
+        ttl: Duration,
+    ) -> Result<Self, messenger_common::Error> {
+        Ok(Self {
+            connection: LazyConnection::new(url)?,
+            key_prefix: key_prefix.into(),
+            ttl,
+        })
+    }
+
+    /// The connection, or `None` (logged) while Redis cannot be reached.
+    async fn connection(&self, chat: ChatId) -> Option<ConnectionManager> {
+        match self.connection.get().await {
+            Ok(connection) => Some(connection),
+            Err(error) => {
+                tracing::warn!(%error, %chat, "history cache unavailable; using the store");
+                None
+            }
         }
     }
 
@@ -101,7 +130,9 @@ impl HistoryCache {
     /// The cached page if it belongs to the chat's current generation (a Redis or
     /// decoding failure counts as a miss).
     pub async fn latest_page(&self, chat: ChatId) -> CacheLookup {
-        let mut connection = self.connection.clone();
+        let Some(mut connection) = self.connection(chat).await else {
+            return CacheLookup::default();
+        };
         let read: Result<(Option<u64>, Option<String>), _> = redis::cmd("MGET")
             .arg(self.generation_key(chat))
             .arg(self.page_key(chat))
@@ -135,7 +166,9 @@ impl HistoryCache {
                 return;
             }
         };
-        let mut connection = self.connection.clone();
+        let Some(mut connection) = self.connection(chat).await else {
+            return;
+        };
         if let Err(error) = connection
             .set_ex::<_, _, ()>(self.page_key(chat), encoded, self.ttl_secs())
             .await
@@ -148,7 +181,9 @@ impl HistoryCache {
     /// page cached before is stale, and drops the page. Best effort; the generation key
     /// outlives any page stored under it.
     pub async fn invalidate(&self, chat: ChatId) {
-        let mut connection = self.connection.clone();
+        let Some(mut connection) = self.connection(chat).await else {
+            return;
+        };
         let generation_key = self.generation_key(chat);
         let result: Result<(), _> = redis::pipe()
             .atomic()

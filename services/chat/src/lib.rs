@@ -67,15 +67,13 @@ pub async fn run(
     };
 
     let cache = match &config.cache {
-        Some(cache) => {
-            let connection = messenger_common::redis::connect(&cache.redis_url).await?;
-            readiness.push(Arc::new(connection.clone()));
-            Some(HistoryCache::new(
-                connection,
-                cache.key_prefix.clone(),
-                cache.ttl,
-            ))
-        }
+        // Connected on first use and left out of readiness: the cache is optional, so
+        // chat starts, and stays in its Service, while Redis is down.
+        Some(cache) => Some(HistoryCache::connect_lazily(
+            &cache.redis_url,
+            cache.key_prefix.clone(),
+            cache.ttl,
+        )?),
         None => None,
     };
 

@@ -8,14 +8,14 @@
 //! users after its commit; an entry whose generation is not the current one is a miss.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use messenger_common::redis::LazyConnection;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
 
 use crate::domain::{Friendship, UserId};
 use crate::error::FriendsError;
@@ -63,9 +63,7 @@ struct CachedEntry {
 /// from the database without Redis.
 #[derive(Clone)]
 pub struct RedisRelationshipCache {
-    connection: Arc<OnceCell<ConnectionManager>>,
-    /// Where to connect when `connection` is still empty.
-    url: Option<String>,
+    connection: LazyConnection,
     prefix: String,
     ttl: Duration,
 }
@@ -75,8 +73,7 @@ impl RedisRelationshipCache {
     /// end with one), entries living `ttl`.
     pub fn new(connection: ConnectionManager, prefix: impl Into<String>, ttl: Duration) -> Self {
         RedisRelationshipCache {
-            connection: Arc::new(OnceCell::new_with(Some(connection))),
-            url: None,
+            connection: LazyConnection::connected(connection),
             prefix: key_prefix(prefix.into()),
             ttl,
         }
@@ -88,27 +85,19 @@ impl RedisRelationshipCache {
         url: &str,
         prefix: impl Into<String>,
         ttl: Duration,
-    ) -> Result<Self, redis::RedisError> {
-        redis::Client::open(url)?;
+    ) -> Result<Self, messenger_common::Error> {
         Ok(RedisRelationshipCache {
-            connection: Arc::new(OnceCell::new()),
-            url: Some(url.to_owned()),
+            connection: LazyConnection::new(url)?,
             prefix: key_prefix(prefix.into()),
             ttl,
         })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, FriendsError> {
-        let connection = self
-            .connection
-            .get_or_try_init(|| async {
-                let url = self.url.as_deref().unwrap_or_default();
-                messenger_common::redis::connect(url)
-                    .await
-                    .map_err(|error| FriendsError::Unavailable(format!("redis: {error}")))
-            })
-            .await?;
-        Ok(connection.clone())
+        self.connection
+            .get()
+            .await
+            .map_err(|error| FriendsError::Unavailable(format!("redis: {error}")))
     }
 
     fn entry_key(&self, user: UserId) -> String {

@@ -55,10 +55,10 @@ pub async fn run(
     let pool = messenger_common::postgres::connect(&storage.database_url).await?;
     messenger_common::postgres::migrate(&pool, &MIGRATOR).await?;
     let cache = RedisProfileCache::connect_lazily(
-        storage.redis_url.clone(),
+        &storage.redis_url,
         storage.redis_key_prefix.clone(),
         config.cache_ttl,
-    );
+    )?;
     let metrics = Metrics::new();
     let profiles = Arc::new(
         CachedProfileStore::new(

@@ -181,7 +181,8 @@ contract!(
 #[tokio::test]
 async fn a_lazily_connected_cache_fails_while_redis_is_unreachable() {
     // Port 1 on localhost refuses connections: every call errors quickly, none panics.
-    let cache = RedisProfileCache::connect_lazily("redis://127.0.0.1:1", unique_prefix(), TTL);
+    let cache =
+        RedisProfileCache::connect_lazily("redis://127.0.0.1:1", unique_prefix(), TTL).unwrap();
     assert!(cache.get_profile(Uuid::now_v7()).await.is_err());
     assert!(cache.put_profile(&profile("dave", 1)).await.is_err());
     assert!(cache.search_generation().await.is_err());

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use messenger_common::redis::LazyConnection;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{ProfileCache, search_page_key};
@@ -34,10 +34,9 @@ const GENERATION_MIN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Profiles and search pages in Redis.
 pub struct RedisProfileCache {
-    connection: OnceCell<ConnectionManager>,
-    /// Set when connecting lazily: the first cache call connects (and retries on later
-    /// calls while Redis is down), so the service starts and serves without Redis.
-    url: Option<String>,
+    /// Connected lazily by the service: the first cache call connects (and retries on
+    /// later calls while Redis is down), so the service starts and serves without Redis.
+    connection: LazyConnection,
     key_prefix: String,
     ttl: Duration,
     put_profile_script: redis::Script,
@@ -51,8 +50,7 @@ impl RedisProfileCache {
         ttl: Duration,
     ) -> Self {
         Self {
-            connection: OnceCell::new_with(Some(connection)),
-            url: None,
+            connection: LazyConnection::connected(connection),
             key_prefix: key_prefix.into(),
             ttl,
             put_profile_script: redis::Script::new(PUT_PROFILE_SCRIPT),
@@ -60,30 +58,22 @@ impl RedisProfileCache {
     }
 
     /// A cache that connects to `url` on first use; until Redis answers every call fails
-    /// (and the caller falls back to the database).
+    /// (and the caller falls back to the database). Fails only for a malformed URL.
     pub fn connect_lazily(
-        url: impl Into<String>,
+        url: &str,
         key_prefix: impl Into<String>,
         ttl: Duration,
-    ) -> Self {
-        Self {
-            connection: OnceCell::new(),
-            url: Some(url.into()),
+    ) -> Result<Self, UsersError> {
+        Ok(Self {
+            connection: LazyConnection::new(url)?,
             key_prefix: key_prefix.into(),
             ttl,
             put_profile_script: redis::Script::new(PUT_PROFILE_SCRIPT),
-        }
+        })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, UsersError> {
-        let connection = self
-            .connection
-            .get_or_try_init(|| async {
-                let url = self.url.as_deref().unwrap_or_default();
-                messenger_common::redis::connect(url).await
-            })
-            .await?;
-        Ok(connection.clone())
+        Ok(self.connection.get().await?)
     }
 
     fn ttl_ms(&self) -> u64 {
