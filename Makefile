@@ -29,8 +29,11 @@ fmt: ## format the workspace
 lint: ## clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## run the benchmarks whose numbers are in docs/benchmarks.md
-	cargo bench --locked -p messenger-operator --bench reconcile
+bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts PostgreSQL, Redis, tansu)
+	env_file=$$(mktemp) && scripts/test-deps.sh "$$env_file" && source "$$env_file" && rm -f "$$env_file" && \
+	cargo bench --locked -p messenger-operator --bench reconcile && \
+	cargo bench --locked -p messenger-auth --bench rpc && \
+	cargo bench --locked -p messenger-common --features testing --bench outbox
 
 run-auth: ## run the auth service against local PostgreSQL/Redis/Kafka
 	cargo run --locked -p messenger-auth

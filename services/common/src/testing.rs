@@ -361,3 +361,67 @@ pub async fn read_events(
     consumer.unsubscribe();
     events
 }
+
+/// Latency figures of a benchmark: `n`, mean and percentiles of the samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub n: usize,
+    /// Arithmetic mean.
+    pub mean: Duration,
+    /// Median.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest sample.
+    pub max: Duration,
+}
+
+impl LatencySummary {
+    /// Summarises `samples` (nearest-rank percentiles); `None` when there are none.
+    pub fn of(mut samples: Vec<Duration>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort();
+        let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+        Some(Self {
+            n: samples.len(),
+            mean: samples.iter().sum::<Duration>() / u32::try_from(samples.len()).ok()?,
+            p50: at(0.5),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+        })
+    }
+}
+
+impl std::fmt::Display for LatencySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n={} mean={:?} p50={:?} p95={:?} p99={:?} max={:?}",
+            self.n, self.mean, self.p50, self.p95, self.p99, self.max
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_summary_uses_nearest_rank_percentiles() {
+        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let summary = LatencySummary::of(samples).unwrap();
+        assert_eq!(summary.n, 100);
+        assert_eq!(summary.mean, Duration::from_micros(50_500));
+        assert_eq!(summary.p50, Duration::from_millis(51));
+        assert_eq!(summary.p95, Duration::from_millis(95));
+        assert_eq!(summary.p99, Duration::from_millis(99));
+        assert_eq!(summary.max, Duration::from_millis(100));
+        assert_eq!(LatencySummary::of(Vec::new()), None);
+    }
+}
