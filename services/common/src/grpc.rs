@@ -86,7 +86,8 @@ impl GrpcServer {
     }
 
     /// Deadline for every request (use `ServiceConfig::request_timeout`). A client's
-    /// shorter `grpc-timeout` wins. Timed-out calls end with `CANCELLED`.
+    /// shorter `grpc-timeout` wins. Timed-out calls end with `DEADLINE_EXCEEDED`
+    /// (see [`DeadlineLayer`]).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -179,8 +180,8 @@ impl GrpcServer {
         };
 
         let server = Server::builder()
-            .timeout(request_timeout)
             .layer(metrics.grpc_layer())
+            .layer(DeadlineLayer::new(request_timeout))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
         tokio::pin!(server);
@@ -213,4 +214,181 @@ pub fn connect_channel(url: &str, timeout: Duration) -> Result<Channel, Error> {
         .connect_timeout(timeout)
         .timeout(timeout);
     Ok(endpoint.connect_lazy())
+}
+
+/// Ends a call that has not produced its response by its deadline with
+/// `DEADLINE_EXCEEDED`, as the gRPC spec asks of a server: the deadline is the client's
+/// `grpc-timeout` or the server's request timeout, whichever is shorter. (tonic's own
+/// `Server::timeout` answers `CANCELLED`, which callers and the gateway would read as the
+/// client giving up.) Like tonic's, it bounds the response head, not a stream's body.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    max: Duration,
+}
+
+impl DeadlineLayer {
+    /// Deadlines of at most `max`.
+    pub fn new(max: Duration) -> Self {
+        Self { max }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService {
+            inner,
+            max: self.max,
+        }
+    }
+}
+
+/// The service produced by [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    max: Duration,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for DeadlineService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let deadline = grpc_timeout(request.headers()).map_or(self.max, |t| t.min(self.max));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, response).await {
+                Ok(result) => result,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "deadline of {deadline:?} exceeded"
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// The client's `grpc-timeout` header: at most 8 digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`). A malformed value is ignored, as the spec allows, leaving the server's.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_are_parsed_and_malformed_ones_ignored() {
+        let parse = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "10", "10x", "-1S", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    /// A handler that answers after `delay` with an OK (grpc-status 0) response.
+    fn slow_handler(
+        delay: Duration,
+    ) -> impl tower::Service<
+        http::Request<()>,
+        Response = http::Response<String>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<http::Response<String>, Infallible>> + Send,
+    > + Clone {
+        tower::service_fn(move |_request: http::Request<()>| async move {
+            tokio::time::sleep(delay).await;
+            let mut response = http::Response::new(String::new());
+            response
+                .headers_mut()
+                .insert("grpc-status", "0".parse().unwrap());
+            Ok::<_, Infallible>(response)
+        })
+    }
+
+    fn grpc_status(response: &http::Response<String>) -> &str {
+        response.headers()["grpc-status"].to_str().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shorter_of_the_client_and_server_deadlines_ends_a_call_with_deadline_exceeded() {
+        use tower::{Layer, ServiceExt};
+        let layer = DeadlineLayer::new(Duration::from_secs(30));
+        let handler = slow_handler(Duration::from_secs(10));
+        let with_client_deadline = |value: &str| {
+            http::Request::builder()
+                .header("grpc-timeout", value)
+                .body(())
+                .unwrap()
+        };
+
+        // The client allows 1 s of the server's 30: DEADLINE_EXCEEDED (code 4) at 1 s.
+        let started = tokio::time::Instant::now();
+        let response = layer
+            .layer(handler.clone())
+            .oneshot(with_client_deadline("1S"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&response), "4");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+        // A client allowing more than the handler needs gets its answer.
+        let response = layer
+            .layer(handler.clone())
+            .oneshot(with_client_deadline("20S"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&response), "0");
+
+        // The server's own limit applies when the client's is longer.
+        let started = tokio::time::Instant::now();
+        let response = DeadlineLayer::new(Duration::from_secs(2))
+            .layer(handler)
+            .oneshot(with_client_deadline("1H"))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&response), "4");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
 }

@@ -228,11 +228,11 @@ async fn a_request_running_past_the_deadline_is_cut_off() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(error.code(), tonic::Code::Cancelled, "{error:?}");
+    assert_eq!(error.code(), tonic::Code::DeadlineExceeded, "{error:?}");
     let text = server.metrics.render();
     assert!(
         text.contains(
-            r#"method="/messenger.v1.UsersService/GetUserProfileByNickname",code="Canceled""#
+            r#"method="/messenger.v1.UsersService/GetUserProfileByNickname",code="DeadlineExceeded""#
         ),
         "{text}"
     );
