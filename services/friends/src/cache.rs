@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use messenger_common::redis::LazyConnection;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
@@ -55,8 +54,10 @@ struct CachedEntry {
 }
 
 /// The cache in Redis: `<prefix>rel:<user>` holds a JSON entry with a TTL,
-/// `<prefix>gen:<user>` the user's generation (no TTL, so it never goes back to an old
-/// value while old entries may still exist).
+/// `<prefix>gen:<user>` the user's generation. The generation key expires too (after two
+/// entry TTLs, renewed by every entry write), so idle users leave nothing behind; it
+/// always outlives the entries written under it, so it never goes back to an old value
+/// while an old entry still exists.
 ///
 /// Built with [`RedisRelationshipCache::connect_lazily`], it connects on first use and
 /// retries on later calls while Redis is unreachable, so the service starts and serves
@@ -98,6 +99,14 @@ impl RedisRelationshipCache {
             .get()
             .await
             .map_err(|error| FriendsError::Unavailable(format!("redis: {error}")))
+    }
+
+    fn entry_ttl_secs(&self) -> u64 {
+        self.ttl.as_secs().max(1)
+    }
+
+    fn generation_ttl_secs(&self) -> i64 {
+        i64::try_from(self.entry_ttl_secs().saturating_mul(2)).unwrap_or(i64::MAX)
     }
 
     fn entry_key(&self, user: UserId) -> String {
@@ -147,9 +156,13 @@ impl RelationshipCache for RedisRelationshipCache {
         })
         .map_err(|error| FriendsError::Internal(format!("encoding cache entry: {error}")))?;
         let mut connection = self.connection().await?;
-        let seconds = self.ttl.as_secs().max(1);
-        let _: () = connection
-            .set_ex(self.entry_key(user), json, seconds)
+        // EXPIRE does nothing to a missing generation key (generation 0).
+        let _: () = redis::pipe()
+            .set_ex(self.entry_key(user), json, self.entry_ttl_secs())
+            .ignore()
+            .expire(self.generation_key(user), self.generation_ttl_secs())
+            .ignore()
+            .query_async(&mut connection)
             .await?;
         Ok(())
     }
@@ -158,6 +171,8 @@ impl RelationshipCache for RedisRelationshipCache {
         let mut pipe = redis::pipe();
         for user in users {
             pipe.incr(self.generation_key(*user), 1).ignore();
+            pipe.expire(self.generation_key(*user), self.generation_ttl_secs())
+                .ignore();
             pipe.del(self.entry_key(*user)).ignore();
         }
         let mut connection = self.connection().await?;

@@ -113,3 +113,45 @@ contract!(
     invalidation_is_per_user,
     entries_expire,
 );
+
+/// Generation keys expire (idle users leave nothing in Redis) but outlive the entries
+/// written under them, so an expired generation can never make an old entry current.
+#[tokio::test]
+async fn redis_generation_keys_expire_after_the_entries_written_under_them() {
+    let connection = messenger_common::redis::connect(&testing::redis_url())
+        .await
+        .unwrap_or_else(|e| panic!("TEST_REDIS_URL ({}) unreachable: {e}", testing::redis_url()));
+    let prefix = testing::unique_prefix();
+    let ttl = Duration::from_secs(60);
+    let cache = RedisRelationshipCache::new(connection.clone(), prefix.clone(), ttl);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    cache.invalidate(&[a]).await.unwrap();
+    let generation = cache.lookup(a).await.unwrap().generation;
+    cache.store(a, generation, &rows(a, b)).await.unwrap();
+
+    let ttl_of = |key: String| {
+        let mut connection = connection.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(key)
+                .query_async::<i64>(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    let entry_ttl = ttl_of(format!("{prefix}rel:{a}")).await;
+    let generation_ttl = ttl_of(format!("{prefix}gen:{a}")).await;
+    assert!((1..=60).contains(&entry_ttl), "entry TTL {entry_ttl}");
+    assert!(
+        generation_ttl > entry_ttl && generation_ttl <= 120,
+        "generation TTL {generation_ttl} must exceed the entry's {entry_ttl}"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection.clone())
+        .await
+        .unwrap();
+    for key in keys {
+        assert!(ttl_of(key.clone()).await > 0, "{key} has no expiry");
+    }
+}
