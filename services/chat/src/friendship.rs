@@ -22,8 +22,10 @@ pub trait FriendshipChecker: Send + Sync + 'static {
 }
 
 /// Asks the friends service (`FriendsService.CheckFriendship`), each call bounded by a
-/// deadline that is also sent to the server (`grpc-timeout`). The call is a read, so a
-/// caller may retry it.
+/// deadline that is also sent to the server (`grpc-timeout`): the configured timeout, or
+/// less when the RPC being served must be answered sooner
+/// (`messenger_common::grpc::outbound_timeout`). The call is a read, so a caller may
+/// retry it.
 #[derive(Clone)]
 pub struct GrpcFriendshipChecker {
     client: FriendsServiceClient<Channel>,
@@ -48,18 +50,18 @@ impl FriendshipChecker for GrpcFriendshipChecker {
             user_id: user.to_string(),
             other_user_ids: others.iter().map(ToString::to_string).collect(),
         });
-        request.set_timeout(self.timeout);
+        let timeout = messenger_common::grpc::outbound_timeout(self.timeout);
+        request.set_timeout(timeout);
         let mut client = self.client.clone();
-        let response =
-            match tokio::time::timeout(self.timeout, client.check_friendship(request)).await {
-                Err(_) => {
-                    return Err(ChatError::Unavailable(
-                        "the friends service did not answer in time".into(),
-                    ));
-                }
-                Ok(Err(status)) => return Err(friends_failure(status)),
-                Ok(Ok(response)) => response.into_inner(),
-            };
+        let response = match tokio::time::timeout(timeout, client.check_friendship(request)).await {
+            Err(_) => {
+                return Err(ChatError::Unavailable(
+                    "the friends service did not answer in time".into(),
+                ));
+            }
+            Ok(Err(status)) => return Err(friends_failure(status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
         response
             .not_friends
             .iter()

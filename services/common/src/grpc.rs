@@ -216,11 +216,33 @@ pub fn connect_channel(url: &str, timeout: Duration) -> Result<Channel, Error> {
     Ok(endpoint.connect_lazy())
 }
 
+tokio::task_local! {
+    /// When the RPC being served must be answered; set by [`DeadlineLayer`].
+    static CALL_DEADLINE: tokio::time::Instant;
+}
+
+/// Time left before the deadline of the RPC this task is serving (`None` outside one, or
+/// in a task spawned from it).
+pub fn time_left() -> Option<Duration> {
+    CALL_DEADLINE
+        .try_with(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .ok()
+}
+
+/// The timeout for a call to a peer made while serving an RPC: the peer call's own limit
+/// (`own`), or less when the caller's deadline comes sooner, so the caller's deadline
+/// travels down the call chain (as `grpc-timeout` when set with
+/// `tonic::Request::set_timeout`) and no peer works on a call nobody waits for.
+pub fn outbound_timeout(own: Duration) -> Duration {
+    time_left().map_or(own, |left| left.min(own))
+}
+
 /// Ends a call that has not produced its response by its deadline with
 /// `DEADLINE_EXCEEDED`, as the gRPC spec asks of a server: the deadline is the client's
 /// `grpc-timeout` or the server's request timeout, whichever is shorter. (tonic's own
 /// `Server::timeout` answers `CANCELLED`, which callers and the gateway would read as the
 /// client giving up.) Like tonic's, it bounds the response head, not a stream's body.
+/// While the call runs, [`time_left`] and [`outbound_timeout`] see its deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     max: Duration,
@@ -272,22 +294,23 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let deadline = grpc_timeout(request.headers()).map_or(self.max, |t| t.min(self.max));
+        let deadline_at = tokio::time::Instant::now() + deadline;
         let response = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(deadline, response).await {
+        Box::pin(CALL_DEADLINE.scope(deadline_at, async move {
+            match tokio::time::timeout_at(deadline_at, response).await {
                 Ok(result) => result,
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                     "deadline of {deadline:?} exceeded"
                 ))
                 .into_http()),
             }
-        })
+        }))
     }
 }
 
 /// The client's `grpc-timeout` header: at most 8 digits and a unit (`H`, `M`, `S`, `m`,
-/// `u`, `n`). A malformed value is ignored, as the spec allows, leaving the server's.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+/// `u`, `n`). `None` when absent or malformed (the server's own deadline then applies).
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -326,6 +349,32 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_sees_the_time_left_and_bounds_its_peer_calls_by_it() {
+        use tower::{Layer, ServiceExt};
+        assert_eq!(time_left(), None, "outside an RPC");
+        assert_eq!(
+            outbound_timeout(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        let handler = tower::service_fn(|_request: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let seen = (time_left(), outbound_timeout(Duration::from_secs(2)));
+            Ok::<_, Infallible>(http::Response::new(format!("{seen:?}")))
+        });
+        let request = http::Request::builder()
+            .header("grpc-timeout", "1S")
+            .body(())
+            .unwrap();
+        let response = DeadlineLayer::new(Duration::from_secs(30))
+            .layer(handler)
+            .oneshot(request)
+            .await
+            .unwrap();
+        let left = Duration::from_millis(700);
+        assert_eq!(response.body(), &format!("{:?}", (Some(left), left)));
     }
 
     /// A handler that answers after `delay` with an OK (grpc-status 0) response.

@@ -8,6 +8,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use messenger_common::grpc;
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use messenger_proto::v1::{GetUserProfileByNicknameRequest, GetUserProfileRequest};
 use tonic::transport::Channel;
@@ -26,8 +27,10 @@ pub trait UserDirectory: Send + Sync + 'static {
     async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError>;
 }
 
-/// The users service over gRPC. Each call has its own deadline: past it the call fails
-/// with `Unavailable` (so does an unreachable service); `NotFound` passes through.
+/// The users service over gRPC. Each call has its own deadline (shortened to what is left
+/// of the deadline of the RPC being served, see `messenger_common::grpc::outbound_timeout`):
+/// past it the call fails with `Unavailable` (so does an unreachable service); `NotFound`
+/// passes through.
 #[derive(Clone)]
 pub struct GrpcUserDirectory {
     client: UsersServiceClient<Channel>,
@@ -43,21 +46,22 @@ impl GrpcUserDirectory {
         }
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// The request and its deadline: ours, or less when our own caller's comes sooner.
+    fn request<T>(&self, message: T) -> (tonic::Request<T>, Duration) {
+        let timeout = grpc::outbound_timeout(self.timeout);
         let mut request = tonic::Request::new(message);
-        // Tells the users service our deadline; the local timeout below enforces it.
-        request.set_timeout(self.timeout);
-        request
+        // Tells the users service our deadline; the local timeout in `call` enforces it.
+        request.set_timeout(timeout);
+        (request, timeout)
     }
 
-    async fn call<T, F>(&self, call: F) -> Result<Option<T>, FriendsError>
+    async fn call<T, F>(&self, timeout: Duration, call: F) -> Result<Option<T>, FriendsError>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(FriendsError::Unavailable(format!(
-                "users service did not answer within {:?}",
-                self.timeout
+                "users service did not answer within {timeout:?}"
             ))),
             Ok(Ok(response)) => Ok(Some(response.into_inner())),
             Ok(Err(status)) => match status.code() {
@@ -85,11 +89,11 @@ impl GrpcUserDirectory {
 impl UserDirectory for GrpcUserDirectory {
     async fn user_id_by_nickname(&self, nickname: &str) -> Result<UserId, FriendsError> {
         let mut client = self.client.clone();
-        let request = self.request(GetUserProfileByNicknameRequest {
+        let (request, timeout) = self.request(GetUserProfileByNicknameRequest {
             nickname: nickname.to_owned(),
         });
         let profile = self
-            .call(client.get_user_profile_by_nickname(request))
+            .call(timeout, client.get_user_profile_by_nickname(request))
             .await?
             .ok_or_else(|| FriendsError::UnknownNickname(nickname.to_owned()))?;
         UserId::parse_str(&profile.user_id).map_err(|_| {
@@ -102,11 +106,11 @@ impl UserDirectory for GrpcUserDirectory {
 
     async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError> {
         let mut client = self.client.clone();
-        let request = self.request(GetUserProfileRequest {
+        let (request, timeout) = self.request(GetUserProfileRequest {
             user_id: user.to_string(),
         });
         Ok(self
-            .call(client.get_user_profile(request))
+            .call(timeout, client.get_user_profile(request))
             .await?
             .map(|profile| profile.nickname))
     }

@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use messenger_common::testing::{self, TestDatabase};
@@ -22,11 +22,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
-/// Profiles by id; answers after `delay` (to test deadlines).
+/// Profiles by id; answers after `delay` (to test deadlines). Records the deadline each
+/// nickname lookup arrived with.
 #[derive(Clone)]
 struct FakeUsers {
     profiles: Arc<HashMap<String, String>>,
     delay: Duration,
+    deadlines: Arc<Mutex<Vec<Option<Duration>>>>,
 }
 
 #[tonic::async_trait]
@@ -52,6 +54,8 @@ impl UsersService for FakeUsers {
         &self,
         request: Request<GetUserProfileByNicknameRequest>,
     ) -> Result<Response<UserProfile>, Status> {
+        let deadline = grpc::grpc_timeout(&request.metadata().clone().into_headers());
+        self.deadlines.lock().unwrap().push(deadline);
         tokio::time::sleep(self.delay).await;
         let wanted = request.into_inner().nickname.to_lowercase();
         let (id, nickname) = self
@@ -83,6 +87,16 @@ impl UsersService for FakeUsers {
 
 /// Serves `people` on a port-0 users service; returns its URL.
 async fn users_service(people: &[&Person], delay: Duration, shutdown: &Shutdown) -> String {
+    recording_users_service(people, delay, shutdown).await.0
+}
+
+/// [`users_service`], also returning the deadlines its nickname lookups arrived with.
+async fn recording_users_service(
+    people: &[&Person],
+    delay: Duration,
+    shutdown: &Shutdown,
+) -> (String, Arc<Mutex<Vec<Option<Duration>>>>) {
+    let deadlines = Arc::new(Mutex::new(Vec::new()));
     let profiles = people
         .iter()
         .map(|person| (person.id(), person.nickname.clone()))
@@ -92,6 +106,7 @@ async fn users_service(people: &[&Person], delay: Duration, shutdown: &Shutdown)
     let service = UsersServiceServer::new(FakeUsers {
         profiles: Arc::new(profiles),
         delay,
+        deadlines: Arc::clone(&deadlines),
     });
     let stop = shutdown.cancelled();
     tokio::spawn(
@@ -99,7 +114,7 @@ async fn users_service(people: &[&Person], delay: Duration, shutdown: &Shutdown)
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
     );
-    url
+    (url, deadlines)
 }
 
 /// A socket that accepts connections (the kernel does) but never answers: a hung users
@@ -231,6 +246,58 @@ async fn service_resolves_nicknames_through_the_users_service() {
         .map(|f| (f.user_id, f.nickname))
         .collect();
     assert_eq!(friends, vec![friend(&alice)]);
+
+    shutdown.trigger();
+    server.await.unwrap().expect("service stops cleanly");
+}
+
+#[tokio::test]
+async fn the_callers_deadline_travels_on_to_the_users_service() {
+    let shutdown = Shutdown::new();
+    let (alice, bob) = (person("alice"), person("bob"));
+    let (users_url, deadlines) =
+        recording_users_service(&[&alice, &bob], Duration::ZERO, &shutdown).await;
+    let database = TestDatabase::create().await;
+    let mut config = support::test_config(&database, testing::kafka_brokers());
+    config.users_url = users_url;
+    config.users_timeout = Duration::from_secs(5);
+    let (listeners, grpc_addr, _) = support::bind().await;
+    let server = tokio::spawn(messenger_friends::run(config, listeners, shutdown.clone()));
+    let mut client = support::connect(grpc_addr).await;
+    let send = |from: &Person, to: &Person, caller_timeout: Option<Duration>| {
+        let mut request = Request::new(messenger_proto::v1::SendFriendRequestRequest {
+            user_id: from.id(),
+            nickname: to.nickname.clone(),
+        });
+        if let Some(timeout) = caller_timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    };
+
+    // No caller deadline: friends' own FRIENDS_USERS_TIMEOUT (5 s) is what users gets.
+    client
+        .send_friend_request(send(&alice, &bob, None))
+        .await
+        .unwrap();
+    // A caller allowing 1 s: users is told it has at most what is left of that second.
+    client
+        .send_friend_request(send(&bob, &alice, Some(Duration::from_secs(1))))
+        .await
+        .unwrap();
+
+    let deadlines = deadlines.lock().unwrap().clone();
+    assert_eq!(deadlines.len(), 2, "{deadlines:?}");
+    let own = deadlines[0].expect("a deadline is always sent");
+    assert!(
+        own > Duration::from_secs(4) && own <= Duration::from_secs(5),
+        "{own:?}"
+    );
+    let forwarded = deadlines[1].expect("a deadline is always sent");
+    assert!(
+        forwarded > Duration::ZERO && forwarded <= Duration::from_secs(1),
+        "the caller's 1 s deadline travels on: {forwarded:?}"
+    );
 
     shutdown.trigger();
     server.await.unwrap().expect("service stops cleanly");
