@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
 
 # Benchmarks measure speed (numbers in docs/benchmarks.md); tests never time anything.
-.PHONY: help build test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat
+.PHONY: help run build test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,6 +34,11 @@ bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts Pos
 	cargo bench --locked -p messenger-operator --bench reconcile && \
 	cargo bench --locked -p messenger-auth --bench rpc && \
 	cargo bench --locked -p messenger-common --features testing --bench outbox
+
+run: ## the whole messenger in one process - arrives with the gateway; says what to run meanwhile
+	@echo "make run (gateway + all services in one process, in-memory storage) arrives with the REST gateway." >&2
+	@echo "Meanwhile: make test-deps, then make run-auth, run-users, run-friends and run-chat (see README.md)." >&2
+	@exit 2
 
 run-auth: ## run the auth service against local PostgreSQL/Redis/Kafka
 	cargo run --locked -p messenger-auth
