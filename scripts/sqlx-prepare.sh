@@ -23,7 +23,15 @@ service_migrations=$(ls -d services/*/migrations | grep -v '^services/common/')
 for source in services/common/migrations $service_migrations; do
   cargo sqlx migrate run --ignore-missing --source "$source" --database-url "$SCRATCH_URL" >/dev/null
 done
-# Its own target dir: prepare forces a re-check of every crate that uses the macros.
-CARGO_TARGET_DIR="$HOME/.cache/messenger-sqlx-prepare" \
-  cargo sqlx prepare --workspace --database-url "$SCRATCH_URL" "$@"
+# prepare forces a re-check of every crate that uses the macros by touching their sources,
+# which would make the next build of this tree recompile them. --check only reads, so it
+# runs on a copy (mtimes kept, so the copy's own target dir stays warm between runs).
+work_dir=.
+if [ "${1:-}" = --check ]; then
+  work_dir="$HOME/.cache/messenger-sqlx-prepare/tree"
+  rm -rf "$work_dir" && mkdir -p "$work_dir"
+  tar --exclude=./.git --exclude=./target -cf - . | tar -C "$work_dir" -xf -
+fi
+(cd "$work_dir" && CARGO_TARGET_DIR="$HOME/.cache/messenger-sqlx-prepare/target" \
+  cargo sqlx prepare --workspace --database-url "$SCRATCH_URL" "$@")
 cargo sqlx database drop -y --database-url "$SCRATCH_URL" >/dev/null
