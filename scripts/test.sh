@@ -33,6 +33,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test: doc tests" >&2
 cargo test --workspace --doc --locked --quiet
 
+# system-tests/tests/processes.rs runs the service binaries themselves: build them all.
+echo "test: cargo build --bins" >&2
+cargo build --workspace --bins --locked
+
 filter=()
 if [ -n "${MONGODB_SKIP_REASON:-}" ]; then
   filter=(-E 'not test(/mongo/)')

@@ -185,14 +185,23 @@ impl GrpcServer {
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => return result.map_err(Error::from),
-            _ = shutdown.cancelled() => {}
-        }
-        // Streams that never end (health Watch) would hold shutdown forever: bound it.
-        match tokio::time::timeout(drain_timeout, &mut server).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!(?drain_timeout, "drain timeout passed; dropping open calls"),
+        // The server also ends by itself once shutdown has stopped it accepting and the
+        // last call has finished; either way the stop is logged.
+        let drained = tokio::select! {
+            result = &mut server => {
+                result?;
+                true
+            }
+            _ = shutdown.cancelled() => false,
+        };
+        if !drained {
+            // Streams that never end (health Watch) would hold shutdown forever: bound it.
+            match tokio::time::timeout(drain_timeout, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::warn!(?drain_timeout, "drain timeout passed; dropping open calls")
+                }
+            }
         }
         tracing::info!("gRPC server stopped");
         Ok(())
