@@ -224,7 +224,8 @@ async fn the_binaries_serve_the_walkthrough_and_stop_cleanly_on_sigterm() {
         friends: friends.url(),
         chat: chat.url(),
     };
-    support::two_people_register_befriend_and_chat(&mut Clients::connect(&urls).await).await;
+    let tokens =
+        support::two_people_register_befriend_and_chat(&mut Clients::connect(&urls).await).await;
 
     // Every call above was counted by the service that served it.
     let metrics = chat.admin_get("/metrics").unwrap_or_default();
@@ -248,6 +249,13 @@ async fn the_binaries_serve_the_walkthrough_and_stop_cleanly_on_sigterm() {
             "messenger-{} logs its drain and stop:\n{logs}",
             service.name
         );
+        for secret in tokens.iter().map(String::as_str).chain([support::PASSWORD]) {
+            assert!(
+                !logs.contains(secret),
+                "messenger-{} logged a password or an access token:\n{logs}",
+                service.name
+            );
+        }
         assert!(
             logs.lines().all(|line| line.starts_with('{')),
             "LOG_FORMAT=json: every line of messenger-{} is a JSON object:\n{logs}",

@@ -21,6 +21,9 @@ use tonic::transport::Channel;
 /// Profiles are created asynchronously from `UserRegistered`; this bounds the wait.
 const EVENT_WAIT: Duration = Duration::from_secs(30);
 
+/// The password every walkthrough user registers with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
 /// gRPC URLs of the four services.
 pub struct Urls {
     pub auth: String,
@@ -60,7 +63,7 @@ impl Clients {
     /// profile from the `UserRegistered` event it consumed from Kafka.
     async fn register(&mut self, nickname: &str) -> (String, String) {
         let email = format!("{nickname}@example.org");
-        let password = "correct horse battery staple".to_owned();
+        let password = PASSWORD.to_owned();
         let user_id = self
             .auth
             .register(RegisterRequest {
@@ -102,7 +105,8 @@ impl Clients {
 }
 
 /// Two people register, become friends, open a chat and read each other's messages.
-pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) {
+/// Returns the access tokens they were given (secrets no log may show).
+pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec<String> {
     let tag = testing::unique_prefix().replace(':', "").to_lowercase();
     let tag: String = tag
         .chars()
@@ -112,7 +116,8 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) {
     let (alice_nick, bob_nick) = (format!("alice{tag}"), format!("bob{tag}"));
 
     let (alice, alice_token) = clients.register(&alice_nick).await;
-    let (bob, _bob_token) = clients.register(&bob_nick).await;
+    let (bob, bob_token) = clients.register(&bob_nick).await;
+    let tokens = vec![alice_token.clone(), bob_token];
 
     // The token the gateway would receive resolves to Alice.
     let validated = clients
@@ -253,4 +258,5 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) {
             .map(|m| m.content.as_str()),
         Some("lunch?")
     );
+    tokens
 }
