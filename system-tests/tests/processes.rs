@@ -210,6 +210,7 @@ async fn the_binaries_serve_the_walkthrough_and_stop_cleanly_on_sigterm() {
                 ("CHAT_REDIS_PREFIX", format!("{prefix}chat:")),
                 ("CHAT_STORE", "memory".to_owned()),
                 ("FRIENDS_URL", friends.url()),
+                ("USERS_URL", users.url()),
             ],
         ]
         .concat(),

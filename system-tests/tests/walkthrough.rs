@@ -91,7 +91,7 @@ impl Platform {
             ("DATABASE_URL", friends_db.url().to_owned()),
             ("REDIS_URL", redis.clone()),
             ("KAFKA_BROKERS", kafka.clone()),
-            ("USERS_URL", users_url),
+            ("USERS_URL", users_url.clone()),
             ("FRIENDS_REDIS_PREFIX", format!("{prefix}:friends")),
         ])))
         .expect("friends config");
@@ -99,6 +99,7 @@ impl Platform {
             ("REDIS_URL", redis.clone()),
             ("KAFKA_BROKERS", kafka.clone()),
             ("FRIENDS_URL", friends_url),
+            ("USERS_URL", users_url),
             ("CHAT_REDIS_PREFIX", format!("{prefix}:chat")),
             ("CHAT_STORE", "memory".to_owned()),
         ]);

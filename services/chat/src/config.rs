@@ -15,6 +15,7 @@ use messenger_common::events::InMemoryEventBus;
 
 use crate::friendship::InMemoryFriendships;
 use crate::store::MongoStoreConfig;
+use crate::users::InMemoryUsers;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "chat",
@@ -25,9 +26,11 @@ pub const DEFAULT_MONGODB_URI: &str = "mongodb://127.0.0.1:27017";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_FRIENDS_URL: &str = "http://127.0.0.1:8003";
+pub const DEFAULT_USERS_URL: &str = "http://127.0.0.1:8004";
 pub const DEFAULT_CACHE_PREFIX: &str = "chat:";
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 pub const DEFAULT_FRIENDS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_USERS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_OUTBOX_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_OUTBOX_ORPHAN_GRACE: Duration = Duration::from_secs(120);
 
@@ -40,6 +43,7 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     pub events: EventsConfig,
     pub friends: FriendsConfig,
+    pub users: UsersConfig,
     /// How often the outbox relay looks for events besides being woken by writes
     /// (`CHAT_OUTBOX_POLL_INTERVAL`).
     pub outbox_poll_interval: Duration,
@@ -73,16 +77,28 @@ pub enum EventsConfig {
     InMemory(InMemoryEventBus),
 }
 
-/// Who answers "are these people friends?".
-#[derive(Clone)]
-pub enum FriendsConfig {
-    /// The friends service at `FRIENDS_URL`, each call bounded by `CHAT_FRIENDS_TIMEOUT`.
+/// A peer service chat calls, or its in-process stand-in.
+pub enum Peer<T> {
+    /// The service at `url`, each call bounded by `timeout`.
     Grpc { url: String, timeout: Duration },
-    /// An in-process set of friendships (tests, single-process runs).
-    InMemory(Arc<InMemoryFriendships>),
+    /// In process (tests, single-process runs).
+    InMemory(Arc<T>),
 }
 
-impl std::fmt::Debug for FriendsConfig {
+// By hand: a derive would ask `T: Clone`, but only the `Arc` is cloned.
+impl<T> Clone for Peer<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Grpc { url, timeout } => Self::Grpc {
+                url: url.clone(),
+                timeout: *timeout,
+            },
+            Self::InMemory(stand_in) => Self::InMemory(Arc::clone(stand_in)),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Peer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Grpc { url, timeout } => f
@@ -94,6 +110,14 @@ impl std::fmt::Debug for FriendsConfig {
         }
     }
 }
+
+/// Who answers "are these people friends?": the friends service at `FRIENDS_URL`
+/// (`CHAT_FRIENDS_TIMEOUT`), or a set of friendships in process.
+pub type FriendsConfig = Peer<InMemoryFriendships>;
+
+/// Who answers "does this user exist?" (asked only to explain a refused chat): the users
+/// service at `USERS_URL` (`CHAT_USERS_TIMEOUT`), or users in process.
+pub type UsersConfig = Peer<InMemoryUsers>;
 
 impl Config {
     /// Reads the process environment.
@@ -157,6 +181,8 @@ impl Config {
             .transpose()?;
         let friends_timeout =
             env_nonzero_duration_from(&lookup, "CHAT_FRIENDS_TIMEOUT", DEFAULT_FRIENDS_TIMEOUT)?;
+        let users_timeout =
+            env_nonzero_duration_from(&lookup, "CHAT_USERS_TIMEOUT", DEFAULT_USERS_TIMEOUT)?;
         let outbox_poll_interval = env_nonzero_duration_from(
             &lookup,
             "CHAT_OUTBOX_POLL_INTERVAL",
@@ -173,13 +199,17 @@ impl Config {
                 url: env_or_from(&lookup, "FRIENDS_URL", DEFAULT_FRIENDS_URL.to_owned())?,
                 timeout: friends_timeout,
             },
+            users: UsersConfig::Grpc {
+                url: env_or_from(&lookup, "USERS_URL", DEFAULT_USERS_URL.to_owned())?,
+                timeout: users_timeout,
+            },
             outbox_poll_interval,
         })
     }
 
     /// Everything in process: in-memory store, no cache, events on `bus`, friendships
-    /// from `friendships`. For the all-in-one dev mode and tests; listeners come from
-    /// `crate::Listeners`.
+    /// from `friendships`, every id counted as a user. For the all-in-one dev mode and
+    /// tests; listeners come from `crate::Listeners`.
     pub fn in_memory(bus: InMemoryEventBus, friendships: Arc<InMemoryFriendships>) -> Self {
         Self {
             service: ServiceConfig::from_lookup(DEFAULTS, |_| None)
@@ -188,6 +218,7 @@ impl Config {
             cache: None,
             events: EventsConfig::InMemory(bus),
             friends: FriendsConfig::InMemory(friendships),
+            users: UsersConfig::InMemory(Arc::new(InMemoryUsers::everyone())),
             outbox_poll_interval: DEFAULT_OUTBOX_POLL_INTERVAL,
         }
     }
@@ -224,6 +255,9 @@ mod tests {
         assert!(
             matches!(config.friends, FriendsConfig::Grpc { ref url, .. } if url == DEFAULT_FRIENDS_URL)
         );
+        assert!(
+            matches!(config.users, UsersConfig::Grpc { ref url, timeout } if url == DEFAULT_USERS_URL && timeout == DEFAULT_USERS_TIMEOUT)
+        );
     }
 
     #[test]
@@ -248,6 +282,7 @@ mod tests {
             ("CHAT_STORE", "postgres"),
             ("CHAT_CACHE_TTL", "10"),
             ("CHAT_FRIENDS_TIMEOUT", "0s"),
+            ("CHAT_USERS_TIMEOUT", "0s"),
             ("CHAT_OUTBOX_POLL_INTERVAL", "soon"),
             ("GRPC_ADDR", "nowhere"),
         ];

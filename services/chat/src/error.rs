@@ -21,6 +21,9 @@ pub enum ChatError {
     /// nothing else about them leaves the service.
     #[error("you can only open a chat with your friends; not your friends: {}", join_ids(.0))]
     NotFriends(Vec<UserId>),
+    /// Some of the people named are nobody: no user has these ids.
+    #[error("no user with id {}", join_ids(.0))]
+    UnknownUsers(Vec<UserId>),
     /// A peer (the friends service) or a backing store is unreachable or too slow.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -70,7 +73,7 @@ impl From<ChatError> for ServiceError {
         let message = error.to_string();
         match error {
             ChatError::InvalidArgument(_) => ServiceError::InvalidArgument(message),
-            ChatError::ChatNotFound => ServiceError::NotFound(message),
+            ChatError::ChatNotFound | ChatError::UnknownUsers(_) => ServiceError::NotFound(message),
             ChatError::NotParticipant | ChatError::NotFriends(_) => {
                 ServiceError::PermissionDenied(message)
             }
@@ -102,6 +105,10 @@ mod tests {
                 tonic::Code::InvalidArgument,
             ),
             (ChatError::ChatNotFound, tonic::Code::NotFound),
+            (
+                ChatError::UnknownUsers(vec![stranger]),
+                tonic::Code::NotFound,
+            ),
             (ChatError::NotParticipant, tonic::Code::PermissionDenied),
             (
                 ChatError::NotFriends(vec![stranger]),

@@ -16,6 +16,7 @@ pub mod friendship;
 pub mod outbox;
 pub mod service;
 pub mod store;
+pub mod users;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,11 +32,12 @@ pub use config::Config;
 pub use error::ChatError;
 
 use crate::cache::HistoryCache;
-use crate::config::{EventsConfig, FriendsConfig, StoreConfig};
+use crate::config::{EventsConfig, FriendsConfig, StoreConfig, UsersConfig};
 use crate::friendship::{FriendshipChecker, GrpcFriendshipChecker};
 use crate::outbox::ChatOutboxRelay;
 use crate::service::ChatHandler;
 use crate::store::{ChatStore, InMemoryChatStore, MongoChatStore};
+use crate::users::{GrpcUserDirectory, UserDirectory};
 
 pub use messenger_common::grpc::Listeners;
 
@@ -93,6 +95,13 @@ pub async fn run(
         }
         FriendsConfig::InMemory(friendships) => friendships.clone(),
     };
+    let users: Arc<dyn UserDirectory> = match &config.users {
+        UsersConfig::Grpc { url, timeout } => Arc::new(GrpcUserDirectory::new(
+            connect_channel(url, *timeout)?,
+            *timeout,
+        )),
+        UsersConfig::InMemory(users) => users.clone(),
+    };
 
     // Our own token, cancelled by the caller's: stopping this service after an error
     // must not stop whatever else shares the caller's token (the all-in-one dev mode).
@@ -107,7 +116,7 @@ pub async fn run(
 
     let relay = ChatOutboxRelay::new(Arc::clone(&store), publisher, config.outbox_poll_interval)
         .with_metrics(&metrics);
-    let handler = ChatHandler::new(store, friendships, cache, relay.waker());
+    let handler = ChatHandler::new(store, friendships, users, cache, relay.waker());
     let relay_task = tokio::spawn(relay.run(stop.clone()));
     let admin_task = tokio::spawn(admin::serve_with_listener(
         listeners.admin,

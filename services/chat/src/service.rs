@@ -17,6 +17,7 @@ use crate::domain::{
 use crate::error::ChatError;
 use crate::friendship::FriendshipChecker;
 use crate::store::ChatStore;
+use crate::users::UserDirectory;
 
 /// GetUserChats returns at most this many chats (the most recently active).
 pub const USER_CHATS_LIMIT: usize = 500;
@@ -33,6 +34,8 @@ pub struct HistoryPage {
 pub struct ChatHandler {
     store: Arc<dyn ChatStore>,
     friendships: Arc<dyn FriendshipChecker>,
+    /// Asked only when a chat is refused, to tell "no such user" from "not your friend".
+    users: Arc<dyn UserDirectory>,
     cache: Option<HistoryCache>,
     /// Wakes the outbox relay after a write.
     relay_wake: Arc<Notify>,
@@ -42,12 +45,14 @@ impl ChatHandler {
     pub fn new(
         store: Arc<dyn ChatStore>,
         friendships: Arc<dyn FriendshipChecker>,
+        users: Arc<dyn UserDirectory>,
         cache: Option<HistoryCache>,
         relay_wake: Arc<Notify>,
     ) -> Self {
         Self {
             store,
             friendships,
+            users,
             cache,
             relay_wake,
         }
@@ -64,6 +69,15 @@ impl ChatHandler {
             .not_friends(draft.creator_id, &draft.other_ids)
             .await?;
         if !not_friends.is_empty() {
+            // Nobody is friends with an id no one has: say which ids are nobody's. If the
+            // users service cannot tell, the refusal stands as it is.
+            match self.users.unknown(&not_friends).await {
+                Ok(unknown) if !unknown.is_empty() => return Err(ChatError::UnknownUsers(unknown)),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not ask the users service who exists");
+                }
+            }
             return Err(ChatError::NotFriends(not_friends));
         }
         let chat = draft.into_chat();

@@ -7,10 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_chat::config::{CacheConfig, EventsConfig, FriendsConfig, StoreConfig};
+use messenger_chat::config::{CacheConfig, EventsConfig, FriendsConfig, StoreConfig, UsersConfig};
 use messenger_chat::domain::UserId;
 use messenger_chat::friendship::InMemoryFriendships;
 use messenger_chat::store::MongoStoreConfig;
+use messenger_chat::users::InMemoryUsers;
 use messenger_chat::{ChatError, Config, Listeners, run};
 use messenger_common::Shutdown;
 use messenger_common::events::{BusMessage, Event, InMemoryEventBus, Payload};
@@ -70,7 +71,16 @@ async fn start_on(
     friends: FriendsConfig,
     friendships: Arc<InMemoryFriendships>,
 ) -> ChatServer {
-    start_with_redis(store, events, friends, friendships, testing::redis_url()).await
+    let everyone = UsersConfig::InMemory(Arc::new(InMemoryUsers::everyone()));
+    start_with_redis(
+        store,
+        events,
+        friends,
+        friendships,
+        everyone,
+        testing::redis_url(),
+    )
+    .await
 }
 
 async fn start_with_redis(
@@ -78,6 +88,7 @@ async fn start_with_redis(
     events: EventsConfig,
     friends: FriendsConfig,
     friendships: Arc<InMemoryFriendships>,
+    users: UsersConfig,
     redis_url: String,
 ) -> ChatServer {
     let cache_prefix = testing::unique_prefix();
@@ -85,6 +96,7 @@ async fn start_with_redis(
     config.store = store;
     config.events = events;
     config.friends = friends;
+    config.users = users;
     config.cache = Some(CacheConfig {
         redis_url,
         key_prefix: cache_prefix.clone(),
@@ -761,6 +773,43 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String)
 }
 
 #[tokio::test]
+async fn a_chat_with_someone_nobody_is_refused_as_not_found_and_with_a_stranger_as_denied() {
+    let friendships = Arc::new(InMemoryFriendships::new());
+    let users = Arc::new(InMemoryUsers::registry());
+    let chat = start_with_redis(
+        StoreConfig::Memory,
+        EventsConfig::InMemory(InMemoryEventBus::new()),
+        FriendsConfig::InMemory(Arc::clone(&friendships)),
+        friendships,
+        UsersConfig::InMemory(Arc::clone(&users)),
+        testing::redis_url(),
+    )
+    .await;
+    let (creator, stranger, nobody) = (user(), user(), user());
+    for id in [&creator, &stranger] {
+        users.register(parse(id));
+    }
+
+    let refused = chat
+        .create_chat(&creator, &[&stranger, &nobody])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains(&nobody), "{refused:?}");
+    assert!(
+        !refused.message().contains(&stranger),
+        "only the unknown id is named: {refused:?}"
+    );
+
+    let refused = chat.create_chat(&creator, &[&stranger]).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        chat.user_chats(&creator).await.is_empty(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
 async fn without_redis_the_service_starts_serves_from_the_store_and_stays_ready() {
     let dead_redis = format!("redis://127.0.0.1:{}", testing::free_port());
     let friendships = Arc::new(InMemoryFriendships::new());
@@ -769,6 +818,7 @@ async fn without_redis_the_service_starts_serves_from_the_store_and_stays_ready(
         EventsConfig::InMemory(InMemoryEventBus::new()),
         FriendsConfig::InMemory(Arc::clone(&friendships)),
         friendships,
+        UsersConfig::InMemory(Arc::new(InMemoryUsers::everyone())),
         dead_redis,
     )
     .await;

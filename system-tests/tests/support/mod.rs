@@ -151,6 +151,18 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
         .await
         .expect_err("a chat with a non-friend must be refused");
     assert_eq!(refused.code(), Code::PermissionDenied);
+    // An id nobody has is named as such (chat asks users).
+    let nobody = uuid::Uuid::new_v4().to_string();
+    let refused = clients
+        .chat
+        .create_chat(CreateChatRequest {
+            creator_id: alice.clone(),
+            participant_ids: vec![nobody.clone()],
+        })
+        .await
+        .expect_err("a chat with nobody must be refused");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains(&nobody), "{refused:?}");
 
     // Alice asks Bob by nickname (resolved through users); Bob accepts.
     let sent = clients
