@@ -46,12 +46,13 @@ impl GrpcFriendshipChecker {
 #[async_trait]
 impl FriendshipChecker for GrpcFriendshipChecker {
     async fn not_friends(&self, user: UserId, others: &[UserId]) -> Result<Vec<UserId>, ChatError> {
-        let mut request = tonic::Request::new(CheckFriendshipRequest {
-            user_id: user.to_string(),
-            other_user_ids: others.iter().map(ToString::to_string).collect(),
-        });
-        let timeout = messenger_common::grpc::outbound_timeout(self.timeout);
-        request.set_timeout(timeout);
+        let (request, timeout) = messenger_common::grpc::peer_request(
+            CheckFriendshipRequest {
+                user_id: user.to_string(),
+                other_user_ids: others.iter().map(ToString::to_string).collect(),
+            },
+            self.timeout,
+        );
         let mut client = self.client.clone();
         let response = match tokio::time::timeout(timeout, client.check_friendship(request)).await {
             Err(_) => {

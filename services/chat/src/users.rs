@@ -45,11 +45,12 @@ impl UserDirectory for GrpcUserDirectory {
     async fn unknown(&self, ids: &[UserId]) -> Result<Vec<UserId>, ChatError> {
         let mut unknown = Vec::new();
         for id in ids {
-            let timeout = messenger_common::grpc::outbound_timeout(self.timeout);
-            let mut request = tonic::Request::new(GetUserProfileRequest {
-                user_id: id.to_string(),
-            });
-            request.set_timeout(timeout);
+            let (request, timeout) = messenger_common::grpc::peer_request(
+                GetUserProfileRequest {
+                    user_id: id.to_string(),
+                },
+                self.timeout,
+            );
             let mut client = self.client.clone();
             match tokio::time::timeout(timeout, client.get_user_profile(request)).await {
                 Err(_) => {

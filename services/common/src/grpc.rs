@@ -246,6 +246,15 @@ pub fn outbound_timeout(own: Duration) -> Duration {
     time_left().map_or(own, |left| left.min(own))
 }
 
+/// A request to a peer carrying the deadline [`outbound_timeout`] gives for `own` (sent as
+/// `grpc-timeout`), and that deadline, for the caller's own timer around the call.
+pub fn peer_request<T>(message: T, own: Duration) -> (tonic::Request<T>, Duration) {
+    let timeout = outbound_timeout(own);
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    (request, timeout)
+}
+
 /// Ends a call that has not produced its response by its deadline with
 /// `DEADLINE_EXCEEDED`, as the gRPC spec asks of a server: the deadline is the client's
 /// `grpc-timeout` or the server's request timeout, whichever is shorter. (tonic's own

@@ -46,15 +46,6 @@ impl GrpcUserDirectory {
         }
     }
 
-    /// The request and its deadline: ours, or less when our own caller's comes sooner.
-    fn request<T>(&self, message: T) -> (tonic::Request<T>, Duration) {
-        let timeout = grpc::outbound_timeout(self.timeout);
-        let mut request = tonic::Request::new(message);
-        // Tells the users service our deadline; the local timeout in `call` enforces it.
-        request.set_timeout(timeout);
-        (request, timeout)
-    }
-
     async fn call<T, F>(&self, timeout: Duration, call: F) -> Result<Option<T>, FriendsError>
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -89,9 +80,12 @@ impl GrpcUserDirectory {
 impl UserDirectory for GrpcUserDirectory {
     async fn user_id_by_nickname(&self, nickname: &str) -> Result<UserId, FriendsError> {
         let mut client = self.client.clone();
-        let (request, timeout) = self.request(GetUserProfileByNicknameRequest {
-            nickname: nickname.to_owned(),
-        });
+        let (request, timeout) = grpc::peer_request(
+            GetUserProfileByNicknameRequest {
+                nickname: nickname.to_owned(),
+            },
+            self.timeout,
+        );
         let profile = self
             .call(timeout, client.get_user_profile_by_nickname(request))
             .await?
@@ -106,9 +100,12 @@ impl UserDirectory for GrpcUserDirectory {
 
     async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError> {
         let mut client = self.client.clone();
-        let (request, timeout) = self.request(GetUserProfileRequest {
-            user_id: user.to_string(),
-        });
+        let (request, timeout) = grpc::peer_request(
+            GetUserProfileRequest {
+                user_id: user.to_string(),
+            },
+            self.timeout,
+        );
         Ok(self
             .call(timeout, client.get_user_profile(request))
             .await?
