@@ -287,6 +287,9 @@ pub struct ServiceConfig {
     pub log_format: LogFormat,
     /// Deadline applied to every incoming request (`REQUEST_TIMEOUT`, default `10s`).
     pub request_timeout: Duration,
+    /// Whether gRPC server reflection is served (`GRPC_REFLECTION`, `true` or `false`,
+    /// default `false`).
+    pub grpc_reflection: bool,
 }
 
 impl ServiceConfig {
@@ -309,7 +312,25 @@ impl ServiceConfig {
             admin_addr: env_or_from(&lookup, "ADMIN_ADDR", any(defaults.admin_port))?,
             log_format: env_or_from(&lookup, "LOG_FORMAT", LogFormat::Text)?,
             request_timeout,
+            grpc_reflection: env_flag_from(&lookup, "GRPC_REFLECTION", false)?,
         })
+    }
+}
+
+/// A switch: `true` or `false` (any case), or `default` when unset. Anything else is
+/// refused naming the variable, so a typo never silently leaves a switch as it was.
+pub fn env_flag_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match raw(lookup, name) {
+        None => Ok(default),
+        Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(ConfigError::invalid(name, &value, "use true or false")),
+        },
     }
 }
 
@@ -340,6 +361,10 @@ mod tests {
         assert_eq!(config.admin_addr, "0.0.0.0:9001".parse().unwrap());
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.request_timeout, Duration::from_secs(10));
+        assert!(
+            !config.grpc_reflection,
+            "reflection is off unless asked for"
+        );
     }
 
     #[test]
@@ -351,6 +376,7 @@ mod tests {
                 ("ADMIN_ADDR", "[::1]:7002"),
                 ("LOG_FORMAT", "JSON"),
                 ("REQUEST_TIMEOUT", "750ms"),
+                ("GRPC_REFLECTION", "TRUE"),
             ]),
         )
         .unwrap();
@@ -358,6 +384,7 @@ mod tests {
         assert_eq!(config.admin_addr, "[::1]:7002".parse().unwrap());
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.request_timeout, Duration::from_millis(750));
+        assert!(config.grpc_reflection);
     }
 
     #[test]
@@ -371,6 +398,8 @@ mod tests {
             ("REQUEST_TIMEOUT", "10 parsecs"),
             ("REQUEST_TIMEOUT", "-5s"),
             ("REQUEST_TIMEOUT", "0s"),
+            ("GRPC_REFLECTION", "yes"),
+            ("GRPC_REFLECTION", "1"),
         ];
         for (name, value) in cases {
             let error = ServiceConfig::from_lookup(AUTH, vars(&[(name, value)]))

@@ -1,11 +1,15 @@
 //! gRPC bootstrap: [`GrpcServer`] serves a service's tonic services together with the
 //! standard health service (SERVING while up, NOT_SERVING once shutdown starts), server
-//! reflection for every messenger proto, the RPC metrics layer and a per-request
-//! deadline, draining in-flight RPCs on shutdown. [`connect_channel`] builds the channel
-//! for calls to peer services.
+//! reflection when asked for (`GRPC_REFLECTION=true`), the RPC metrics layer, a
+//! per-request deadline and the call context (the verified caller of
+//! `crate::identity`, request id and trace parent), draining in-flight RPCs on shutdown.
+//! [`connect_channel`] builds the channel for calls to peer services, and
+//! [`peer_request`] a request that carries the deadline, caller and request id of the
+//! call being served down the call chain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,6 +23,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::config::DEFAULT_REQUEST_TIMEOUT;
 use crate::error::Error;
+use crate::identity::{self, Caller, IDENTITY_METADATA, InternalKey};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -44,14 +49,17 @@ impl Listeners {
 /// Builder and runner of a service's gRPC server.
 ///
 /// ```no_run
-/// # async fn example(listener: tokio::net::TcpListener) -> Result<(), messenger_common::Error> {
+/// # async fn example(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
 /// use messenger_common::{Metrics, Shutdown, grpc::GrpcServer};
 /// # let my_service = tonic_health::server::health_reporter().1;
 /// let metrics = Metrics::new();
+/// let key = messenger_common::identity::InternalKey::from_env()?;
 /// GrpcServer::new(&metrics)
+///     .internal_key(key)
 ///     .add_service(my_service)
 ///     .serve_with_listener(listener, Shutdown::on_signal())
-///     .await
+///     .await?;
+/// # Ok(())
 /// # }
 /// ```
 pub struct GrpcServer {
@@ -61,6 +69,8 @@ pub struct GrpcServer {
     request_timeout: Duration,
     drain_timeout: Option<Duration>,
     health: HealthReporter,
+    internal_key: Option<InternalKey>,
+    reflection: bool,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -68,6 +78,8 @@ impl std::fmt::Debug for GrpcServer {
         f.debug_struct("GrpcServer")
             .field("services", &self.service_names)
             .field("request_timeout", &self.request_timeout)
+            .field("internal_key", &self.internal_key)
+            .field("reflection", &self.reflection)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +94,28 @@ impl GrpcServer {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             drain_timeout: None,
             health: HealthReporter::new(),
+            internal_key: None,
+            reflection: false,
         }
+    }
+
+    /// The key every call's identity assertion must be signed with
+    /// (`crate::identity`). Every call except the gRPC health service (and reflection,
+    /// when on) must carry a valid one, or it is answered UNAUTHENTICATED before any
+    /// handler runs; the verified [`Caller`] is in the request's extensions
+    /// (`identity::caller`) and forwarded by [`peer_request`]. A server without a key
+    /// refuses every such call: trust is never the default.
+    pub fn internal_key(mut self, key: InternalKey) -> Self {
+        self.internal_key = Some(key);
+        self
+    }
+
+    /// Serves gRPC server reflection (v1 and v1alpha) for every messenger proto. Off by
+    /// default (`ServiceConfig::grpc_reflection`, `GRPC_REFLECTION=true`): it is a
+    /// debugging aid, and a map of every RPC helps an intruder more than an operator.
+    pub fn reflection(mut self, on: bool) -> Self {
+        self.reflection = on;
+        self
     }
 
     /// Deadline for every request (use `ServiceConfig::request_timeout`). A client's
@@ -143,26 +176,33 @@ impl GrpcServer {
             request_timeout,
             drain_timeout,
             health,
+            internal_key,
+            reflection,
         } = self;
         let drain_timeout = drain_timeout.unwrap_or(request_timeout + Duration::from_secs(1));
 
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(messenger_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| Error::Other(format!("gRPC reflection: {e}")))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| Error::Other(format!("gRPC reflection: {e}")))?;
-        routes
-            .add_service(tonic_health::pb::health_server::HealthServer::new(
-                HealthService::from_health_reporter(health.clone()),
-            ))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        routes.add_service(tonic_health::pb::health_server::HealthServer::new(
+            HealthService::from_health_reporter(health.clone()),
+        ));
+        if reflection {
+            let builder = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(messenger_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            };
+            let reflection_v1 = builder()
+                .build_v1()
+                .map_err(|e| Error::Other(format!("gRPC reflection: {e}")))?;
+            let reflection_v1alpha = builder()
+                .build_v1alpha()
+                .map_err(|e| Error::Other(format!("gRPC reflection: {e}")))?;
+            routes
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha);
+        }
+        if internal_key.is_none() {
+            tracing::warn!("no internal key: every call except health is refused");
+        }
 
         set_status(&health, &service_names, ServingStatus::Serving).await;
         tracing::info!(addr = ?listener.local_addr().ok(), services = ?service_names, "gRPC server listening");
@@ -182,6 +222,7 @@ impl GrpcServer {
         let server = Server::builder()
             .layer(metrics.grpc_layer())
             .layer(DeadlineLayer::new(request_timeout))
+            .layer(CallContextLayer::new(internal_key))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
         tokio::pin!(server);
@@ -247,12 +288,204 @@ pub fn outbound_timeout(own: Duration) -> Duration {
 }
 
 /// A request to a peer carrying the deadline [`outbound_timeout`] gives for `own` (sent as
-/// `grpc-timeout`), and that deadline, for the caller's own timer around the call.
+/// `grpc-timeout`), and that deadline, for the caller's own timer around the call. Made
+/// while serving an RPC, it also carries a fresh identity assertion for the same caller,
+/// the request id and the trace parent ([`forward_call_context`]).
 pub fn peer_request<T>(message: T, own: Duration) -> (tonic::Request<T>, Duration) {
     let timeout = outbound_timeout(own);
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
+    forward_call_context(&mut request);
     (request, timeout)
+}
+
+/// Metadata key of the request id (set by the gateway, forwarded by every service).
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
+/// Metadata key of the W3C trace context, forwarded unchanged.
+pub const TRACEPARENT_METADATA: &str = "traceparent";
+
+/// What a served call knows about itself, for its log lines and its peer calls.
+#[derive(Clone)]
+struct CallContext {
+    caller: Option<Caller>,
+    request_id: String,
+    traceparent: Option<String>,
+    key: Option<Arc<InternalKey>>,
+}
+
+tokio::task_local! {
+    /// The context of the RPC being served; set by [`CallContextLayer`].
+    static CALL_CONTEXT: CallContext;
+}
+
+/// The verified caller of the RPC this task is serving (`None` outside one, in a task
+/// spawned from it, or for the health service).
+pub fn current_caller() -> Option<Caller> {
+    CALL_CONTEXT
+        .try_with(|context| context.caller.clone())
+        .ok()
+        .flatten()
+}
+
+/// The request id of the RPC this task is serving (the caller's `x-request-id`, or one
+/// made up when it sent none).
+pub fn current_request_id() -> Option<String> {
+    CALL_CONTEXT
+        .try_with(|context| context.request_id.clone())
+        .ok()
+}
+
+/// Adds to an outgoing request what the RPC being served passes down: an identity
+/// assertion for its caller (signed with this server's key), its request id and trace
+/// parent. Outside an RPC it adds nothing, so such a call is refused by the peer.
+pub fn forward_call_context<T>(request: &mut tonic::Request<T>) {
+    let _ = CALL_CONTEXT.try_with(|context| {
+        if let (Some(caller), Some(key)) = (&context.caller, &context.key) {
+            identity::attach(request, key, caller);
+        }
+        let metadata = request.metadata_mut();
+        if let Ok(value) = context.request_id.parse() {
+            metadata.insert(REQUEST_ID_METADATA, value);
+        }
+        if let Some(value) = context.traceparent.as_deref().and_then(|v| v.parse().ok()) {
+            metadata.insert(TRACEPARENT_METADATA, value);
+        }
+    });
+}
+
+/// Establishes each call's context before a handler runs: verifies the identity
+/// assertion (`crate::identity`) of every call except the gRPC health service and
+/// reflection, answering UNAUTHENTICATED when it is missing, forged or expired; puts the
+/// verified [`Caller`] in the request extensions; and runs the call inside a tracing span
+/// with its request id (the caller's `x-request-id`, else a new one), with the context
+/// available to [`peer_request`] so it travels down the call chain.
+#[derive(Clone)]
+pub struct CallContextLayer {
+    key: Option<Arc<InternalKey>>,
+}
+
+impl CallContextLayer {
+    /// Verifies with `key`; without one, every call that needs a caller is refused.
+    pub fn new(key: Option<InternalKey>) -> Self {
+        Self {
+            key: key.map(Arc::new),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for CallContextLayer {
+    type Service = CallContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallContextService {
+            inner,
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// The service produced by [`CallContextLayer`].
+#[derive(Clone)]
+pub struct CallContextService<S> {
+    inner: S,
+    key: Option<Arc<InternalKey>>,
+}
+
+/// Calls that need no caller: probes must work without the key, and reflection is an
+/// opt-in debugging aid that reveals only the (public) protos.
+fn needs_no_caller(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// A request id worth keeping: 1..=128 visible ASCII characters (it is logged verbatim).
+fn valid_request_id(value: &str) -> bool {
+    (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `version-traceid-parentid-flags` of the W3C trace context, lower-case hex.
+fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for CallContextService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        use tracing::Instrument;
+
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let request_id = header(REQUEST_ID_METADATA)
+            .filter(|id| valid_request_id(id))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let traceparent = header(TRACEPARENT_METADATA).filter(|t| valid_traceparent(t));
+        let method = request.uri().path().to_owned();
+        let span = tracing::info_span!("rpc", %request_id, %method, caller = tracing::field::Empty);
+
+        let caller = if needs_no_caller(&method) {
+            None
+        } else {
+            let verified = match (&self.key, header(IDENTITY_METADATA)) {
+                (None, _) => Err("this server has no internal key to verify callers".to_owned()),
+                (Some(_), None) => Err(identity::IdentityError::Missing.to_string()),
+                (Some(key), Some(assertion)) => key.verify(&assertion).map_err(|e| e.to_string()),
+            };
+            match verified {
+                Ok(caller) => Some(caller),
+                Err(reason) => {
+                    span.in_scope(|| tracing::info!(%reason, "call refused: unauthenticated"));
+                    // Built inside the future, which then holds only the reason.
+                    return Box::pin(async move {
+                        Ok(tonic::Status::unauthenticated(reason).into_http())
+                    });
+                }
+            }
+        };
+        if let Some(caller) = &caller {
+            span.record("caller", tracing::field::display(caller));
+            request.extensions_mut().insert(caller.clone());
+        }
+        let context = CallContext {
+            caller,
+            request_id,
+            traceparent,
+            key: self.key.clone(),
+        };
+        let response = self.inner.call(request);
+        Box::pin(CALL_CONTEXT.scope(context, response.instrument(span)))
+    }
 }
 
 /// Ends a call that has not produced its response by its deadline with

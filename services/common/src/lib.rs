@@ -4,7 +4,7 @@
 //! configuration ([`config`]), logging ([`telemetry`]), shutdown signalling
 //! ([`shutdown`]), the gRPC error mapping ([`error`]), metrics ([`metrics`]), the
 //! admin HTTP server with health and readiness ([`admin`]), the gRPC server bootstrap
-//! ([`grpc`]), connectors for PostgreSQL ([`postgres`]), Redis ([`redis`]) and Kafka
+//! ([`grpc`]), signed caller identity between services ([`identity`]), connectors for PostgreSQL ([`postgres`]), Redis ([`redis`]) and Kafka
 //! ([`kafka`]), event publishing ([`events`]), the transactional outbox ([`outbox`]) and
 //! idempotent event consumers ([`consumer`]). Test helpers live in `testing` behind the
 //! `testing` feature.
@@ -44,6 +44,8 @@
 //! # let my_service = tonic_health::server::health_reporter().1;
 //! GrpcServer::new(&metrics)
 //!     .request_timeout(config.request_timeout)
+//!     .reflection(config.grpc_reflection)
+//!     .internal_key(messenger_common::identity::InternalKey::from_env()?)
 //!     .add_service(my_service) // e.g. FriendsServiceServer::new(service)
 //!     .serve(config.grpc_addr, shutdown.clone())
 //!     .await?;
@@ -62,6 +64,7 @@ pub mod consumer;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod identity;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;

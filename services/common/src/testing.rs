@@ -1,6 +1,8 @@
 //! Test helpers (feature `testing`): a fresh PostgreSQL database per test, unique Redis
 //! key prefixes and Kafka names, the shared test broker address, a private tansu broker
-//! that tests can stop and start (outage tests), and [`wait_for_event`].
+//! that tests can stop and start (outage tests), [`wait_for_event`], and signed calls to
+//! services that verify callers ([`as_user`], [`as_service`], [`SignedAs`], all with
+//! [`test_key`]).
 //!
 //! Components come from `TEST_DATABASE_URL`, `TEST_REDIS_URL` and `TEST_KAFKA_BROKERS`
 //! (local defaults). Helpers panic with a message naming the variable when a component is
@@ -18,6 +20,91 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::events::Event;
+use crate::identity::{self, Caller, InternalKey};
+
+/// The internal key of this test process: configure services under test with it, and
+/// [`as_user`], [`as_service`] and [`SignedAs`] sign with it.
+pub fn test_key() -> InternalKey {
+    static KEY: std::sync::OnceLock<InternalKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(InternalKey::generate).clone()
+}
+
+/// A request acting for user `user_id` (a UUID), as the gateway sends it.
+pub fn as_user<T>(user_id: impl AsRef<str>, message: T) -> tonic::Request<T> {
+    let user_id = user_id.as_ref();
+    let id = uuid::Uuid::parse_str(user_id)
+        .unwrap_or_else(|_| panic!("as_user needs a user UUID, got {user_id:?}"));
+    signed(message, &Caller::User(id))
+}
+
+/// A request from service `name` acting for itself (e.g. the gateway validating a token).
+pub fn as_service<T>(name: &str, message: T) -> tonic::Request<T> {
+    signed(message, &Caller::Service(name.to_owned()))
+}
+
+/// `message` with an assertion for `caller` signed with [`test_key`].
+pub fn signed<T>(message: T, caller: &Caller) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    identity::attach(&mut request, &test_key(), caller);
+    request
+}
+
+/// An assertion for `caller` signed with `key` that expired two minutes ago.
+pub fn expired_assertion(key: &InternalKey, caller: &Caller) -> String {
+    key.sign_until(caller, identity::unix_now() - 120)
+        .expect("a carriable caller")
+}
+
+/// A client interceptor signing every call for one caller with [`test_key`]:
+/// `UsersServiceClient::with_interceptor(channel, SignedAs::service("gateway"))`.
+#[derive(Clone, Debug)]
+pub struct SignedAs {
+    caller: Caller,
+    key: InternalKey,
+}
+
+impl SignedAs {
+    /// Signs for `caller` with [`test_key`].
+    pub fn caller(caller: Caller) -> Self {
+        Self {
+            caller,
+            key: test_key(),
+        }
+    }
+
+    /// Signs for service `name`.
+    pub fn service(name: &str) -> Self {
+        Self::caller(Caller::Service(name.to_owned()))
+    }
+
+    /// Signs for user `id`.
+    pub fn user(id: uuid::Uuid) -> Self {
+        Self::caller(Caller::User(id))
+    }
+
+    /// Signs with `key` instead (e.g. to show another key's assertions are refused).
+    pub fn with_key(mut self, key: InternalKey) -> Self {
+        self.key = key;
+        self
+    }
+}
+
+impl tonic::service::Interceptor for SignedAs {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        // A request the test signed itself (e.g. with `as_user`) keeps its assertion.
+        if request
+            .metadata()
+            .get(identity::IDENTITY_METADATA)
+            .is_none()
+        {
+            identity::attach(&mut request, &self.key, &self.caller);
+        }
+        Ok(request)
+    }
+}
 
 /// Admin connection URL of the test PostgreSQL (`TEST_DATABASE_URL`).
 pub fn database_url() -> String {

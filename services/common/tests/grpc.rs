@@ -1,11 +1,14 @@
 //! The gRPC bootstrap on port 0: health, reflection, error mapping, metrics, request
-//! deadline and graceful shutdown, exercised through real gRPC clients.
+//! deadline, caller verification and request ids, and graceful shutdown, exercised
+//! through real gRPC clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_common::grpc::{GrpcServer, connect_channel};
+use messenger_common::identity::{self, Caller, IDENTITY_METADATA, InternalKey};
+use messenger_common::testing::{self, SignedAs};
 use messenger_common::{Metrics, ServiceError, Shutdown};
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use messenger_proto::v1::users_service_server::{UsersService, UsersServiceServer};
@@ -58,13 +61,44 @@ impl UsersService for Stub {
         Err(ServiceError::internal(anyhow::anyhow!("disk on fire at /var/secret")).into())
     }
 
+    /// Answers, as its page token, what the handler sees of its caller and what a peer
+    /// call it makes would carry: `caller|request id|peer caller|peer request id|peer
+    /// traceparent`.
     async fn search_users(
         &self,
-        _: Request<SearchUsersRequest>,
+        request: Request<SearchUsersRequest>,
     ) -> Result<Response<SearchUsersResponse>, Status> {
-        Ok(Response::new(SearchUsersResponse::default()))
+        let seen = identity::caller(&request).map(ToString::to_string);
+        let (peer, _) = messenger_common::grpc::peer_request((), Duration::from_secs(1));
+        let metadata = |name: &str| {
+            peer.metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let peer_caller = testing::test_key()
+            .verify(&metadata(IDENTITY_METADATA))
+            .map(|caller| caller.to_string())
+            .unwrap_or_else(|error| error.to_string());
+        let token = [
+            seen.unwrap_or_default(),
+            messenger_common::grpc::current_request_id().unwrap_or_default(),
+            peer_caller,
+            metadata("x-request-id"),
+            metadata("traceparent"),
+        ]
+        .join("|");
+        Ok(Response::new(SearchUsersResponse {
+            users: Vec::new(),
+            next_page_token: token,
+        }))
     }
 }
+
+type UsersClient = UsersServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, SignedAs>,
+>;
 
 struct Running {
     addr: SocketAddr,
@@ -75,6 +109,10 @@ struct Running {
 }
 
 async fn start(request_timeout: Duration) -> Running {
+    start_with(request_timeout, false).await
+}
+
+async fn start_with(request_timeout: Duration, reflection: bool) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Metrics::new();
@@ -83,6 +121,8 @@ async fn start(request_timeout: Duration) -> Running {
     let server = GrpcServer::new(&metrics)
         .request_timeout(request_timeout)
         .drain_timeout(Duration::from_secs(3))
+        .internal_key(testing::test_key())
+        .reflection(reflection)
         .add_service(UsersServiceServer::new(Stub {
             started: started.clone(),
         }));
@@ -109,7 +149,13 @@ impl Running {
         connect_channel(&self.url(), Duration::from_secs(5)).unwrap()
     }
 
-    async fn users(&self) -> UsersServiceClient<tonic::transport::Channel> {
+    /// A client calling as the gateway does, signed with the server's key.
+    async fn users(&self) -> UsersClient {
+        UsersServiceClient::with_interceptor(self.channel(), SignedAs::service("gateway"))
+    }
+
+    /// A client that signs nothing.
+    fn unsigned(&self) -> UsersServiceClient<tonic::transport::Channel> {
         UsersServiceClient::new(self.channel())
     }
 }
@@ -241,13 +287,34 @@ async fn a_request_running_past_the_deadline_is_cut_off() {
 }
 
 #[tokio::test]
-async fn reflection_lists_the_messenger_services() {
+async fn reflection_is_off_unless_asked_for() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let server = start(Duration::from_secs(5)).await;
+    let mut client = ServerReflectionClient::new(server.channel());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let error = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect_err("no reflection service");
+    assert_eq!(error.code(), tonic::Code::Unimplemented, "{error:?}");
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reflection_lists_the_messenger_services_when_on() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let server = start(Duration::from_secs(5)).await;
+    let server = start_with(Duration::from_secs(5), true).await;
     let mut client = ServerReflectionClient::new(server.channel());
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -347,7 +414,7 @@ async fn a_peer_channel_connects_lazily_and_fails_fast_when_the_peer_is_down() {
 async fn a_peer_call_is_bounded_by_the_channel_timeout() {
     let server = start(Duration::from_secs(30)).await;
     let channel = connect_channel(&server.url(), Duration::from_millis(300)).unwrap();
-    let mut users = UsersServiceClient::new(channel);
+    let mut users = UsersServiceClient::with_interceptor(channel, SignedAs::service("gateway"));
     let started = std::time::Instant::now();
     let error = users
         .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
@@ -367,6 +434,133 @@ async fn a_peer_call_is_bounded_by_the_channel_timeout() {
         ),
         "{error:?}"
     );
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_assertion_are_refused_before_the_handler_runs() {
+    let server = start(Duration::from_secs(5)).await;
+    let me = Caller::User(uuid::Uuid::new_v4());
+    let key = testing::test_key();
+    let mut refused = Vec::new();
+
+    refused.push((
+        "none",
+        server
+            .unsigned()
+            .search_users(SearchUsersRequest::default())
+            .await,
+    ));
+    let mut forged = UsersServiceClient::with_interceptor(
+        server.channel(),
+        SignedAs::caller(me.clone()).with_key(InternalKey::generate()),
+    );
+    refused.push((
+        "another key",
+        forged.search_users(SearchUsersRequest::default()).await,
+    ));
+    let mut expired = Request::new(SearchUsersRequest::default());
+    expired.metadata_mut().insert(
+        IDENTITY_METADATA,
+        testing::expired_assertion(&key, &me).parse().unwrap(),
+    );
+    refused.push(("expired", server.unsigned().search_users(expired).await));
+    let mut garbage = Request::new(SearchUsersRequest::default());
+    garbage.metadata_mut().insert(
+        IDENTITY_METADATA,
+        "v1.s.gateway.99999999999.00".parse().unwrap(),
+    );
+    refused.push(("garbage", server.unsigned().search_users(garbage).await));
+    for (what, result) in refused {
+        let error = result.expect_err(what);
+        assert_eq!(
+            error.code(),
+            tonic::Code::Unauthenticated,
+            "{what}: {error:?}"
+        );
+    }
+    // Probes need no key.
+    let mut health = server.health().await;
+    assert_eq!(status_of(&mut health, "").await, ServingStatus::Serving);
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_server_without_a_key_refuses_every_call_but_health() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let server = GrpcServer::new(&Metrics::new()).add_service(UsersServiceServer::new(Stub {
+        started: Arc::new(Notify::new()),
+    }));
+    let server = tokio::spawn(server.serve_with_listener(listener, shutdown.clone()));
+    let channel = connect_channel(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
+    let mut users =
+        UsersServiceClient::with_interceptor(channel.clone(), SignedAs::service("gateway"));
+    let error = users
+        .search_users(SearchUsersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unauthenticated, "{error:?}");
+    let mut health = HealthClient::new(channel);
+    assert_eq!(status_of(&mut health, "").await, ServingStatus::Serving);
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_caller_request_id_and_trace_parent_reach_the_handler_and_its_peer_calls() {
+    let server = start(Duration::from_secs(5)).await;
+    let me = uuid::Uuid::new_v4();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = testing::as_user(me.to_string(), SearchUsersRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-42".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let token = server
+        .unsigned()
+        .search_users(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    let user = format!("user {me}");
+    assert_eq!(
+        token,
+        [
+            user.as_str(),
+            "req-42",
+            user.as_str(),
+            "req-42",
+            traceparent
+        ]
+        .join("|")
+    );
+
+    // Without a request id the server makes one up, and still forwards it; a malformed
+    // trace parent is dropped rather than passed on.
+    let mut request = testing::as_service("gateway", SearchUsersRequest::default());
+    request
+        .metadata_mut()
+        .insert("traceparent", "not-a-trace".parse().unwrap());
+    let token = server
+        .unsigned()
+        .search_users(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    let parts: Vec<&str> = token.split('|').collect();
+    assert_eq!(parts[0], "service gateway");
+    assert!(!parts[1].is_empty(), "{token}");
+    assert_eq!(parts[1], parts[3], "{token}");
+    assert_eq!(parts[2], "service gateway");
+    assert_eq!(parts[4], "", "{token}");
     server.shutdown.trigger();
     server.server.await.unwrap().unwrap();
 }
