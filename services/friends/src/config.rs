@@ -7,6 +7,7 @@ use messenger_common::config::{
     ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_or_from, mask_secret,
     process_env,
 };
+use messenger_common::identity::InternalKey;
 
 /// Ports of the friends service (gRPC 8003, admin 9003).
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
@@ -39,6 +40,9 @@ pub struct Config {
     /// Longest wait of the outbox relay between attempts while Kafka is down (no variable;
     /// tests shorten it).
     pub outbox_max_backoff: Duration,
+    /// `INTERNAL_AUTH_KEY` (required): verifies every call's identity assertion and signs
+    /// the calls to the users service.
+    pub internal_key: InternalKey,
 }
 
 impl std::fmt::Debug for Config {
@@ -57,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("cache_timeout", &self.cache_timeout)
             .field("redis_prefix", &self.redis_prefix)
             .field("outbox_max_backoff", &self.outbox_max_backoff)
+            .field("internal_key", &self.internal_key)
             .finish()
     }
 }
@@ -75,6 +80,7 @@ impl Config {
             DEFAULT_DATABASE_URL,
             DEFAULT_REDIS_URL,
             DEFAULT_KAFKA_BROKERS,
+            InternalKey::from_lookup(&lookup)?,
         );
         let config = Config {
             database_url: env_or_from(&lookup, "DATABASE_URL", defaults.database_url)?,
@@ -94,6 +100,7 @@ impl Config {
             )?,
             redis_prefix: env_or_from(&lookup, "FRIENDS_REDIS_PREFIX", defaults.redis_prefix)?,
             outbox_max_backoff: defaults.outbox_max_backoff,
+            internal_key: defaults.internal_key,
             service: defaults.service,
         };
         for (name, value) in [
@@ -115,13 +122,14 @@ impl Config {
         Ok(config)
     }
 
-    /// A configuration with the given stores and defaults for everything else (tests, dev
-    /// mode); no environment is read.
+    /// A configuration with the given stores and internal key and defaults for everything
+    /// else (tests, dev mode); no environment is read.
     pub fn new(
         service: ServiceConfig,
         database_url: impl Into<String>,
         redis_url: impl Into<String>,
         kafka_brokers: impl Into<String>,
+        internal_key: InternalKey,
     ) -> Self {
         Config {
             service,
@@ -134,6 +142,7 @@ impl Config {
             cache_timeout: DEFAULT_CACHE_TIMEOUT,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             outbox_max_backoff: DEFAULT_OUTBOX_MAX_BACKOFF,
+            internal_key,
         }
     }
 
@@ -161,12 +170,29 @@ mod tests {
 
     use super::*;
 
+    const KEY: &str = "an-internal-key-of-at-least-32-bytes";
+
+    /// `vars` over a valid `INTERNAL_AUTH_KEY` (which `vars` may replace).
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars
+        let vars: HashMap<String, String> = [("INTERNAL_AUTH_KEY", KEY)]
             .iter()
+            .chain(vars)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn the_internal_key_is_required_and_never_shown() {
+        assert_eq!(
+            config(&[]).unwrap().internal_key,
+            InternalKey::new(KEY).unwrap()
+        );
+        for value in ["", "short"] {
+            let error = config(&[("INTERNAL_AUTH_KEY", value)]).unwrap_err();
+            assert_eq!(error.variable(), "INTERNAL_AUTH_KEY", "{error}");
+        }
+        assert!(!format!("{:?}", config(&[]).unwrap()).contains(KEY));
     }
 
     #[test]

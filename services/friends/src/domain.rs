@@ -99,11 +99,15 @@ pub enum PairAction {
 }
 
 /// `actor` wants `action` about `other`; never the same person (see [`PairCommand::new`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PairCommand {
     actor: UserId,
     other: UserId,
     action: PairAction,
+    /// Nicknames for the events (so a client can show "Ann wants to be friends" without
+    /// asking the users service); empty when unknown.
+    actor_nickname: String,
+    other_nickname: String,
 }
 
 impl PairCommand {
@@ -116,7 +120,25 @@ impl PairCommand {
             actor,
             other,
             action,
+            actor_nickname: String::new(),
+            other_nickname: String::new(),
         })
+    }
+
+    /// The command with the two users' nicknames, which its events carry.
+    pub fn with_nicknames(mut self, actor: impl Into<String>, other: impl Into<String>) -> Self {
+        self.actor_nickname = actor.into();
+        self.other_nickname = other.into();
+        self
+    }
+
+    /// The nickname given for `user` (one of the pair).
+    fn nickname_of(&self, user: UserId) -> String {
+        if user == self.actor {
+            self.actor_nickname.clone()
+        } else {
+            self.other_nickname.clone()
+        }
     }
 
     pub fn actor(&self) -> UserId {
@@ -182,21 +204,21 @@ pub fn decide(
     let state = current.map(|row| (row, row.status, row.requester == actor));
     match command.action {
         PairAction::SendRequest => match state {
-            None => Ok(new_request(actor, other, now, PairWrite::Insert)),
-            Some((_, Rejected, _)) => Ok(new_request(actor, other, now, PairWrite::Update)),
+            None => Ok(new_request(command, now, PairWrite::Insert)),
+            Some((_, Rejected, _)) => Ok(new_request(command, now, PairWrite::Update)),
             Some((_, Requested, true)) => Err(FriendsError::RequestAlreadyPending),
             // They asked first: asking them back is the same as saying yes.
-            Some((pending, Requested, false)) => Ok(answer(pending, now, true)),
+            Some((pending, Requested, false)) => Ok(answer(command, pending, now, true)),
             Some((_, Accepted, _)) => Err(FriendsError::AlreadyFriends),
         },
         PairAction::AcceptRequest => match state {
-            Some((pending, Requested, false)) => Ok(answer(pending, now, true)),
+            Some((pending, Requested, false)) => Ok(answer(command, pending, now, true)),
             Some((_, Requested, true)) => Err(FriendsError::NotTheAddressee),
             Some((_, Accepted, _)) => Err(FriendsError::AlreadyFriends),
             None | Some((_, Rejected, _)) => Err(FriendsError::NoPendingRequest),
         },
         PairAction::RejectRequest => match state {
-            Some((pending, Requested, false)) => Ok(answer(pending, now, false)),
+            Some((pending, Requested, false)) => Ok(answer(command, pending, now, false)),
             Some((_, Requested, true)) => Err(FriendsError::NotTheAddressee),
             None | Some((_, Accepted | Rejected, _)) => Err(FriendsError::NoPendingRequest),
         },
@@ -214,14 +236,14 @@ pub fn decide(
     }
 }
 
-/// A fresh pending request from `actor` to `other`, written with `write` (insert for a new
-/// pair, update over a rejected one).
+/// A fresh pending request from the actor to the other user, written with `write` (insert
+/// for a new pair, update over a rejected one).
 fn new_request(
-    actor: UserId,
-    other: UserId,
+    command: &PairCommand,
     now: DateTime<Utc>,
     write: fn(Friendship) -> PairWrite,
 ) -> Decision {
+    let (actor, other) = (command.actor, command.other);
     Decision {
         write: write(Friendship {
             requester: actor,
@@ -233,14 +255,25 @@ fn new_request(
         event: event::Payload::FriendRequestSent(FriendRequestSent {
             from_user_id: actor.to_string(),
             to_user_id: other.to_string(),
+            from_nickname: command.actor_nickname.clone(),
+            to_nickname: command.other_nickname.clone(),
         }),
         outcome: Outcome::Requested,
     }
 }
 
-/// The addressee answers the `pending` request.
-fn answer(pending: &Friendship, now: DateTime<Utc>, accept: bool) -> Decision {
+/// The addressee (the command's actor) answers the `pending` request.
+fn answer(
+    command: &PairCommand,
+    pending: &Friendship,
+    now: DateTime<Utc>,
+    accept: bool,
+) -> Decision {
     let pending = pending.clone();
+    let (from_nickname, to_nickname) = (
+        command.nickname_of(pending.requester),
+        command.nickname_of(pending.addressee),
+    );
     let (from_user_id, to_user_id) = (pending.requester.to_string(), pending.addressee.to_string());
     let (status, event, outcome) = if accept {
         (
@@ -248,6 +281,8 @@ fn answer(pending: &Friendship, now: DateTime<Utc>, accept: bool) -> Decision {
             event::Payload::FriendRequestAccepted(FriendRequestAccepted {
                 from_user_id,
                 to_user_id,
+                from_nickname,
+                to_nickname,
             }),
             Outcome::Accepted,
         )
@@ -491,7 +526,9 @@ mod tests {
     fn a_new_request_is_written_with_its_event() {
         let (a, b) = users();
         let now = Utc::now();
-        let command = PairCommand::new(a, b, PairAction::SendRequest).unwrap();
+        let command = PairCommand::new(a, b, PairAction::SendRequest)
+            .unwrap()
+            .with_nicknames("ann", "bob");
         let decision = decide(&command, None, now).unwrap();
         assert_eq!(
             decision.write,
@@ -507,7 +544,9 @@ mod tests {
             decision.event,
             event::Payload::FriendRequestSent(FriendRequestSent {
                 from_user_id: a.to_string(),
-                to_user_id: b.to_string()
+                to_user_id: b.to_string(),
+                from_nickname: "ann".into(),
+                to_nickname: "bob".into(),
             })
         );
     }
@@ -517,7 +556,9 @@ mod tests {
         let (a, b) = users();
         let now = Utc::now();
         let pending = row(b, a, FriendshipStatus::Requested);
-        let command = PairCommand::new(a, b, PairAction::SendRequest).unwrap();
+        let command = PairCommand::new(a, b, PairAction::SendRequest)
+            .unwrap()
+            .with_nicknames("ann", "bob");
         let decision = decide(&command, Some(&pending), now).unwrap();
         assert_eq!(
             decision.write,
@@ -531,7 +572,9 @@ mod tests {
             decision.event,
             event::Payload::FriendRequestAccepted(FriendRequestAccepted {
                 from_user_id: b.to_string(),
-                to_user_id: a.to_string()
+                to_user_id: a.to_string(),
+                from_nickname: "bob".into(),
+                to_nickname: "ann".into(),
             })
         );
     }

@@ -155,6 +155,8 @@ async fn serve(
 ) -> Result<(), Error> {
     let grpc = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
+        .reflection(config.service.grpc_reflection)
+        .internal_key(config.internal_key.clone())
         .add_service(FriendsServiceServer::new(service))
         .serve_with_listener(listeners.grpc, shutdown.clone());
     let admin = admin::serve_with_listener(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use messenger_common::Metrics;
+use messenger_common::{Metrics, identity};
 use messenger_proto::v1::friends_service_server::FriendsService as FriendsRpc;
 use messenger_proto::v1::{
     AcceptFriendRequestRequest, AcceptFriendRequestResponse, CheckFriendshipRequest,
@@ -120,11 +120,39 @@ impl FriendsService {
     ) -> Result<Outcome, FriendsError> {
         let nickname = domain::parse_nickname(nickname)?;
         let other = self.directory.user_id_by_nickname(nickname).await?;
-        let command = PairCommand::new(actor, other, action)?;
+        let mut command = PairCommand::new(actor, other, action)?;
+        if matches!(action, PairAction::SendRequest | PairAction::AcceptRequest) {
+            // The events of these two are shown to people; the gateway fans them out
+            // without asking the users service per event.
+            let (actor_nickname, other_nickname) =
+                self.event_nicknames(actor, other, nickname).await;
+            command = command.with_nicknames(actor_nickname, other_nickname);
+        }
         let outcome = self.store.apply(command).await?;
         tracing::debug!(%actor, %other, ?action, ?outcome, "friendship changed");
         self.invalidate(&[actor, other]).await;
         Ok(outcome)
+    }
+
+    /// Both nicknames for an event: the other's as stored (the request may differ in case),
+    /// falling back to what the actor typed; empty for an unknown actor. A users service
+    /// that cannot answer costs the event its nicknames, not the change.
+    async fn event_nicknames(&self, actor: UserId, other: UserId, typed: &str) -> (String, String) {
+        let (actor_nickname, other_nickname) = futures::join!(
+            self.directory.nickname_of(actor),
+            self.directory.nickname_of(other)
+        );
+        let found = |result: Result<Option<String>, FriendsError>| match result {
+            Ok(nickname) => nickname,
+            Err(error) => {
+                tracing::warn!(%error, "no nickname for a friend event");
+                None
+            }
+        };
+        (
+            found(actor_nickname).unwrap_or_default(),
+            found(other_nickname).unwrap_or_else(|| typed.to_owned()),
+        )
     }
 
     /// The pending and accepted rows of `user`, from the cache if it has them.
@@ -308,6 +336,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<GetFriendsListRequest>,
     ) -> Result<Response<GetFriendsListResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let user = user_id(&request.get_ref().user_id)?;
         let friends = self
             .friends(user)
@@ -326,6 +355,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<SendFriendRequestRequest>,
     ) -> Result<Response<SendFriendRequestResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user = user_id(&request.user_id)?;
         let outcome = self
@@ -344,6 +374,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<AcceptFriendRequestRequest>,
     ) -> Result<Response<AcceptFriendRequestResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user = user_id(&request.user_id)?;
         self.change(user, &request.nickname, PairAction::AcceptRequest)
@@ -355,6 +386,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<RejectFriendRequestRequest>,
     ) -> Result<Response<RejectFriendRequestResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user = user_id(&request.user_id)?;
         self.change(user, &request.nickname, PairAction::RejectRequest)
@@ -366,6 +398,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<RemoveFriendRequest>,
     ) -> Result<Response<RemoveFriendResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user = user_id(&request.user_id)?;
         self.change(user, &request.nickname, PairAction::Remove)
@@ -377,6 +410,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<ListFriendRequestsRequest>,
     ) -> Result<Response<ListFriendRequestsResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user = user_id(&request.user_id)?;
         let direction = match RequestDirection::try_from(request.direction) {
@@ -410,6 +444,7 @@ impl FriendsRpc for FriendsService {
         &self,
         request: Request<CheckFriendshipRequest>,
     ) -> Result<Response<CheckFriendshipResponse>, Status> {
+        identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user = user_id(&request.user_id)?;
         if request.other_user_ids.len() > domain::MAX_CHECKED_IDS {

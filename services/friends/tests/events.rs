@@ -62,6 +62,8 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
             Payload::FriendRequestSent(FriendRequestSent {
                 from_user_id: alice.id(),
                 to_user_id: bob.id(),
+                from_nickname: alice.nickname.clone(),
+                to_nickname: bob.nickname.clone(),
             }),
         ),
         (
@@ -69,6 +71,8 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
             Payload::FriendRequestAccepted(FriendRequestAccepted {
                 from_user_id: alice.id(),
                 to_user_id: bob.id(),
+                from_nickname: alice.nickname.clone(),
+                to_nickname: bob.nickname.clone(),
             }),
         ),
         (
@@ -83,6 +87,8 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
             Payload::FriendRequestSent(FriendRequestSent {
                 from_user_id: carol.id(),
                 to_user_id: alice.id(),
+                from_nickname: carol.nickname.clone(),
+                to_nickname: alice.nickname.clone(),
             }),
         ),
         (
@@ -136,6 +142,8 @@ async fn an_event_written_while_kafka_is_down_is_delivered_after() {
     let expected = Payload::FriendRequestSent(FriendRequestSent {
         from_user_id: alice.id(),
         to_user_id: bob.id(),
+        from_nickname: alice.nickname.clone(),
+        to_nickname: bob.nickname.clone(),
     });
     let received = wait_for_event(
         &broker.brokers(),

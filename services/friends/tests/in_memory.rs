@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_common::Shutdown;
 use messenger_common::events::InMemoryEventBus;
+use messenger_common::{Shutdown, testing};
 use messenger_friends::Config;
 use messenger_friends::directory::InMemoryUserDirectory;
 use messenger_proto::topics;
@@ -23,7 +23,13 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
     let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
     directory.insert(alice, "alice");
     directory.insert(bob, "bob");
-    let config = Config::new(Config::default_service(), "unused", "unused", "unused");
+    let config = Config::new(
+        Config::default_service(),
+        "unused",
+        "unused",
+        "unused",
+        testing::test_key(),
+    );
     let (listeners, grpc_addr, _) = support::bind().await;
     let shutdown = Shutdown::new();
     let server = tokio::spawn(messenger_friends::run_in_memory(
@@ -37,17 +43,23 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
 
     for (from, to) in [(alice, "bob"), (bob, "alice")] {
         client
-            .send_friend_request(SendFriendRequestRequest {
-                user_id: from.to_string(),
-                nickname: to.into(),
-            })
+            .send_friend_request(testing::as_user(
+                from.to_string(),
+                SendFriendRequestRequest {
+                    user_id: from.to_string(),
+                    nickname: to.into(),
+                },
+            ))
             .await
             .unwrap();
     }
     let friends = client
-        .get_friends_list(GetFriendsListRequest {
-            user_id: alice.to_string(),
-        })
+        .get_friends_list(testing::as_user(
+            alice.to_string(),
+            GetFriendsListRequest {
+                user_id: alice.to_string(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -58,10 +70,13 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
         (bob.to_string(), "bob")
     );
     let again = client
-        .send_friend_request(SendFriendRequestRequest {
-            user_id: alice.to_string(),
-            nickname: "BOB".into(),
-        })
+        .send_friend_request(testing::as_user(
+            alice.to_string(),
+            SendFriendRequestRequest {
+                user_id: alice.to_string(),
+                nickname: "BOB".into(),
+            },
+        ))
         .await;
     assert_eq!(again.unwrap_err().code(), tonic::Code::AlreadyExists);
 
@@ -80,6 +95,8 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
             Some(Payload::FriendRequestAccepted(FriendRequestAccepted {
                 from_user_id: alice.to_string(),
                 to_user_id: bob.to_string(),
+                from_nickname: "alice".into(),
+                to_nickname: "bob".into(),
             }))
         )
     );

@@ -4,6 +4,9 @@
 
 mod support;
 
+use messenger_common::identity::{self, Caller, IDENTITY_METADATA, InternalKey};
+use messenger_common::testing;
+use messenger_proto::v1::SendFriendRequestRequest;
 use messenger_proto::v1::{
     CheckFriendshipRequest, FriendshipStatus, GetFriendsListRequest, ListFriendRequestsRequest,
     RequestDirection,
@@ -93,9 +96,12 @@ async fn friend_list_carries_the_friendship_date() {
     let friends = service
         .client
         .clone()
-        .get_friends_list(GetFriendsListRequest {
-            user_id: alice.id(),
-        })
+        .get_friends_list(testing::as_user(
+            alice.id(),
+            GetFriendsListRequest {
+                user_id: alice.id(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -167,10 +173,13 @@ async fn concurrent_opposite_requests_end_as_one_friendship() {
             tasks.push(tokio::spawn(async move {
                 client
                     .clone()
-                    .send_friend_request(messenger_proto::v1::SendFriendRequestRequest {
-                        user_id: from.id(),
-                        nickname: to.nickname.clone(),
-                    })
+                    .send_friend_request(testing::as_user(
+                        from.id(),
+                        messenger_proto::v1::SendFriendRequestRequest {
+                            user_id: from.id(),
+                            nickname: to.nickname.clone(),
+                        },
+                    ))
                     .await
                     .map(|response| response.into_inner().status())
             }));
@@ -329,37 +338,50 @@ async fn malformed_requests_are_invalid_and_change_nothing() {
     let mut client = service.client.clone();
 
     let bad_user = client
-        .send_friend_request(messenger_proto::v1::SendFriendRequestRequest {
-            user_id: "not-a-uuid".into(),
-            nickname: bob.nickname.clone(),
-        })
+        .send_friend_request(testing::as_user(
+            alice.id(),
+            messenger_proto::v1::SendFriendRequestRequest {
+                user_id: "not-a-uuid".into(),
+                nickname: bob.nickname.clone(),
+            },
+        ))
         .await;
-    assert_code(bad_user, Code::InvalidArgument);
+    // A user id that is not the caller's names someone the caller cannot act for.
+    assert_code(bad_user, Code::Unauthenticated);
     assert_code(service.send(&alice, "   ").await, Code::InvalidArgument);
     assert_code(
         service.send(&alice, &"x".repeat(65)).await,
         Code::InvalidArgument,
     );
     let no_direction = client
-        .list_friend_requests(ListFriendRequestsRequest {
-            user_id: alice.id(),
-            direction: RequestDirection::Unspecified.into(),
-        })
+        .list_friend_requests(testing::as_user(
+            alice.id(),
+            ListFriendRequestsRequest {
+                user_id: alice.id(),
+                direction: RequestDirection::Unspecified.into(),
+            },
+        ))
         .await;
     assert_code(no_direction, Code::InvalidArgument);
     let bad_other = client
-        .check_friendship(CheckFriendshipRequest {
-            user_id: alice.id(),
-            other_user_ids: vec![bob.id(), "nope".into()],
-        })
+        .check_friendship(testing::as_user(
+            alice.id(),
+            CheckFriendshipRequest {
+                user_id: alice.id(),
+                other_user_ids: vec![bob.id(), "nope".into()],
+            },
+        ))
         .await;
     assert_code(bad_other, Code::InvalidArgument);
     let missing_user = client
-        .get_friends_list(GetFriendsListRequest {
-            user_id: String::new(),
-        })
+        .get_friends_list(testing::as_user(
+            alice.id(),
+            GetFriendsListRequest {
+                user_id: String::new(),
+            },
+        ))
         .await;
-    assert_code(missing_user, Code::InvalidArgument);
+    assert_code(missing_user, Code::Unauthenticated);
 
     assert_eq!(
         service.snapshot(&[&alice, &bob]).await,
@@ -491,10 +513,13 @@ async fn request_inbox_is_newest_first_with_both_sides_named() {
     let requests = service
         .client
         .clone()
-        .list_friend_requests(ListFriendRequestsRequest {
-            user_id: alice.id(),
-            direction: RequestDirection::Incoming.into(),
-        })
+        .list_friend_requests(testing::as_user(
+            alice.id(),
+            ListFriendRequestsRequest {
+                user_id: alice.id(),
+                direction: RequestDirection::Incoming.into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -536,6 +561,70 @@ async fn request_inbox_is_newest_first_with_both_sides_named() {
         requests
             .iter()
             .all(|r| r.status() == FriendshipStatus::Requested)
+    );
+    service.stop().await;
+}
+
+/// Internal trust: only a call carrying a valid assertion for the user it names acts;
+/// anything else is UNAUTHENTICATED and changes nothing, whatever the body says.
+#[tokio::test]
+async fn only_the_user_the_call_is_signed_for_can_act() {
+    let service = TestService::start().await;
+    let (alice, bob) = (service.person("alice"), service.person("bob"));
+    let send_as_alice = || SendFriendRequestRequest {
+        user_id: alice.id(),
+        nickname: bob.nickname.clone(),
+    };
+    let mut client = service.client.clone();
+
+    let mut attempts = Vec::new();
+    // Bob, signed in, claims to be Alice.
+    attempts.push((
+        "another user",
+        client
+            .send_friend_request(testing::as_user(bob.id(), send_as_alice()))
+            .await,
+    ));
+    // A service acting for itself is not a user.
+    attempts.push((
+        "a service",
+        client
+            .send_friend_request(testing::as_service("gateway", send_as_alice()))
+            .await,
+    ));
+    attempts.push((
+        "unsigned",
+        client.send_friend_request(send_as_alice()).await,
+    ));
+    let mut expired = tonic::Request::new(send_as_alice());
+    expired.metadata_mut().insert(
+        IDENTITY_METADATA,
+        testing::expired_assertion(&testing::test_key(), &Caller::User(alice.id))
+            .parse()
+            .unwrap(),
+    );
+    attempts.push(("expired", client.send_friend_request(expired).await));
+    let mut forged = tonic::Request::new(send_as_alice());
+    identity::attach(
+        &mut forged,
+        &InternalKey::generate(),
+        &Caller::User(alice.id),
+    );
+    attempts.push(("forged", client.send_friend_request(forged).await));
+    for (what, result) in attempts {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    assert_eq!(service.rows_between(&alice, &bob).await, 0);
+    assert_eq!(
+        service.snapshot(&[&alice, &bob]).await,
+        vec![empty(), empty()]
+    );
+
+    // Signed for the user it names, the same call acts.
+    assert_eq!(
+        service.send(&alice, &bob.nickname).await.unwrap(),
+        FriendshipStatus::Requested
     );
     service.stop().await;
 }

@@ -106,6 +106,7 @@ fn sent(from: UserId, to: UserId) -> Payload {
     Payload::FriendRequestSent(FriendRequestSent {
         from_user_id: from.to_string(),
         to_user_id: to.to_string(),
+        ..Default::default()
     })
 }
 
@@ -113,6 +114,7 @@ fn accepted(from: UserId, to: UserId) -> Payload {
     Payload::FriendRequestAccepted(FriendRequestAccepted {
         from_user_id: from.to_string(),
         to_user_id: to.to_string(),
+        ..Default::default()
     })
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use messenger_common::testing::{self, TestDatabase};
-use messenger_common::{Shutdown, grpc};
+use messenger_common::{Shutdown, grpc, identity};
 use messenger_friends::directory::{GrpcUserDirectory, InMemoryUserDirectory, UserDirectory};
 use messenger_friends::error::FriendsError;
 use messenger_proto::v1::users_service_server::{UsersService, UsersServiceServer};
@@ -29,6 +29,7 @@ struct FakeUsers {
     profiles: Arc<HashMap<String, String>>,
     delay: Duration,
     deadlines: Arc<Mutex<Vec<Option<Duration>>>>,
+    callers: Arc<Mutex<Vec<Option<identity::Caller>>>>,
 }
 
 #[tonic::async_trait]
@@ -56,6 +57,13 @@ impl UsersService for FakeUsers {
     ) -> Result<Response<UserProfile>, Status> {
         let deadline = grpc::grpc_timeout(&request.metadata().clone().into_headers());
         self.deadlines.lock().unwrap().push(deadline);
+        // What friends forwarded as its caller: the user it acts for, signed anew.
+        let caller = request
+            .metadata()
+            .get(identity::IDENTITY_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|assertion| testing::test_key().verify(assertion).ok());
+        self.callers.lock().unwrap().push(caller);
         tokio::time::sleep(self.delay).await;
         let wanted = request.into_inner().nickname.to_lowercase();
         let (id, nickname) = self
@@ -90,13 +98,20 @@ async fn users_service(people: &[&Person], delay: Duration, shutdown: &Shutdown)
     recording_users_service(people, delay, shutdown).await.0
 }
 
-/// [`users_service`], also returning the deadlines its nickname lookups arrived with.
+/// The deadlines and verified callers the fake's nickname lookups arrived with.
+type Recorded = (
+    Arc<Mutex<Vec<Option<Duration>>>>,
+    Arc<Mutex<Vec<Option<identity::Caller>>>>,
+);
+
+/// [`users_service`], also returning what its nickname lookups arrived with.
 async fn recording_users_service(
     people: &[&Person],
     delay: Duration,
     shutdown: &Shutdown,
-) -> (String, Arc<Mutex<Vec<Option<Duration>>>>) {
+) -> (String, Recorded) {
     let deadlines = Arc::new(Mutex::new(Vec::new()));
+    let callers = Arc::new(Mutex::new(Vec::new()));
     let profiles = people
         .iter()
         .map(|person| (person.id(), person.nickname.clone()))
@@ -107,6 +122,7 @@ async fn recording_users_service(
         profiles: Arc::new(profiles),
         delay,
         deadlines: Arc::clone(&deadlines),
+        callers: Arc::clone(&callers),
     });
     let stop = shutdown.cancelled();
     tokio::spawn(
@@ -114,7 +130,7 @@ async fn recording_users_service(
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
     );
-    (url, deadlines)
+    (url, (deadlines, callers))
 }
 
 /// A socket that accepts connections (the kernel does) but never answers: a hung users
@@ -211,10 +227,13 @@ async fn service_resolves_nicknames_through_the_users_service() {
     let client = support::connect(grpc_addr).await;
     let send = |from: &Person, to: &str| {
         let mut client = client.clone();
-        let request = messenger_proto::v1::SendFriendRequestRequest {
-            user_id: from.id(),
-            nickname: to.to_owned(),
-        };
+        let request = testing::as_user(
+            from.id(),
+            messenger_proto::v1::SendFriendRequestRequest {
+                user_id: from.id(),
+                nickname: to.to_owned(),
+            },
+        );
         async move {
             client
                 .send_friend_request(request)
@@ -236,7 +255,10 @@ async fn service_resolves_nicknames_through_the_users_service() {
 
     let friends = client
         .clone()
-        .get_friends_list(messenger_proto::v1::GetFriendsListRequest { user_id: bob.id() })
+        .get_friends_list(testing::as_user(
+            bob.id(),
+            messenger_proto::v1::GetFriendsListRequest { user_id: bob.id() },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -255,7 +277,7 @@ async fn service_resolves_nicknames_through_the_users_service() {
 async fn the_callers_deadline_travels_on_to_the_users_service() {
     let shutdown = Shutdown::new();
     let (alice, bob) = (person("alice"), person("bob"));
-    let (users_url, deadlines) =
+    let (users_url, (deadlines, callers)) =
         recording_users_service(&[&alice, &bob], Duration::ZERO, &shutdown).await;
     let database = TestDatabase::create().await;
     let mut config = support::test_config(&database, testing::kafka_brokers());
@@ -265,10 +287,13 @@ async fn the_callers_deadline_travels_on_to_the_users_service() {
     let server = tokio::spawn(messenger_friends::run(config, listeners, shutdown.clone()));
     let mut client = support::connect(grpc_addr).await;
     let send = |from: &Person, to: &Person, caller_timeout: Option<Duration>| {
-        let mut request = Request::new(messenger_proto::v1::SendFriendRequestRequest {
-            user_id: from.id(),
-            nickname: to.nickname.clone(),
-        });
+        let mut request = testing::as_user(
+            from.id(),
+            messenger_proto::v1::SendFriendRequestRequest {
+                user_id: from.id(),
+                nickname: to.nickname.clone(),
+            },
+        );
         if let Some(timeout) = caller_timeout {
             request.set_timeout(timeout);
         }
@@ -286,6 +311,15 @@ async fn the_callers_deadline_travels_on_to_the_users_service() {
         .await
         .unwrap();
 
+    // Each lookup acted for the user friends was serving, in an assertion friends signed.
+    let callers = callers.lock().unwrap().clone();
+    assert_eq!(
+        callers,
+        vec![
+            Some(identity::Caller::User(alice.id)),
+            Some(identity::Caller::User(bob.id))
+        ]
+    );
     let deadlines = deadlines.lock().unwrap().clone();
     assert_eq!(deadlines.len(), 2, "{deadlines:?}");
     let own = deadlines[0].expect("a deadline is always sent");
@@ -317,10 +351,13 @@ async fn service_answers_unavailable_when_users_does_not_answer_and_changes_noth
     let mut client = support::connect(grpc_addr).await;
 
     let sent = client
-        .send_friend_request(messenger_proto::v1::SendFriendRequestRequest {
-            user_id: alice.id(),
-            nickname: bob.nickname.clone(),
-        })
+        .send_friend_request(testing::as_user(
+            alice.id(),
+            messenger_proto::v1::SendFriendRequestRequest {
+                user_id: alice.id(),
+                nickname: bob.nickname.clone(),
+            },
+        ))
         .await;
     assert_code(sent, Code::Unavailable);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM friendships")

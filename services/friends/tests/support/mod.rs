@@ -49,6 +49,7 @@ pub fn test_config(database: &TestDatabase, kafka_brokers: String) -> Config {
         database.url(),
         testing::redis_url(),
         kafka_brokers,
+        testing::test_key(),
     );
     config.redis_prefix = testing::unique_prefix();
     config.outbox_max_backoff = Duration::from_millis(500);
@@ -126,10 +127,13 @@ impl TestService {
         let response = self
             .client
             .clone()
-            .send_friend_request(SendFriendRequestRequest {
-                user_id: from.id(),
-                nickname: to.to_owned(),
-            })
+            .send_friend_request(testing::as_user(
+                from.id(),
+                SendFriendRequestRequest {
+                    user_id: from.id(),
+                    nickname: to.to_owned(),
+                },
+            ))
             .await?;
         Ok(response.into_inner().status())
     }
@@ -137,10 +141,13 @@ impl TestService {
     pub async fn accept(&self, by: &Person, from: &str) -> Result<(), tonic::Status> {
         self.client
             .clone()
-            .accept_friend_request(AcceptFriendRequestRequest {
-                user_id: by.id(),
-                nickname: from.to_owned(),
-            })
+            .accept_friend_request(testing::as_user(
+                by.id(),
+                AcceptFriendRequestRequest {
+                    user_id: by.id(),
+                    nickname: from.to_owned(),
+                },
+            ))
             .await
             .map(|_| ())
     }
@@ -148,10 +155,13 @@ impl TestService {
     pub async fn reject(&self, by: &Person, from: &str) -> Result<(), tonic::Status> {
         self.client
             .clone()
-            .reject_friend_request(RejectFriendRequestRequest {
-                user_id: by.id(),
-                nickname: from.to_owned(),
-            })
+            .reject_friend_request(testing::as_user(
+                by.id(),
+                RejectFriendRequestRequest {
+                    user_id: by.id(),
+                    nickname: from.to_owned(),
+                },
+            ))
             .await
             .map(|_| ())
     }
@@ -159,10 +169,13 @@ impl TestService {
     pub async fn remove(&self, by: &Person, friend: &str) -> Result<(), tonic::Status> {
         self.client
             .clone()
-            .remove_friend(RemoveFriendRequest {
-                user_id: by.id(),
-                nickname: friend.to_owned(),
-            })
+            .remove_friend(testing::as_user(
+                by.id(),
+                RemoveFriendRequest {
+                    user_id: by.id(),
+                    nickname: friend.to_owned(),
+                },
+            ))
             .await
             .map(|_| ())
     }
@@ -172,7 +185,10 @@ impl TestService {
         let mut friends: Vec<(String, String)> = self
             .client
             .clone()
-            .get_friends_list(GetFriendsListRequest { user_id: of.id() })
+            .get_friends_list(testing::as_user(
+                of.id(),
+                GetFriendsListRequest { user_id: of.id() },
+            ))
             .await
             .expect("GetFriendsList")
             .into_inner()
@@ -193,10 +209,13 @@ impl TestService {
         let mut requests: Vec<(String, String)> = self
             .client
             .clone()
-            .list_friend_requests(ListFriendRequestsRequest {
-                user_id: of.id(),
-                direction: direction.into(),
-            })
+            .list_friend_requests(testing::as_user(
+                of.id(),
+                ListFriendRequestsRequest {
+                    user_id: of.id(),
+                    direction: direction.into(),
+                },
+            ))
             .await
             .expect("ListFriendRequests")
             .into_inner()
@@ -228,10 +247,13 @@ impl TestService {
     pub async fn not_friends(&self, user: &Person, others: &[&Person]) -> Vec<String> {
         self.client
             .clone()
-            .check_friendship(CheckFriendshipRequest {
-                user_id: user.id(),
-                other_user_ids: others.iter().map(|p| p.id()).collect(),
-            })
+            .check_friendship(testing::as_user(
+                user.id(),
+                CheckFriendshipRequest {
+                    user_id: user.id(),
+                    other_user_ids: others.iter().map(|p| p.id()).collect(),
+                },
+            ))
             .await
             .expect("CheckFriendship")
             .into_inner()
