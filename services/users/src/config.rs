@@ -8,6 +8,7 @@ use messenger_common::config::{
     ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_nonzero_duration_from,
     env_or_from, mask_secret, process_env,
 };
+use messenger_common::identity::InternalKey;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "users",
@@ -62,6 +63,8 @@ pub struct Config {
     /// How long one cache call may take before the database answers instead
     /// (`USERS_CACHE_TIMEOUT`).
     pub cache_timeout: Duration,
+    /// Verifies the identity assertion of every call (`INTERNAL_AUTH_KEY`, required).
+    pub internal_key: InternalKey,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
     /// Reads the configuration through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
+        let internal_key = InternalKey::from_lookup(&lookup)?;
         let storage = StorageConfig {
             database_url: env_or_from(&lookup, "DATABASE_URL", DEFAULT_DATABASE_URL.to_owned())?,
             redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
@@ -102,11 +106,13 @@ impl Config {
             storage,
             cache_ttl,
             cache_timeout,
+            internal_key,
         })
     }
 
-    /// PostgreSQL/Redis/Kafka at the given places, every other setting at its default.
-    pub fn new(storage: StorageConfig) -> Self {
+    /// PostgreSQL/Redis/Kafka at the given places, callers verified with `internal_key`,
+    /// every other setting at its default.
+    pub fn new(storage: StorageConfig, internal_key: InternalKey) -> Self {
         let service = ServiceConfig::from_lookup(DEFAULTS, |_| None)
             .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
         Self {
@@ -114,6 +120,7 @@ impl Config {
             storage,
             cache_ttl: DEFAULT_CACHE_TTL,
             cache_timeout: DEFAULT_CACHE_TIMEOUT,
+            internal_key,
         }
     }
 }
@@ -123,12 +130,26 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const KEY: &str = "an-internal-key-of-at-least-32-bytes";
+
+    /// `pairs` over a valid `INTERNAL_AUTH_KEY` (which `pairs` may replace).
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs
+        let map: HashMap<String, String> = [("INTERNAL_AUTH_KEY", KEY)]
             .iter()
+            .chain(pairs)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn the_internal_key_is_required_and_must_be_long_enough() {
+        let config = Config::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(config.internal_key, InternalKey::new(KEY).unwrap());
+        for value in ["", "short"] {
+            let error = Config::from_lookup(lookup(&[("INTERNAL_AUTH_KEY", value)])).unwrap_err();
+            assert_eq!(error.variable(), "INTERNAL_AUTH_KEY", "{error}");
+        }
     }
 
     #[test]
@@ -180,13 +201,16 @@ mod tests {
 
     #[test]
     fn debug_output_hides_database_passwords() {
-        let config = Config::new(StorageConfig {
-            database_url: "postgres://app:hunter2@db/users".into(),
-            redis_url: "redis://:s3cret@cache:6379".into(),
-            redis_key_prefix: "users:".into(),
-            kafka_brokers: "kafka:9092".into(),
-            kafka_consumer_group: "users".into(),
-        });
+        let config = Config::new(
+            StorageConfig {
+                database_url: "postgres://app:hunter2@db/users".into(),
+                redis_url: "redis://:s3cret@cache:6379".into(),
+                redis_key_prefix: "users:".into(),
+                kafka_brokers: "kafka:9092".into(),
+                kafka_consumer_group: "users".into(),
+            },
+            InternalKey::new(KEY).unwrap(),
+        );
         let shown = format!("{config:?}");
         assert!(
             !shown.contains("hunter2") && !shown.contains("s3cret"),

@@ -183,6 +183,8 @@ async fn serve(
 ) -> Result<(), UsersError> {
     let grpc = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
+        .reflection(config.service.grpc_reflection)
+        .internal_key(config.internal_key.clone())
         .add_service(UsersServiceServer::new(UsersGrpcService::new(profiles)))
         .serve_with_listener(listeners.grpc, shutdown.clone());
     let admin = messenger_common::admin::serve_with_listener(

@@ -68,6 +68,8 @@ impl UsersService for UsersGrpcService {
         &self,
         request: Request<UpdateUserProfileRequest>,
     ) -> Result<Response<UserProfile>, Status> {
+        // Only the user may edit their profile; lookups serve any verified caller.
+        messenger_common::identity::require_user(&request, &request.get_ref().user_id)?;
         let request = request.into_inner();
         let user_id = parse_user_id(&request.user_id)?;
         let update = ProfileUpdate::parse(

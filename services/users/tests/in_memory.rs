@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use messenger_common::Shutdown;
 use messenger_common::events::{EventPublisher, InMemoryEventBus, Payload, new_event};
+use messenger_common::{Shutdown, testing};
 use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use messenger_proto::v1::{
@@ -22,9 +22,12 @@ async fn get(
     user_id: Uuid,
 ) -> Result<UserProfile, tonic::Status> {
     client
-        .get_user_profile(GetUserProfileRequest {
-            user_id: user_id.to_string(),
-        })
+        .get_user_profile(testing::as_service(
+            "gateway",
+            GetUserProfileRequest {
+                user_id: user_id.to_string(),
+            },
+        ))
         .await
         .map(tonic::Response::into_inner)
 }
@@ -53,7 +56,13 @@ async fn dev_mode_creates_profiles_from_bus_events_and_serves_the_api() {
         let shutdown = shutdown.clone();
         async move {
             messenger_users::run_in_memory(
-                Config::from_lookup(|_| None).unwrap(),
+                Config {
+                    internal_key: testing::test_key(),
+                    ..Config::from_lookup(|name| {
+                        (name == "INTERNAL_AUTH_KEY").then(|| "k".repeat(32))
+                    })
+                    .unwrap()
+                },
                 Listeners { grpc, admin },
                 &bus,
                 shutdown,
@@ -83,11 +92,14 @@ async fn dev_mode_creates_profiles_from_bus_events_and_serves_the_api() {
     assert_eq!(profile.nickname, "devuser");
 
     let updated = client
-        .update_user_profile(UpdateUserProfileRequest {
-            user_id: user_id.to_string(),
-            bio: Some("dev bio".into()),
-            ..Default::default()
-        })
+        .update_user_profile(testing::as_user(
+            user_id.to_string(),
+            UpdateUserProfileRequest {
+                user_id: user_id.to_string(),
+                bio: Some("dev bio".into()),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -107,19 +119,25 @@ async fn dev_mode_creates_profiles_from_bus_events_and_serves_the_api() {
     assert_eq!(get(&mut client, user_id).await.unwrap(), updated);
 
     let by_nickname = client
-        .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
-            nickname: "DEVUSER".into(),
-        })
+        .get_user_profile_by_nickname(testing::as_service(
+            "gateway",
+            GetUserProfileByNicknameRequest {
+                nickname: "DEVUSER".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(by_nickname, updated);
     let found = client
-        .search_users(SearchUsersRequest {
-            prefix: "dev".into(),
-            page_size: 1,
-            page_token: String::new(),
-        })
+        .search_users(testing::as_service(
+            "gateway",
+            SearchUsersRequest {
+                prefix: "dev".into(),
+                page_size: 1,
+                page_token: String::new(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use messenger_common::Shutdown;
 use messenger_common::events::{EventPublisher, KafkaPublisher, Payload, new_event};
 use messenger_common::testing::{
-    TestDatabase, kafka_brokers, redis_url, unique_name, unique_prefix,
+    self, TestDatabase, kafka_brokers, redis_url, unique_name, unique_prefix,
 };
 use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::users_service_client::UsersServiceClient;
@@ -55,13 +55,16 @@ impl TestService {
     async fn start_with(redis_url: String, brokers: String) -> Self {
         let database = TestDatabase::create().await;
         let redis_key_prefix = unique_prefix();
-        let config = Config::new(StorageConfig {
-            database_url: database.url().to_owned(),
-            redis_url,
-            redis_key_prefix: redis_key_prefix.clone(),
-            kafka_brokers: brokers.clone(),
-            kafka_consumer_group: unique_name("users-test"),
-        });
+        let config = Config::new(
+            StorageConfig {
+                database_url: database.url().to_owned(),
+                redis_url,
+                redis_key_prefix: redis_key_prefix.clone(),
+                kafka_brokers: brokers.clone(),
+                kafka_consumer_group: unique_name("users-test"),
+            },
+            testing::test_key(),
+        );
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let address = grpc.local_addr().expect("gRPC address");
@@ -156,18 +159,24 @@ impl TestService {
 
     async fn get(&self, user_id: impl ToString) -> Result<UserProfile, tonic::Status> {
         self.client()
-            .get_user_profile(GetUserProfileRequest {
-                user_id: user_id.to_string(),
-            })
+            .get_user_profile(testing::as_service(
+                "gateway",
+                GetUserProfileRequest {
+                    user_id: user_id.to_string(),
+                },
+            ))
             .await
             .map(tonic::Response::into_inner)
     }
 
     async fn get_by_nickname(&self, nickname: &str) -> Result<UserProfile, tonic::Status> {
         self.client()
-            .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
-                nickname: nickname.to_owned(),
-            })
+            .get_user_profile_by_nickname(testing::as_service(
+                "gateway",
+                GetUserProfileByNicknameRequest {
+                    nickname: nickname.to_owned(),
+                },
+            ))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -176,8 +185,11 @@ impl TestService {
         &self,
         request: UpdateUserProfileRequest,
     ) -> Result<UserProfile, tonic::Status> {
+        // Signed for the user it edits (a random one when the id is malformed).
+        let signer =
+            uuid::Uuid::parse_str(&request.user_id).unwrap_or_else(|_| uuid::Uuid::now_v7());
         self.client()
-            .update_user_profile(request)
+            .update_user_profile(testing::as_user(signer.to_string(), request))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -190,11 +202,14 @@ impl TestService {
     ) -> Result<(Vec<UserProfile>, String), tonic::Status> {
         let response = self
             .client()
-            .search_users(SearchUsersRequest {
-                prefix: prefix.to_owned(),
-                page_size,
-                page_token: page_token.to_owned(),
-            })
+            .search_users(testing::as_service(
+                "gateway",
+                SearchUsersRequest {
+                    prefix: prefix.to_owned(),
+                    page_size,
+                    page_token: page_token.to_owned(),
+                },
+            ))
             .await?
             .into_inner();
         Ok((response.users, response.next_page_token))
@@ -391,6 +406,7 @@ async fn invalid_and_undecodable_events_are_skipped() {
     let other_payload = new_event(Payload::FriendRequestSent(FriendRequestSent {
         from_user_id: Uuid::now_v7().to_string(),
         to_user_id: Uuid::now_v7().to_string(),
+        ..Default::default()
     }));
     service.publish(&key, &other_payload).await;
     let producer = service.publisher.producer();
@@ -915,13 +931,16 @@ async fn on_a_fresh_broker_the_service_creates_its_topic_and_consumes_it() {
 
     // Not TestService::start_with: that creates the topic itself before publishing.
     let database = TestDatabase::create().await;
-    let config = Config::new(StorageConfig {
-        database_url: database.url().to_owned(),
-        redis_url: redis_url(),
-        redis_key_prefix: unique_prefix(),
-        kafka_brokers: brokers.clone(),
-        kafka_consumer_group: unique_name("users-test"),
-    });
+    let config = Config::new(
+        StorageConfig {
+            database_url: database.url().to_owned(),
+            redis_url: redis_url(),
+            redis_key_prefix: unique_prefix(),
+            kafka_brokers: brokers.clone(),
+            kafka_consumer_group: unique_name("users-test"),
+        },
+        testing::test_key(),
+    );
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = grpc.local_addr().unwrap();
@@ -950,9 +969,12 @@ async fn on_a_fresh_broker_the_service_creates_its_topic_and_consumes_it() {
         let mut client = client.clone();
         async move {
             client
-                .get_user_profile(GetUserProfileRequest {
-                    user_id: user_id.to_string(),
-                })
+                .get_user_profile(testing::as_service(
+                    "gateway",
+                    GetUserProfileRequest {
+                        user_id: user_id.to_string(),
+                    },
+                ))
                 .await
                 .is_ok()
         }
@@ -960,9 +982,12 @@ async fn on_a_fresh_broker_the_service_creates_its_topic_and_consumes_it() {
     .await;
     assert!(found, "no profile within {EVENT_WAIT:?}");
     let profile = client
-        .get_user_profile(GetUserProfileRequest {
-            user_id: user_id.to_string(),
-        })
+        .get_user_profile(testing::as_service(
+            "gateway",
+            GetUserProfileRequest {
+                user_id: user_id.to_string(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -974,4 +999,72 @@ async fn on_a_fresh_broker_the_service_creates_its_topic_and_consumes_it() {
         .expect("stops")
         .unwrap()
         .expect("stops cleanly");
+}
+
+/// Internal trust: a profile is edited only by a call signed for its owner; lookups
+/// need a valid assertion from anyone; refused calls change nothing.
+#[tokio::test]
+async fn only_the_owner_edits_a_profile_and_every_call_needs_an_assertion() {
+    let service = TestService::start().await;
+    let tag = tag();
+    let alice = service.register(&format!("{tag}-alice")).await;
+    let bob = service.register(&format!("{tag}-bob")).await;
+    let deface = || UpdateUserProfileRequest {
+        user_id: alice.user_id.clone(),
+        bio: Some("hacked".into()),
+        ..no_change()
+    };
+    let mut client = service.client();
+    let mut expired = tonic::Request::new(deface());
+    expired.metadata_mut().insert(
+        messenger_common::identity::IDENTITY_METADATA,
+        testing::expired_assertion(
+            &testing::test_key(),
+            &messenger_common::identity::Caller::User(Uuid::parse_str(&alice.user_id).unwrap()),
+        )
+        .parse()
+        .unwrap(),
+    );
+    let attempts = [
+        (
+            "another user",
+            client
+                .update_user_profile(testing::as_user(&bob.user_id, deface()))
+                .await,
+        ),
+        (
+            "a service",
+            client
+                .update_user_profile(testing::as_service("gateway", deface()))
+                .await,
+        ),
+        ("unsigned", client.update_user_profile(deface()).await),
+        ("expired", client.update_user_profile(expired).await),
+    ];
+    for (what, result) in attempts {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    let unsigned_lookup = client
+        .get_user_profile(GetUserProfileRequest {
+            user_id: alice.user_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unsigned_lookup.code(), Code::Unauthenticated);
+
+    // Any verified caller may look profiles up: the gateway, or another user.
+    let seen_by_bob = client
+        .get_user_profile(testing::as_user(
+            &bob.user_id,
+            GetUserProfileRequest {
+                user_id: alice.user_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen_by_bob.bio, "", "unchanged");
+    assert_eq!(service.get(&alice.user_id).await.unwrap(), alice);
+    service.stop().await;
 }
