@@ -12,6 +12,7 @@ use messenger_common::config::{
     env_optional_from, env_or_from, process_env,
 };
 use messenger_common::events::InMemoryEventBus;
+use messenger_common::identity::InternalKey;
 
 use crate::friendship::InMemoryFriendships;
 use crate::store::MongoStoreConfig;
@@ -47,6 +48,9 @@ pub struct Config {
     /// How often the outbox relay looks for events besides being woken by writes
     /// (`CHAT_OUTBOX_POLL_INTERVAL`).
     pub outbox_poll_interval: Duration,
+    /// `INTERNAL_AUTH_KEY` (required): verifies every call's identity assertion and signs
+    /// the calls to the friends and users services.
+    pub internal_key: InternalKey,
 }
 
 /// Where chats and messages live (`CHAT_STORE`).
@@ -128,6 +132,7 @@ impl Config {
     /// Reads through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
+        let internal_key = InternalKey::from_lookup(&lookup)?;
         let mongodb_uri: Option<String> = env_optional_from(&lookup, "MONGODB_URI")?;
         let store_kind: Option<String> = env_optional_from(&lookup, "CHAT_STORE")?;
         let store = match store_kind
@@ -204,13 +209,19 @@ impl Config {
                 timeout: users_timeout,
             },
             outbox_poll_interval,
+            internal_key,
         })
     }
 
     /// Everything in process: in-memory store, no cache, events on `bus`, friendships
-    /// from `friendships`, every id counted as a user. For the all-in-one dev mode and
-    /// tests; listeners come from `crate::Listeners`.
-    pub fn in_memory(bus: InMemoryEventBus, friendships: Arc<InMemoryFriendships>) -> Self {
+    /// from `friendships`, every id counted as a user, callers verified with
+    /// `internal_key`. For the all-in-one dev mode and tests; listeners come from
+    /// `crate::Listeners`.
+    pub fn in_memory(
+        bus: InMemoryEventBus,
+        friendships: Arc<InMemoryFriendships>,
+        internal_key: InternalKey,
+    ) -> Self {
         Self {
             service: ServiceConfig::from_lookup(DEFAULTS, |_| None)
                 .unwrap_or_else(|_| unreachable!("the defaults are valid")),
@@ -220,6 +231,7 @@ impl Config {
             friends: FriendsConfig::InMemory(friendships),
             users: UsersConfig::InMemory(Arc::new(InMemoryUsers::everyone())),
             outbox_poll_interval: DEFAULT_OUTBOX_POLL_INTERVAL,
+            internal_key,
         }
     }
 }
@@ -230,9 +242,13 @@ mod tests {
 
     use super::*;
 
+    const KEY: &str = "an-internal-key-of-at-least-32-bytes";
+
+    /// `vars` over a valid `INTERNAL_AUTH_KEY` (which `vars` may replace).
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: HashMap<String, String> = vars
+        let vars: HashMap<String, String> = [("INTERNAL_AUTH_KEY", KEY)]
             .iter()
+            .chain(vars)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(move |name| vars.get(name).cloned())
@@ -285,6 +301,8 @@ mod tests {
             ("CHAT_USERS_TIMEOUT", "0s"),
             ("CHAT_OUTBOX_POLL_INTERVAL", "soon"),
             ("GRPC_ADDR", "nowhere"),
+            ("INTERNAL_AUTH_KEY", ""),
+            ("INTERNAL_AUTH_KEY", "shorter-than-32-bytes"),
         ];
         for (name, value) in cases {
             let error = config(&[(name, value)]).unwrap_err();

@@ -129,6 +129,8 @@ pub async fn run(
 
     let served = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
+        .reflection(config.service.grpc_reflection)
+        .internal_key(config.internal_key.clone())
         .add_service(ChatServiceServer::new(handler))
         .serve_with_listener(listeners.grpc, stop.clone())
         .await;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use messenger_common::events::{Payload, new_event};
+use messenger_common::identity::require_user;
 use messenger_proto::v1 as proto;
 use messenger_proto::v1::chat_service_server::ChatService;
 use tokio::sync::Notify;
@@ -114,7 +115,7 @@ impl ChatHandler {
         let author_id = UserId::parse("author_id", author_id)?;
         let content = validate_content(content)?;
         let client_message_id = validate_client_message_id(client_message_id)?;
-        self.participating_chat(chat_id, author_id).await?;
+        let chat = self.participating_chat(chat_id, author_id).await?;
         let id = MessageId::generate();
         let message = Message {
             id,
@@ -129,6 +130,13 @@ impl ChatHandler {
             message_id: id.to_string(),
             author_id: author_id.to_string(),
             sent_at: Some(timestamp(message.sent_at)),
+            participant_ids: chat
+                .participant_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            content: message.content.clone(),
+            client_message_id: message.client_message_id.clone().unwrap_or_default(),
         }));
         let stored = self.store.append_message(message, event).await?;
         if stored.created {
@@ -196,6 +204,17 @@ impl ChatHandler {
         }
     }
 
+    /// The chat with its last message, for a participant; NotFound for anyone else, so
+    /// whether a chat id exists is no secret worth probing for.
+    pub async fn chat_for(&self, chat_id: &str, user_id: &str) -> Result<Chat, ChatError> {
+        let chat_id = ChatId::parse("chat_id", chat_id)?;
+        let user = UserId::parse("user_id", user_id)?;
+        match self.store.chat(chat_id).await? {
+            Some(chat) if chat.is_participant(user) => Ok(chat),
+            _ => Err(ChatError::ChatNotFound),
+        }
+    }
+
     /// The chat, if it exists (NotFound) and `user` takes part in it (PermissionDenied).
     async fn participating_chat(&self, chat_id: ChatId, user: UserId) -> Result<Chat, ChatError> {
         let chat = self
@@ -217,6 +236,7 @@ impl ChatService for ChatHandler {
         &self,
         request: Request<proto::CreateChatRequest>,
     ) -> Result<Response<proto::Chat>, Status> {
+        require_user(&request, &request.get_ref().creator_id)?;
         let request = request.into_inner();
         let chat =
             ChatHandler::create_chat(self, &request.creator_id, &request.participant_ids).await?;
@@ -227,6 +247,7 @@ impl ChatService for ChatHandler {
         &self,
         request: Request<proto::GetUserChatsRequest>,
     ) -> Result<Response<proto::GetUserChatsResponse>, Status> {
+        require_user(&request, &request.get_ref().user_id)?;
         let chats = self.user_chats(&request.into_inner().user_id).await?;
         Ok(Response::new(proto::GetUserChatsResponse {
             chats: chats.iter().map(chat_to_proto).collect(),
@@ -237,6 +258,7 @@ impl ChatService for ChatHandler {
         &self,
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<proto::Message>, Status> {
+        require_user(&request, &request.get_ref().author_id)?;
         let request = request.into_inner();
         let message = ChatHandler::send_message(
             self,
@@ -253,6 +275,7 @@ impl ChatService for ChatHandler {
         &self,
         request: Request<proto::GetChatHistoryRequest>,
     ) -> Result<Response<proto::GetChatHistoryResponse>, Status> {
+        require_user(&request, &request.get_ref().reader_id)?;
         let request = request.into_inner();
         let page = self
             .history(
@@ -269,6 +292,16 @@ impl ChatService for ChatHandler {
                 .map(|id| id.to_string())
                 .unwrap_or_default(),
         }))
+    }
+
+    async fn get_chat(
+        &self,
+        request: Request<proto::GetChatRequest>,
+    ) -> Result<Response<proto::Chat>, Status> {
+        require_user(&request, &request.get_ref().user_id)?;
+        let request = request.into_inner();
+        let chat = self.chat_for(&request.chat_id, &request.user_id).await?;
+        Ok(Response::new(chat_to_proto(&chat)))
     }
 }
 

@@ -13,8 +13,34 @@ fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_messenger-chat"));
     command
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env(
+            "INTERNAL_AUTH_KEY",
+            "a-test-internal-key-of-32-bytes-or-more",
+        );
     command
+}
+
+#[test]
+fn a_missing_or_short_internal_key_stops_start_up_naming_it() {
+    for key in [None, Some("too-short")] {
+        let mut command = binary();
+        match key {
+            None => command.env_remove("INTERNAL_AUTH_KEY"),
+            Some(key) => command.env("INTERNAL_AUTH_KEY", key),
+        };
+        let output = command
+            .env("CHAT_STORE", "memory")
+            .output()
+            .expect("run messenger-chat");
+        assert!(!output.status.success(), "{key:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("INTERNAL_AUTH_KEY"), "{key:?}: {stderr}");
+        assert!(
+            !stderr.contains("too-short"),
+            "the key is never shown: {stderr}"
+        );
+    }
 }
 
 #[test]

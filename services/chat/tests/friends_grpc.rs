@@ -1,6 +1,8 @@
 //! CreateChat asking a friends service over gRPC (`FRIENDS_URL`): an in-test
 //! `FriendsService` on port 0 answers `CheckFriendship` from a set of friendships, so the
-//! real `GrpcFriendshipChecker` (channel, deadline, error mapping) is what is tested.
+//! real `GrpcFriendshipChecker` (channel, deadline, error mapping, the forwarded caller)
+//! is what is tested. It is served by the common `GrpcServer`, so it verifies callers as
+//! the real friends service does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,13 +12,13 @@ use messenger_chat::config::FriendsConfig;
 use messenger_chat::domain::UserId;
 use messenger_chat::friendship::{FriendshipChecker, InMemoryFriendships};
 use messenger_chat::{Config, Listeners, run};
-use messenger_common::Shutdown;
 use messenger_common::events::InMemoryEventBus;
+use messenger_common::grpc::GrpcServer;
+use messenger_common::{Metrics, Shutdown, identity, testing};
 use messenger_proto::v1 as proto;
 use messenger_proto::v1::chat_service_client::ChatServiceClient;
 use messenger_proto::v1::friends_service_server::{FriendsService, FriendsServiceServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status};
 
 /// Answers CheckFriendship from `friendships` after `delay`; counts calls that carried a
@@ -79,6 +81,8 @@ impl FriendsService for InTestFriendsService {
         &self,
         request: Request<proto::CheckFriendshipRequest>,
     ) -> Result<Response<proto::CheckFriendshipResponse>, Status> {
+        // As the real friends service: only for the user chat acts for.
+        identity::require_user(&request, &request.get_ref().user_id)?;
         if request.metadata().get("grpc-timeout").is_some() {
             self.calls_with_deadline.fetch_add(1, Ordering::SeqCst);
         }
@@ -131,17 +135,16 @@ async fn start(delay: Duration, timeout: Duration) -> Started {
     };
     let friends_shutdown = shutdown.clone();
     tokio::spawn(
-        tonic::transport::Server::builder()
+        GrpcServer::new(&Metrics::new())
+            .internal_key(testing::test_key())
             .add_service(FriendsServiceServer::new(friends))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(friends_listener),
-                friends_shutdown.cancelled(),
-            ),
+            .serve_with_listener(friends_listener, friends_shutdown),
     );
 
     let mut config = Config::in_memory(
         InMemoryEventBus::new(),
         Arc::new(InMemoryFriendships::new()),
+        testing::test_key(),
     );
     config.friends = FriendsConfig::Grpc {
         url: format!("http://{friends_address}"),
@@ -162,11 +165,14 @@ async fn start(delay: Duration, timeout: Duration) -> Started {
     }
 }
 
-fn create(creator: &UserId, others: &[&UserId]) -> proto::CreateChatRequest {
-    proto::CreateChatRequest {
-        creator_id: creator.to_string(),
-        participant_ids: others.iter().map(ToString::to_string).collect(),
-    }
+fn create(creator: &UserId, others: &[&UserId]) -> Request<proto::CreateChatRequest> {
+    testing::as_user(
+        creator.to_string(),
+        proto::CreateChatRequest {
+            creator_id: creator.to_string(),
+            participant_ids: others.iter().map(ToString::to_string).collect(),
+        },
+    )
 }
 
 #[tokio::test]
@@ -203,9 +209,12 @@ async fn create_chat_asks_the_friends_service_with_a_deadline() {
 
     let chats = started
         .client
-        .get_user_chats(proto::GetUserChatsRequest {
-            user_id: a.to_string(),
-        })
+        .get_user_chats(testing::as_user(
+            a.to_string(),
+            proto::GetUserChatsRequest {
+                user_id: a.to_string(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -232,9 +241,12 @@ async fn a_slow_friends_service_makes_create_chat_unavailable_within_the_deadlin
     );
     let chats = started
         .client
-        .get_user_chats(proto::GetUserChatsRequest {
-            user_id: a.to_string(),
-        })
+        .get_user_chats(testing::as_user(
+            a.to_string(),
+            proto::GetUserChatsRequest {
+                user_id: a.to_string(),
+            },
+        ))
         .await
         .unwrap();
     assert!(chats.into_inner().chats.is_empty());

@@ -15,12 +15,13 @@ use messenger_chat::users::InMemoryUsers;
 use messenger_chat::{ChatError, Config, Listeners, run};
 use messenger_common::Shutdown;
 use messenger_common::events::{BusMessage, Event, InMemoryEventBus, Payload};
+use messenger_common::identity::{self, Caller, IDENTITY_METADATA, InternalKey};
 use messenger_common::testing;
 use messenger_proto::topics::CHAT_EVENTS;
 use messenger_proto::v1::chat_service_client::ChatServiceClient;
 use messenger_proto::v1::{
     Chat, ChatKind, CreateChatRequest, GetChatHistoryRequest, GetChatHistoryResponse,
-    GetUserChatsRequest, Message, SendMessageRequest,
+    GetChatRequest, GetUserChatsRequest, Message, SendMessageRequest,
 };
 use redis::AsyncCommands;
 use tokio::net::TcpListener;
@@ -92,7 +93,11 @@ async fn start_with_redis(
     redis_url: String,
 ) -> ChatServer {
     let cache_prefix = testing::unique_prefix();
-    let mut config = Config::in_memory(InMemoryEventBus::new(), Arc::clone(&friendships));
+    let mut config = Config::in_memory(
+        InMemoryEventBus::new(),
+        Arc::clone(&friendships),
+        testing::test_key(),
+    );
     config.store = store;
     config.events = events;
     config.friends = friends;
@@ -129,12 +134,27 @@ async fn start_with_redis(
     chat
 }
 
+/// `message` signed for `user`, as the gateway sends it; for an id that is not a UUID
+/// (bad-input tests), signed for someone else.
+fn signed_for<T>(user: &str, message: T) -> tonic::Request<T> {
+    let signer = uuid::Uuid::parse_str(user).unwrap_or_else(|_| uuid::Uuid::new_v4());
+    testing::as_user(signer.to_string(), message)
+}
+
 impl ChatServer {
     async fn wait_until_serving(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let probe = GetUserChatsRequest { user_id: user() };
-            if self.client.get_user_chats(probe).await.is_ok() {
+            let me = user();
+            let probe = GetUserChatsRequest {
+                user_id: me.clone(),
+            };
+            if self
+                .client
+                .get_user_chats(testing::as_user(&me, probe))
+                .await
+                .is_ok()
+            {
                 return;
             }
             if self.server.as_ref().is_some_and(JoinHandle::is_finished) {
@@ -162,7 +182,7 @@ impl ChatServer {
         };
         self.client
             .clone()
-            .create_chat(request)
+            .create_chat(signed_for(creator, request))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -182,7 +202,7 @@ impl ChatServer {
         };
         self.client
             .clone()
-            .send_message(request)
+            .send_message(signed_for(author, request))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -202,7 +222,7 @@ impl ChatServer {
         };
         self.client
             .clone()
-            .get_chat_history(request)
+            .get_chat_history(signed_for(reader, request))
             .await
             .map(tonic::Response::into_inner)
     }
@@ -213,7 +233,7 @@ impl ChatServer {
         };
         self.client
             .clone()
-            .get_user_chats(request)
+            .get_user_chats(signed_for(user, request))
             .await
             .expect("GetUserChats")
             .into_inner()
@@ -367,20 +387,26 @@ async fn malformed_create_chat_requests_are_refused_and_change_nothing() {
         (&a, vec![&b, &a]),
     ];
     for (creator, others) in cases {
-        assert_code(
-            chat.create_chat(creator, &others).await,
-            Code::InvalidArgument,
-        );
+        // A creator id that is not a user's cannot be the signed caller.
+        let expected = if uuid::Uuid::parse_str(creator).is_ok() {
+            Code::InvalidArgument
+        } else {
+            Code::Unauthenticated
+        };
+        assert_code(chat.create_chat(creator, &others).await, expected);
     }
     assert!(chat.user_chats(&a).await.is_empty());
     assert_code(
         chat.client
             .clone()
-            .get_user_chats(GetUserChatsRequest {
-                user_id: "x".into(),
-            })
+            .get_user_chats(testing::as_user(
+                &a,
+                GetUserChatsRequest {
+                    user_id: "x".into(),
+                },
+            ))
             .await,
-        Code::InvalidArgument,
+        Code::Unauthenticated,
     );
 }
 
@@ -478,7 +504,7 @@ async fn message_content_must_be_1_to_4096_characters_after_trimming() {
     assert_code(chat.send("nope", &a, "x", "").await, Code::InvalidArgument);
     assert_code(
         chat.send(&chat_id, "", "x", "").await,
-        Code::InvalidArgument,
+        Code::Unauthenticated,
     );
     assert_code(
         chat.send(&chat_id, &a, "x", &"k".repeat(129)).await,
@@ -885,6 +911,145 @@ async fn admin_endpoints_report_health_readiness_and_metrics_then_shut_down_grac
     assert!(refused.is_err(), "the gRPC server should be down");
 }
 
+// ---- GetChat and internal trust --------------------------------------------------------
+
+impl ChatServer {
+    async fn get_chat(&self, chat_id: &str, user_id: &str) -> Result<Chat, tonic::Status> {
+        let request = GetChatRequest {
+            chat_id: chat_id.into(),
+            user_id: user_id.into(),
+        };
+        self.client
+            .clone()
+            .get_chat(signed_for(user_id, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+#[tokio::test]
+async fn get_chat_shows_a_participant_the_chat_with_its_last_message_and_hides_it_from_others() {
+    let chat = start(EventsConfig::InMemory(InMemoryEventBus::new())).await;
+    let (chat_id, a, b) = chat.direct_chat().await;
+    let fresh = chat.get_chat(&chat_id, &a).await.unwrap();
+    assert_eq!(fresh.chat_id, chat_id);
+    assert_eq!(fresh.last_message, None);
+    chat.send(&chat_id, &a, "first", "").await.unwrap();
+    let last = chat.send(&chat_id, &b, "second", "").await.unwrap();
+
+    let seen = chat.get_chat(&chat_id, &b).await.unwrap();
+    assert_eq!(seen.last_message, Some(last));
+    let listed = chat.user_chats(&b).await;
+    assert_eq!(vec![seen.clone()], listed, "the same view as GetUserChats");
+
+    // A stranger cannot tell this chat from one that does not exist.
+    let outsider = assert_code(chat.get_chat(&chat_id, &user()).await, Code::NotFound);
+    let missing = assert_code(
+        chat.get_chat(&UserId::new_random().to_string(), &a).await,
+        Code::NotFound,
+    );
+    assert_eq!(outsider.message(), missing.message());
+    assert_code(chat.get_chat("nope", &a).await, Code::InvalidArgument);
+}
+
+/// Internal trust: a caller who reaches the chat port cannot read or write as someone
+/// else by naming them in the body, nor without a valid assertion.
+#[tokio::test]
+async fn a_call_acts_only_for_the_user_it_is_signed_for() {
+    let chat = start(EventsConfig::InMemory(InMemoryEventBus::new())).await;
+    let (chat_id, a, b) = chat.direct_chat().await;
+    chat.send(&chat_id, &a, "private", "").await.unwrap();
+    let mallory = user();
+    let read_as_a = || GetChatHistoryRequest {
+        chat_id: chat_id.clone(),
+        reader_id: a.clone(),
+        before: String::new(),
+        limit: 50,
+    };
+    let write_as_b = || SendMessageRequest {
+        chat_id: chat_id.clone(),
+        author_id: b.clone(),
+        content: "forged".into(),
+        client_message_id: String::new(),
+    };
+    let mut client = chat.client.clone();
+    let mut expired = tonic::Request::new(read_as_a());
+    expired.metadata_mut().insert(
+        IDENTITY_METADATA,
+        testing::expired_assertion(
+            &testing::test_key(),
+            &Caller::User(uuid::Uuid::parse_str(&a).unwrap()),
+        )
+        .parse()
+        .unwrap(),
+    );
+    let mut forged = tonic::Request::new(read_as_a());
+    identity::attach(
+        &mut forged,
+        &InternalKey::generate(),
+        &Caller::User(uuid::Uuid::parse_str(&a).unwrap()),
+    );
+    let reads = [
+        (
+            "another user",
+            client
+                .get_chat_history(testing::as_user(&mallory, read_as_a()))
+                .await,
+        ),
+        (
+            "a service",
+            client
+                .get_chat_history(testing::as_service("gateway", read_as_a()))
+                .await,
+        ),
+        ("unsigned", client.get_chat_history(read_as_a()).await),
+        ("expired", client.get_chat_history(expired).await),
+        ("forged", client.get_chat_history(forged).await),
+    ];
+    for (what, result) in reads {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    let writes = [
+        (
+            "another user",
+            client
+                .send_message(testing::as_user(&a, write_as_b()))
+                .await,
+        ),
+        ("unsigned", client.send_message(write_as_b()).await),
+    ];
+    for (what, result) in writes {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    let listing = client
+        .get_user_chats(testing::as_user(
+            &mallory,
+            GetUserChatsRequest { user_id: a.clone() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(listing.code(), Code::Unauthenticated);
+    let creating = client
+        .create_chat(testing::as_user(
+            &mallory,
+            CreateChatRequest {
+                creator_id: a.clone(),
+                participant_ids: vec![b.clone()],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(creating.code(), Code::Unauthenticated);
+
+    // Nothing was written; the participants themselves still get through.
+    let history = chat.all_messages(&chat_id, &b).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].content, "private");
+    assert_eq!(chat.user_chats(&a).await.len(), 1);
+}
+
 // ---- events ----------------------------------------------------------------------------
 
 fn is_message_sent(event: &Event, message_id: &str) -> bool {
@@ -929,6 +1094,14 @@ async fn chat_events_are_published_in_order_keyed_by_chat() {
             assert_eq!(payload.message_id, sent.message_id);
             assert_eq!(payload.author_id, a);
             assert_eq!(payload.sent_at, sent.sent_at);
+            // What the gateway needs to deliver it without asking chat.
+            let mut participants = payload.participant_ids.clone();
+            participants.sort();
+            let mut expected = vec![a.clone(), b.clone()];
+            expected.sort();
+            assert_eq!(participants, expected);
+            assert_eq!(payload.content, "hello");
+            assert_eq!(payload.client_message_id, "k");
         }
         other => panic!("expected MessageSent, got {other:?}"),
     }

@@ -65,6 +65,7 @@ fn sent_event(message: &Message) -> Event {
         message_id: message.id.to_string(),
         author_id: message.author_id.to_string(),
         sent_at: None,
+        ..Default::default()
     }))
 }
 

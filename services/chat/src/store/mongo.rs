@@ -710,6 +710,7 @@ mod tests {
                 message_id: subject_id.to_owned(),
                 author_id: UserId::new_random().to_string(),
                 sent_at: None,
+                ..Default::default()
             }),
         );
         OutboxDoc {
