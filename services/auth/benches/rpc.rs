@@ -10,16 +10,20 @@ use messenger_auth::config::StoreConfig;
 use messenger_auth::{Config, Listeners, run};
 use messenger_common::Shutdown;
 use messenger_common::testing::{
-    LatencySummary, TestDatabase, kafka_brokers, redis_url, unique_prefix,
+    LatencySummary, SignedAs, TestDatabase, kafka_brokers, redis_url, unique_prefix,
 };
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
 use messenger_proto::v1::{LoginRequest, RegisterRequest, ValidateTokenRequest};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 const PASSWORD: &str = "correct horse battery";
 
-async fn validate(client: &mut AuthServiceClient<Channel>, token: &str) {
+/// Signed as the gateway signs its calls (the assertion costs one HMAC per call).
+type AuthClient = AuthServiceClient<InterceptedService<Channel, SignedAs>>;
+
+async fn validate(client: &mut AuthClient, token: &str) {
     client
         .validate_token(ValidateTokenRequest {
             access_token: token.to_owned(),
@@ -38,12 +42,15 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let database = TestDatabase::create().await;
-        let config = Config::new(StoreConfig::Real {
-            database_url: database.url().to_owned(),
-            redis_url: redis_url(),
-            kafka_brokers: kafka_brokers(),
-            redis_prefix: unique_prefix(),
-        });
+        let config = Config::new(
+            StoreConfig::Real {
+                database_url: database.url().to_owned(),
+                redis_url: redis_url(),
+                kafka_brokers: kafka_brokers(),
+                redis_prefix: unique_prefix(),
+            },
+            messenger_common::testing::test_key(),
+        );
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = grpc.local_addr().expect("address");
@@ -52,7 +59,7 @@ fn main() {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .expect("endpoint")
             .connect_lazy();
-        let mut client = AuthServiceClient::new(channel);
+        let mut client = AuthServiceClient::with_interceptor(channel, SignedAs::service("gateway"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while client
             .register(RegisterRequest {

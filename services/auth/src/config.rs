@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use messenger_common::config::{env_nonzero_duration_from, env_or_from, mask_secret, process_env};
+use messenger_common::identity::InternalKey;
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
 use crate::store::LoginLimits;
@@ -63,6 +64,8 @@ pub struct Config {
     /// Lifetime of an access token (`AUTH_TOKEN_TTL`).
     pub token_ttl: Duration,
     pub login_limits: LoginLimits,
+    /// Verifies every call's identity assertion (`INTERNAL_AUTH_KEY`, required).
+    pub internal_key: InternalKey,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
     /// Reads the configuration through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
+        let internal_key = InternalKey::from_lookup(&lookup)?;
         let store_kind: String = env_or_from(&lookup, "AUTH_STORE", "postgres".to_owned())?;
         let store = match store_kind.as_str() {
             "postgres" => StoreConfig::Real {
@@ -118,19 +122,21 @@ impl Config {
             store,
             token_ttl,
             login_limits,
+            internal_key,
         })
     }
 
     /// A configuration built from values, not the environment (tests, dev mode): the
     /// given stores, listen addresses from the defaults (callers pass bound listeners to
-    /// `run`), default TTL and limits.
-    pub fn new(store: StoreConfig) -> Self {
+    /// `run`), default TTL and limits, callers verified with `internal_key`.
+    pub fn new(store: StoreConfig, internal_key: InternalKey) -> Self {
         Self {
             service: ServiceConfig::from_lookup(DEFAULTS, |_| None)
                 .expect("the built-in defaults are valid"),
             store,
             token_ttl: DEFAULT_TOKEN_TTL,
             login_limits: LoginLimits::default(),
+            internal_key,
         }
     }
 }
@@ -152,9 +158,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const KEY: &str = "an-internal-key-of-at-least-32-bytes";
+
+    /// `pairs` over a valid `INTERNAL_AUTH_KEY` (which `pairs` may replace).
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs
+        let map: HashMap<String, String> = [("INTERNAL_AUTH_KEY", KEY)]
             .iter()
+            .chain(pairs)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |name| map.get(name).cloned()
@@ -214,6 +224,7 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("db:5432/auth"), "{printed}");
+        assert!(!printed.contains(KEY), "{printed}");
     }
 
     #[test]
@@ -226,6 +237,8 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", "-1"),
             ("AUTH_LOGIN_FAILURE_WINDOW", "forever"),
             ("AUTH_STORE", "mongo"),
+            ("INTERNAL_AUTH_KEY", ""),
+            ("INTERNAL_AUTH_KEY", "shorter-than-32-bytes"),
         ] {
             let error = Config::from_lookup(vars(&[(name, value)]))
                 .expect_err(&format!("{name}={value} must be refused"));

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use messenger_common::identity::Caller;
 use messenger_proto::v1::auth_service_server;
 use messenger_proto::v1::{
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, OAuthSignInRequest,
@@ -31,12 +32,20 @@ impl AuthGrpc {
     }
 }
 
-/// The end user's address: `x-client-ip` when it holds an IP address (the gateway
-/// sets it), else the peer of the connection.
+/// The only caller whose `x-client-ip` is believed.
+pub const GATEWAY: &str = "gateway";
+
+/// The end user's address: `x-client-ip` when the verified caller is the gateway and it
+/// holds an IP address, else the peer of the connection. Anyone else could pick a fresh
+/// address per attempt and escape the per-client login limit.
 pub fn client_address<T>(request: &Request<T>) -> String {
-    let from_gateway = request
-        .metadata()
-        .get(CLIENT_IP_METADATA)
+    let is_gateway = matches!(
+        messenger_common::identity::caller(request),
+        Some(Caller::Service(name)) if name == GATEWAY
+    );
+    let from_gateway = is_gateway
+        .then(|| request.metadata().get(CLIENT_IP_METADATA))
+        .flatten()
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<IpAddr>().ok());
     from_gateway
@@ -121,18 +130,38 @@ impl auth_service_server::AuthService for AuthGrpc {
 mod tests {
     use super::*;
 
-    #[test]
-    fn client_address_prefers_the_gateway_header_when_it_is_an_ip() {
+    fn with_client_ip(caller: Option<Caller>, ip: &str) -> Request<()> {
         let mut request = Request::new(());
         request
             .metadata_mut()
-            .insert(CLIENT_IP_METADATA, "203.0.113.7".parse().unwrap());
-        assert_eq!(client_address(&request), "203.0.113.7");
+            .insert(CLIENT_IP_METADATA, ip.parse().unwrap());
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller);
+        }
+        request
+    }
 
-        let mut spoofed = Request::new(());
-        spoofed
-            .metadata_mut()
-            .insert(CLIENT_IP_METADATA, "not an address".parse().unwrap());
-        assert_eq!(client_address(&spoofed), "unknown");
+    #[test]
+    fn client_address_believes_the_header_only_from_the_gateway_and_only_an_ip() {
+        let gateway = || Some(Caller::Service(GATEWAY.into()));
+        assert_eq!(
+            client_address(&with_client_ip(gateway(), "203.0.113.7")),
+            "203.0.113.7"
+        );
+        assert_eq!(
+            client_address(&with_client_ip(gateway(), "not an address")),
+            "unknown"
+        );
+        for other in [
+            None,
+            Some(Caller::Service("chat".into())),
+            Some(Caller::User(uuid::Uuid::new_v4())),
+        ] {
+            assert_eq!(
+                client_address(&with_client_ip(other.clone(), "203.0.113.7")),
+                "unknown",
+                "{other:?}"
+            );
+        }
     }
 }

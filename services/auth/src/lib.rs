@@ -165,6 +165,8 @@ async fn serve(
     ));
     let served = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
+        .reflection(config.service.grpc_reflection)
+        .internal_key(config.internal_key.clone())
         .add_service(AuthGrpc::new(service).into_server())
         .serve_with_listener(listeners.grpc, shutdown.clone())
         .await;

@@ -8,7 +8,9 @@ use messenger_auth::config::StoreConfig;
 use messenger_auth::store::LoginLimits;
 use messenger_auth::{Config, Listeners, run};
 use messenger_common::Shutdown;
-use messenger_common::testing::{TestDatabase, kafka_brokers, redis_url, unique_prefix};
+use messenger_common::testing::{
+    self, SignedAs, TestDatabase, kafka_brokers, redis_url, unique_prefix,
+};
 use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
 use messenger_proto::v1::event::Payload;
@@ -18,14 +20,18 @@ use messenger_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 const PASSWORD: &str = "correct horse battery";
 
+/// A client calling as the gateway does: every call signed for `Caller::Service("gateway")`.
+type AuthClient = AuthServiceClient<InterceptedService<Channel, SignedAs>>;
+
 /// A running auth service on a fresh database and Redis prefix.
 struct TestAuth {
-    client: AuthServiceClient<Channel>,
+    client: AuthClient,
     db: TestDatabase,
     admin_addr: SocketAddr,
     redis_prefix: String,
@@ -41,12 +47,15 @@ impl TestAuth {
     async fn start_with(customise: impl FnOnce(&mut Config)) -> Self {
         let db = TestDatabase::create().await;
         let redis_prefix = unique_prefix();
-        let mut config = Config::new(StoreConfig::Real {
-            database_url: db.url().to_owned(),
-            redis_url: redis_url(),
-            kafka_brokers: kafka_brokers(),
-            redis_prefix: redis_prefix.clone(),
-        });
+        let mut config = Config::new(
+            StoreConfig::Real {
+                database_url: db.url().to_owned(),
+                redis_url: redis_url(),
+                kafka_brokers: kafka_brokers(),
+                redis_prefix: redis_prefix.clone(),
+            },
+            testing::test_key(),
+        );
         customise(&mut config);
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -65,7 +74,7 @@ impl TestAuth {
         }
     }
 
-    fn client(&self) -> AuthServiceClient<Channel> {
+    fn client(&self) -> AuthClient {
         self.client.clone()
     }
 
@@ -181,14 +190,20 @@ impl Drop for TestAuth {
 async fn connect(
     addr: SocketAddr,
     server: &JoinHandle<Result<(), messenger_auth::Error>>,
-) -> AuthServiceClient<Channel> {
+) -> AuthClient {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(
             !server.is_finished(),
             "the auth service exited during start-up"
         );
-        if let Ok(mut client) = AuthServiceClient::connect(format!("http://{addr}")).await {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .expect("a URL")
+            .connect()
+            .await
+        {
+            let mut client =
+                AuthServiceClient::with_interceptor(channel, SignedAs::service("gateway"));
             let probe = tokio::time::timeout(
                 Duration::from_secs(1),
                 client.validate_token(ValidateTokenRequest::default()),
@@ -649,7 +664,7 @@ async fn in_memory_stores_serve_the_same_api_and_publish_to_the_bus() {
 
     let bus = Arc::new(InMemoryEventBus::new());
     let mut events = bus.subscribe(AUTH_EVENTS);
-    let config = Config::new(StoreConfig::InMemory);
+    let config = Config::new(StoreConfig::InMemory, testing::test_key());
     let stores = AuthStores::in_memory(&config, bus.clone());
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -826,4 +841,107 @@ async fn registration_works_while_kafka_is_down_and_its_event_follows() {
     );
     assert_eq!(received.key, user_id);
     auth.stop().await;
+}
+
+/// Internal trust: auth answers only callers with a valid assertion, and believes the
+/// end user's address in `x-client-ip` only from the gateway, so nobody else can dodge
+/// the per-address login limit by naming a fresh address per attempt.
+#[tokio::test]
+async fn auth_needs_an_assertion_and_believes_client_addresses_only_from_the_gateway() {
+    use messenger_auth::{AuthStores, run_with_stores};
+    use messenger_common::events::InMemoryEventBus;
+    use messenger_common::identity::{Caller, IDENTITY_METADATA};
+    use std::sync::Arc;
+
+    let mut config = Config::new(StoreConfig::InMemory, testing::test_key());
+    config.login_limits = LoginLimits {
+        max_failures_per_account: 100,
+        max_failures_per_client: 3,
+        window: Duration::from_secs(60),
+    };
+    let stores = AuthStores::in_memory(&config, Arc::new(InMemoryEventBus::new()));
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(run_with_stores(
+        config,
+        stores,
+        Listeners { grpc, admin },
+        shutdown.clone(),
+    ));
+    let mut gateway = connect(addr, &server).await;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut unsigned = AuthServiceClient::new(channel.clone());
+    let register = || RegisterRequest {
+        email: "trust@example.com".into(),
+        password: PASSWORD.into(),
+        nickname: "trust".into(),
+    };
+
+    // Without a valid assertion nothing is done.
+    let mut expired = Request::new(register());
+    expired.metadata_mut().insert(
+        IDENTITY_METADATA,
+        testing::expired_assertion(&testing::test_key(), &Caller::Service("gateway".into()))
+            .parse()
+            .unwrap(),
+    );
+    for (what, result) in [
+        ("unsigned", unsigned.register(register()).await),
+        ("expired", unsigned.register(expired).await),
+    ] {
+        let status = result.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    let status = unsigned
+        .validate_token(ValidateTokenRequest {
+            access_token: "anything".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    gateway
+        .register(register())
+        .await
+        .expect("the refused calls registered nothing");
+
+    // A caller other than the gateway names a fresh address per guess: ignored, the
+    // connection's own address is counted and reaches the limit.
+    let mut chat = AuthServiceClient::with_interceptor(channel, SignedAs::service("chat"));
+    let from = |ip: &str, password: &str| {
+        let mut request = Request::new(LoginRequest {
+            email: "trust@example.com".into(),
+            password: password.into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-client-ip", ip.parse().unwrap());
+        request
+    };
+    for n in 0..3 {
+        let status = chat
+            .login(from(&format!("198.51.100.{n}"), "wrong guess"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "guess {n}");
+    }
+    let limited = chat
+        .login(from("198.51.100.99", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    // The gateway's word for the end user's address is believed.
+    let login = gateway
+        .login(from("198.51.100.100", PASSWORD))
+        .await
+        .expect("another end user behind the gateway");
+    assert!(!login.into_inner().access_token.is_empty());
+
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
 }
