@@ -30,6 +30,7 @@ fn secret_value(name: &str) -> String {
         "REDIS_URL" => "redis://redis.messenger.svc:6379".into(),
         "KAFKA_BROKERS" => "kafka.messenger.svc:9092".into(),
         "MONGODB_URI" => "mongodb://mongodb.messenger.svc:27017/chat".into(),
+        "INTERNAL_AUTH_KEY" => "a-per-app-internal-key-of-at-least-32-bytes".into(),
         _ => "from-a-secret".into(),
     }
 }
@@ -58,6 +59,10 @@ fn pod_environment(
         env.insert(var.name.clone(), value);
         own.insert(var.name.clone());
     }
+    // Every service requires INTERNAL_AUTH_KEY; the operator's per-app Secret provides
+    // it. Until the operator sets it, stand in for that Secret here.
+    env.entry("INTERNAL_AUTH_KEY".to_owned())
+        .or_insert_with(|| secret_value("INTERNAL_AUTH_KEY"));
     (env, own)
 }
 

@@ -54,6 +54,8 @@ impl Service {
             .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            // The key the operator's per-app Secret provides; the test signs with it too.
+            .env("INTERNAL_AUTH_KEY", testing::test_key_secret())
             .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(output.try_clone().expect("log file handle"))

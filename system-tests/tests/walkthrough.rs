@@ -38,7 +38,9 @@ fn url(listener: &TcpListener) -> String {
     format!("http://{}", listener.local_addr().expect("local addr"))
 }
 
-fn lookup(vars: HashMap<&'static str, String>) -> impl Fn(&str) -> Option<String> {
+/// `vars`, plus the test process's `INTERNAL_AUTH_KEY` every service shares.
+fn lookup(mut vars: HashMap<&'static str, String>) -> impl Fn(&str) -> Option<String> {
+    vars.insert("INTERNAL_AUTH_KEY", testing::test_key_secret().to_owned());
     move |name| vars.get(name).cloned()
 }
 

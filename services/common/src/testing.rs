@@ -22,11 +22,25 @@ use sqlx::migrate::Migrator;
 use crate::events::Event;
 use crate::identity::{self, Caller, InternalKey};
 
+/// The secret of [`test_key`] as text (random, one per test process), for service
+/// processes started with `INTERNAL_AUTH_KEY` in their environment.
+pub fn test_key_secret() -> &'static str {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    })
+}
+
 /// The internal key of this test process: configure services under test with it, and
 /// [`as_user`], [`as_service`] and [`SignedAs`] sign with it.
 pub fn test_key() -> InternalKey {
     static KEY: std::sync::OnceLock<InternalKey> = std::sync::OnceLock::new();
-    KEY.get_or_init(InternalKey::generate).clone()
+    KEY.get_or_init(|| InternalKey::new(test_key_secret()).expect("64 characters"))
+        .clone()
 }
 
 /// A request acting for user `user_id` (a UUID), as the gateway sends it.

@@ -20,6 +20,7 @@ fn friend_request(from: &str, to: &str) -> Event {
     new_event(Payload::FriendRequestSent(FriendRequestSent {
         from_user_id: from.into(),
         to_user_id: to.into(),
+        ..Default::default()
     }))
 }
 

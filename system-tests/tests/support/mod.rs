@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use messenger_common::testing;
+use messenger_common::testing::{self, SignedAs, as_user};
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
 use messenger_proto::v1::chat_service_client::ChatServiceClient;
 use messenger_proto::v1::friends_service_client::FriendsServiceClient;
@@ -16,7 +16,12 @@ use messenger_proto::v1::{
     SendMessageRequest, ValidateTokenRequest,
 };
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A channel whose calls are signed as the gateway signs its own (`as_user` overrides
+/// that for calls acting for a user).
+type Signed = InterceptedService<Channel, SignedAs>;
 
 /// Profiles are created asynchronously from `UserRegistered`; this bounds the wait.
 const EVENT_WAIT: Duration = Duration::from_secs(30);
@@ -32,12 +37,15 @@ pub struct Urls {
     pub chat: String,
 }
 
-/// Clients of the four services, as the gateway will hold them.
+/// Clients of the four services, as the gateway will hold them: signed with the test
+/// key (`testing::test_key`, which the services are given as `INTERNAL_AUTH_KEY`).
 pub struct Clients {
-    pub auth: AuthServiceClient<Channel>,
-    pub users: UsersServiceClient<Channel>,
-    pub friends: FriendsServiceClient<Channel>,
-    pub chat: ChatServiceClient<Channel>,
+    pub auth: AuthServiceClient<Signed>,
+    pub users: UsersServiceClient<Signed>,
+    pub friends: FriendsServiceClient<Signed>,
+    pub chat: ChatServiceClient<Signed>,
+    /// Chat's port with no assertion at all, as an intruder in the cluster would call it.
+    pub unsigned_chat: ChatServiceClient<Channel>,
 }
 
 async fn channel(url: &str) -> Channel {
@@ -51,11 +59,17 @@ async fn channel(url: &str) -> Channel {
 
 impl Clients {
     pub async fn connect(urls: &Urls) -> Self {
+        let gateway = || SignedAs::service("gateway");
+        let chat = channel(&urls.chat).await;
         Self {
-            auth: AuthServiceClient::new(channel(&urls.auth).await),
-            users: UsersServiceClient::new(channel(&urls.users).await),
-            friends: FriendsServiceClient::new(channel(&urls.friends).await),
-            chat: ChatServiceClient::new(channel(&urls.chat).await),
+            auth: AuthServiceClient::with_interceptor(channel(&urls.auth).await, gateway()),
+            users: UsersServiceClient::with_interceptor(channel(&urls.users).await, gateway()),
+            friends: FriendsServiceClient::with_interceptor(
+                channel(&urls.friends).await,
+                gateway(),
+            ),
+            chat: ChatServiceClient::with_interceptor(chat.clone(), gateway()),
+            unsigned_chat: ChatServiceClient::new(chat),
         }
     }
 
@@ -144,10 +158,13 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     // Strangers cannot open a chat.
     let refused = clients
         .chat
-        .create_chat(CreateChatRequest {
-            creator_id: alice.clone(),
-            participant_ids: vec![bob.clone()],
-        })
+        .create_chat(as_user(
+            &alice,
+            CreateChatRequest {
+                creator_id: alice.clone(),
+                participant_ids: vec![bob.clone()],
+            },
+        ))
         .await
         .expect_err("a chat with a non-friend must be refused");
     assert_eq!(refused.code(), Code::PermissionDenied);
@@ -155,10 +172,13 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     let nobody = uuid::Uuid::new_v4().to_string();
     let refused = clients
         .chat
-        .create_chat(CreateChatRequest {
-            creator_id: alice.clone(),
-            participant_ids: vec![nobody.clone()],
-        })
+        .create_chat(as_user(
+            &alice,
+            CreateChatRequest {
+                creator_id: alice.clone(),
+                participant_ids: vec![nobody.clone()],
+            },
+        ))
         .await
         .expect_err("a chat with nobody must be refused");
     assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
@@ -167,28 +187,37 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     // Alice asks Bob by nickname (resolved through users); Bob accepts.
     let sent = clients
         .friends
-        .send_friend_request(SendFriendRequestRequest {
-            user_id: alice.clone(),
-            nickname: bob_nick.clone(),
-        })
+        .send_friend_request(as_user(
+            &alice,
+            SendFriendRequestRequest {
+                user_id: alice.clone(),
+                nickname: bob_nick.clone(),
+            },
+        ))
         .await
         .expect("friend request")
         .into_inner();
     assert_eq!(sent.status, FriendshipStatus::Requested as i32);
     clients
         .friends
-        .accept_friend_request(AcceptFriendRequestRequest {
-            user_id: bob.clone(),
-            nickname: alice_nick.clone(),
-        })
+        .accept_friend_request(as_user(
+            &bob,
+            AcceptFriendRequestRequest {
+                user_id: bob.clone(),
+                nickname: alice_nick.clone(),
+            },
+        ))
         .await
         .expect("accept");
     for (user, friend) in [(&alice, &bob), (&bob, &alice)] {
         let friends = clients
             .friends
-            .get_friends_list(GetFriendsListRequest {
-                user_id: user.clone(),
-            })
+            .get_friends_list(as_user(
+                user,
+                GetFriendsListRequest {
+                    user_id: user.clone(),
+                },
+            ))
             .await
             .expect("friends list")
             .into_inner()
@@ -203,10 +232,13 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     // Now Alice can open the chat, and both write.
     let chat = clients
         .chat
-        .create_chat(CreateChatRequest {
-            creator_id: alice.clone(),
-            participant_ids: vec![bob.clone()],
-        })
+        .create_chat(as_user(
+            &alice,
+            CreateChatRequest {
+                creator_id: alice.clone(),
+                participant_ids: vec![bob.clone()],
+            },
+        ))
         .await
         .expect("create chat with a friend")
         .into_inner();
@@ -217,12 +249,15 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     ] {
         clients
             .chat
-            .send_message(SendMessageRequest {
-                chat_id: chat.chat_id.clone(),
-                author_id: author.clone(),
-                content: content.to_owned(),
-                client_message_id: String::new(),
-            })
+            .send_message(as_user(
+                author,
+                SendMessageRequest {
+                    chat_id: chat.chat_id.clone(),
+                    author_id: author.clone(),
+                    content: content.to_owned(),
+                    client_message_id: String::new(),
+                },
+            ))
             .await
             .expect("send message");
     }
@@ -230,12 +265,15 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     // Bob reads the history newest first and sees the chat at the top of his list.
     let history = clients
         .chat
-        .get_chat_history(GetChatHistoryRequest {
-            chat_id: chat.chat_id.clone(),
-            reader_id: bob.clone(),
-            before: String::new(),
-            limit: 10,
-        })
+        .get_chat_history(as_user(
+            &bob,
+            GetChatHistoryRequest {
+                chat_id: chat.chat_id.clone(),
+                reader_id: bob.clone(),
+                before: String::new(),
+                limit: 10,
+            },
+        ))
         .await
         .expect("history")
         .into_inner()
@@ -254,9 +292,12 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
     );
     let bobs_chats = clients
         .chat
-        .get_user_chats(GetUserChatsRequest {
-            user_id: bob.clone(),
-        })
+        .get_user_chats(as_user(
+            &bob,
+            GetUserChatsRequest {
+                user_id: bob.clone(),
+            },
+        ))
         .await
         .expect("bob's chats")
         .into_inner()
@@ -270,5 +311,26 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
             .map(|m| m.content.as_str()),
         Some("lunch?")
     );
+
+    // Someone inside the network naming Alice as the reader gets nothing: unsigned, or
+    // signed for themselves (Bob's own login), the body's user id is not believed.
+    let read_as_alice = || GetChatHistoryRequest {
+        chat_id: chat.chat_id.clone(),
+        reader_id: alice.clone(),
+        before: String::new(),
+        limit: 10,
+    };
+    let unsigned = clients
+        .unsigned_chat
+        .get_chat_history(read_as_alice())
+        .await
+        .expect_err("an unsigned call is refused");
+    assert_eq!(unsigned.code(), Code::Unauthenticated, "{unsigned:?}");
+    let impostor = clients
+        .chat
+        .get_chat_history(as_user(&bob, read_as_alice()))
+        .await
+        .expect_err("Bob cannot read as Alice");
+    assert_eq!(impostor.code(), Code::Unauthenticated, "{impostor:?}");
     tokens
 }
