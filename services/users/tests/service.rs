@@ -638,7 +638,8 @@ async fn updates_change_the_profile_and_validate_every_field() {
         })
         .await
         .unwrap_err();
-    assert_eq!(malformed.code(), Code::InvalidArgument);
+    // "42" names nobody a caller can be signed for.
+    assert_eq!(malformed.code(), Code::Unauthenticated);
     service.stop().await;
 }
 
