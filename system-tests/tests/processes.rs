@@ -6,239 +6,33 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/process.rs"]
+mod process;
 
-use messenger_common::testing::{self, TestDatabase};
+use process::Backend;
 use support::{Clients, Urls};
-
-/// Where cargo put the workspace binaries: next to this test's `deps/` directory.
-fn binary(name: &str) -> PathBuf {
-    let test_binary = std::env::current_exe().expect("the test binary's path");
-    let directory = test_binary
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = directory.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace binaries first (make test and \
-         `cargo nextest run --workspace` do)",
-        path.display()
-    );
-    path
-}
-
-/// One service process; its output goes to a log file shown when something fails.
-struct Service {
-    name: &'static str,
-    child: Option<Child>,
-    log: PathBuf,
-    grpc_port: u16,
-    admin_port: u16,
-}
-
-impl Service {
-    fn start(name: &'static str, env: &[(&str, String)]) -> Self {
-        let (grpc_port, admin_port) = (testing::free_port(), testing::free_port());
-        let log = std::env::temp_dir().join(format!("{}.log", testing::unique_name(name)));
-        let output = std::fs::File::create(&log).expect("create the log file");
-        let mut command = Command::new(binary(&format!("messenger-{name}")));
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-            .env("ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            // The key the operator's per-app Secret provides; the test signs with it too.
-            .env("INTERNAL_AUTH_KEY", testing::test_key_secret())
-            .envs(env.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().expect("log file handle"))
-            .stderr(output);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start messenger-{name}: {e}"));
-        Self {
-            name,
-            child: Some(child),
-            log,
-            grpc_port,
-            admin_port,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn admin_get(&self, path: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.name
-        )
-        .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        Some(response)
-    }
-
-    /// Waits until `/readyz` answers 200 (its dependencies are reachable).
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self
-                .admin_get("/readyz")
-                .is_some_and(|response| response.starts_with("HTTP/1.1 200"))
-            {
-                return;
-            }
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten());
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "messenger-{} did not become ready (exit: {exited:?}); its log:\n{}",
-                self.name,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("still running");
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "SIGTERM to messenger-{}", self.name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the process") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "messenger-{} did not exit within 30 s of SIGTERM; its log:\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binaries_serve_the_walkthrough_and_stop_cleanly_on_sigterm() {
-    let (redis, kafka) = (testing::redis_url(), testing::kafka_brokers());
-    let prefix = testing::unique_prefix();
-    let (auth_db, users_db, friends_db) = (
-        TestDatabase::create().await,
-        TestDatabase::create().await,
-        TestDatabase::create().await,
-    );
-    let common = |database: Option<&TestDatabase>| {
-        let mut env = vec![
-            ("REDIS_URL", redis.clone()),
-            ("KAFKA_BROKERS", kafka.clone()),
-        ];
-        if let Some(database) = database {
-            env.push(("DATABASE_URL", database.url().to_owned()));
-        }
-        env
-    };
-
-    let mut auth = Service::start(
-        "auth",
-        &[
-            common(Some(&auth_db)),
-            vec![("AUTH_REDIS_PREFIX", format!("{prefix}auth:"))],
-        ]
-        .concat(),
-    );
-    let mut users = Service::start(
-        "users",
-        &[
-            common(Some(&users_db)),
-            vec![
-                ("USERS_REDIS_PREFIX", format!("{prefix}users:")),
-                ("USERS_CONSUMER_GROUP", testing::unique_name("users")),
-            ],
-        ]
-        .concat(),
-    );
-    let mut friends = Service::start(
-        "friends",
-        &[
-            common(Some(&friends_db)),
-            vec![
-                ("FRIENDS_REDIS_PREFIX", format!("{prefix}friends:")),
-                ("USERS_URL", users.url()),
-            ],
-        ]
-        .concat(),
-    );
-    let mut chat = Service::start(
-        "chat",
-        &[
-            common(None),
-            vec![
-                ("CHAT_REDIS_PREFIX", format!("{prefix}chat:")),
-                ("CHAT_STORE", "memory".to_owned()),
-                ("FRIENDS_URL", friends.url()),
-                ("USERS_URL", users.url()),
-            ],
-        ]
-        .concat(),
-    );
-    for service in [&mut auth, &mut users, &mut friends, &mut chat] {
-        service.wait_ready();
-    }
-
+    let mut backend = Backend::start(vec![("CHAT_STORE", "memory".to_owned())]).await;
     let urls = Urls {
-        auth: auth.url(),
-        users: users.url(),
-        friends: friends.url(),
-        chat: chat.url(),
+        auth: backend.auth.url(),
+        users: backend.users.url(),
+        friends: backend.friends.url(),
+        chat: backend.chat.url(),
     };
     let tokens =
         support::two_people_register_befriend_and_chat(&mut Clients::connect(&urls).await).await;
 
     // Every call above was counted by the service that served it.
-    let metrics = chat.admin_get("/metrics").unwrap_or_default();
+    let metrics = backend.chat.admin_get("/metrics").unwrap_or_default();
     assert!(
         metrics.contains(r#"grpc_server_handled_total{method="/messenger.v1.ChatService/SendMessage",code="OK"} 3"#),
         "chat's /metrics: {metrics}"
     );
 
     // Callers first, so no service loses a peer while it still serves.
-    for service in [&mut chat, &mut friends, &mut users, &mut auth] {
+    for service in backend.callers_first() {
         let status = service.terminate();
         assert!(
             status.success(),

@@ -1,0 +1,242 @@
+//! `/v1/friends`: your friends and friend requests, the other person named by nickname.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use messenger_proto::v1 as proto;
+
+use crate::api::AppState;
+use crate::api::extract::{ApiJson, ApiQuery, Authenticated};
+use crate::api::types::{
+    Direction, DirectionQuery, FriendList, FriendRequestBody, FriendRequestList, FriendRequestSent,
+    FriendRequestView, FriendView, timestamp,
+};
+use crate::error::{ApiError, Problem};
+
+/// Your friends.
+#[utoipa::path(
+    get, path = "/v1/friends", tag = "friends",
+    security(("bearer" = [])),
+    responses((status = 200, body = FriendList), (status = 401, body = Problem))
+)]
+pub async fn list_friends(
+    State(state): State<AppState>,
+    user: Authenticated,
+) -> Result<Json<FriendList>, ApiError> {
+    let request = state.peers.as_user(
+        user.user_id,
+        proto::GetFriendsListRequest {
+            user_id: user.user_id.to_string(),
+        },
+    );
+    let answer = state
+        .peers
+        .friends
+        .clone()
+        .get_friends_list(request)
+        .await?;
+    Ok(Json(FriendList {
+        friends: answer
+            .into_inner()
+            .friends
+            .into_iter()
+            .map(|f| FriendView {
+                since: timestamp(f.since.as_ref()),
+                user_id: f.user_id,
+                nickname: f.nickname,
+            })
+            .collect(),
+    }))
+}
+
+/// Ends a friendship, for both sides.
+#[utoipa::path(
+    delete, path = "/v1/friends/{nickname}", tag = "friends",
+    security(("bearer" = [])),
+    params(("nickname" = String, Path)),
+    responses(
+        (status = 204, description = "No longer friends"),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 404, body = Problem),
+    )
+)]
+pub async fn remove_friend(
+    State(state): State<AppState>,
+    user: Authenticated,
+    Path(nickname): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let request = state.peers.as_user(
+        user.user_id,
+        proto::RemoveFriendRequest {
+            user_id: user.user_id.to_string(),
+            nickname,
+        },
+    );
+    state.peers.friends.clone().remove_friend(request).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pending requests addressed to you (`incoming`) or sent by you (`outgoing`).
+#[utoipa::path(
+    get, path = "/v1/friends/requests", tag = "friends",
+    security(("bearer" = [])),
+    params(DirectionQuery),
+    responses(
+        (status = 200, body = FriendRequestList),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+    )
+)]
+pub async fn list_requests(
+    State(state): State<AppState>,
+    user: Authenticated,
+    ApiQuery(query): ApiQuery<DirectionQuery>,
+) -> Result<Json<FriendRequestList>, ApiError> {
+    let direction = match query.direction.unwrap_or_default() {
+        Direction::Incoming => proto::RequestDirection::Incoming,
+        Direction::Outgoing => proto::RequestDirection::Outgoing,
+    };
+    let request = state.peers.as_user(
+        user.user_id,
+        proto::ListFriendRequestsRequest {
+            user_id: user.user_id.to_string(),
+            direction: direction.into(),
+        },
+    );
+    let answer = state
+        .peers
+        .friends
+        .clone()
+        .list_friend_requests(request)
+        .await?;
+    Ok(Json(FriendRequestList {
+        requests: answer
+            .into_inner()
+            .requests
+            .into_iter()
+            .map(|r| FriendRequestView {
+                created_at: timestamp(r.created_at.as_ref()),
+                from_user_id: r.from_user_id,
+                from_nickname: r.from_nickname,
+                to_user_id: r.to_user_id,
+                to_nickname: r.to_nickname,
+            })
+            .collect(),
+    }))
+}
+
+/// Asks someone to be your friend. If they had already asked you, you are now friends.
+#[utoipa::path(
+    post, path = "/v1/friends/requests", tag = "friends",
+    security(("bearer" = [])),
+    request_body = FriendRequestBody,
+    responses(
+        (status = 201, description = "Request sent", body = FriendRequestSent),
+        (status = 200, description = "Their pending request to you was accepted", body = FriendRequestSent),
+        (status = 400, description = "Bad nickname, or yourself", body = Problem),
+        (status = 401, body = Problem),
+        (status = 404, description = "Nobody has that nickname", body = Problem),
+        (status = 409, description = "Already pending or already friends", body = Problem),
+    )
+)]
+pub async fn send_request(
+    State(state): State<AppState>,
+    user: Authenticated,
+    ApiJson(body): ApiJson<FriendRequestBody>,
+) -> Result<(StatusCode, Json<FriendRequestSent>), ApiError> {
+    let request = state.peers.as_user(
+        user.user_id,
+        proto::SendFriendRequestRequest {
+            user_id: user.user_id.to_string(),
+            nickname: body.nickname,
+        },
+    );
+    let answer = state
+        .peers
+        .friends
+        .clone()
+        .send_friend_request(request)
+        .await?
+        .into_inner();
+    Ok(match answer.status() {
+        proto::FriendshipStatus::Accepted => (
+            StatusCode::OK,
+            Json(FriendRequestSent {
+                status: "accepted".into(),
+            }),
+        ),
+        _ => (
+            StatusCode::CREATED,
+            Json(FriendRequestSent {
+                status: "requested".into(),
+            }),
+        ),
+    })
+}
+
+/// Accepts the pending request `nickname` sent you.
+#[utoipa::path(
+    post, path = "/v1/friends/requests/{nickname}/accept", tag = "friends",
+    security(("bearer" = [])),
+    params(("nickname" = String, Path, description = "Who sent the request")),
+    responses(
+        (status = 204, description = "You are now friends"),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 404, description = "No pending request from them", body = Problem),
+    )
+)]
+pub async fn accept_request(
+    State(state): State<AppState>,
+    user: Authenticated,
+    Path(nickname): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let request = state.peers.as_user(
+        user.user_id,
+        proto::AcceptFriendRequestRequest {
+            user_id: user.user_id.to_string(),
+            nickname,
+        },
+    );
+    state
+        .peers
+        .friends
+        .clone()
+        .accept_friend_request(request)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rejects the pending request `nickname` sent you.
+#[utoipa::path(
+    post, path = "/v1/friends/requests/{nickname}/reject", tag = "friends",
+    security(("bearer" = [])),
+    params(("nickname" = String, Path, description = "Who sent the request")),
+    responses(
+        (status = 204, description = "Rejected"),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 404, description = "No pending request from them", body = Problem),
+    )
+)]
+pub async fn reject_request(
+    State(state): State<AppState>,
+    user: Authenticated,
+    Path(nickname): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let request = state.peers.as_user(
+        user.user_id,
+        proto::RejectFriendRequestRequest {
+            user_id: user.user_id.to_string(),
+            nickname,
+        },
+    );
+    state
+        .peers
+        .friends
+        .clone()
+        .reject_friend_request(request)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,157 @@
+//! `messenger-gateway`: the REST front door of the messenger (default port 8080) and the
+//! system's trust boundary. It authenticates every request with the auth service, signs
+//! who acts into each call to the internal gRPC services, maps their errors to
+//! problem+json, and pushes real-time events to clients over Server-Sent Events.
+//!
+//! Modules: [`api`] (routes, OpenAPI, middleware stack), [`stream`] (event fan-out,
+//! per-user streams, tickets), [`feed`] (events from Kafka or the in-process bus),
+//! [`peers`] (the gRPC clients), [`middleware`] (request context, deadline, rate limits),
+//! [`error`] (problem+json), [`config`]. [`run`] wires them.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod middleware;
+pub mod peers;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use messenger_common::admin::{self, AdminState};
+use messenger_common::{Metrics, Shutdown};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::ApiError;
+
+use crate::config::EventsConfig;
+use crate::feed::KafkaFeed;
+use crate::peers::Peers;
+use crate::stream::StreamHub;
+
+/// The gateway's two sockets, bound before it starts (tests bind port 0).
+pub struct Listeners {
+    /// REST API (`HTTP_ADDR`).
+    pub http: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics` (`ADMIN_ADDR`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            http: TcpListener::bind(config.http_addr).await?,
+            admin: TcpListener::bind(config.admin_addr).await?,
+        })
+    }
+}
+
+/// How long shutdown waits for in-flight requests before closing what is left (event
+/// streams never end by themselves).
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves the API and the admin routes until `shutdown`, then stops accepting, lets
+/// in-flight requests finish (up to the request timeout) and ends open event streams.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), messenger_common::Error> {
+    let metrics = Metrics::new();
+    let hub = StreamHub::new(config.stream.clone());
+    let peers = Peers::connect(
+        &config.peers,
+        config.internal_key.clone(),
+        config.request_timeout,
+    )
+    .map_err(|e| messenger_common::Error::Other(e.detail))?;
+    let mut readiness = peers.readiness();
+
+    // Our own token: stopping after an error must not stop whatever shares the caller's.
+    let stop = Shutdown::new();
+    let forward_shutdown = tokio::spawn({
+        let (outer, stop) = (shutdown.cancelled(), stop.clone());
+        async move {
+            outer.await;
+            stop.trigger();
+        }
+    });
+
+    let feed_task = match &config.events {
+        EventsConfig::Kafka { brokers } => {
+            let feed = KafkaFeed::connect(brokers).await?;
+            readiness.push(feed.readiness());
+            tokio::spawn(feed.run(hub.clone(), metrics.clone(), stop.clone()))
+        }
+        EventsConfig::InMemory(bus) => {
+            tokio::spawn(feed::run_in_memory(bus, hub.clone(), stop.clone()))
+        }
+    };
+    let sweeper = tokio::spawn({
+        let (hub, stop) = (hub.clone(), stop.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => hub.sweep(),
+                }
+            }
+        }
+    });
+
+    let admin_task = tokio::spawn(admin::serve_with_listener(
+        listeners.admin,
+        AdminState {
+            metrics: metrics.clone(),
+            readiness,
+        },
+        stop.clone(),
+    ));
+
+    let state_hub = hub.clone();
+    let state = api::AppState::new(&config, peers, hub);
+    let app = api::app(&config, state, &metrics);
+    tracing::info!(addr = ?listeners.http.local_addr().ok(), "REST API listening");
+    let server = axum::serve(
+        listeners.http,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let (stop, hub) = (stop.clone(), state_hub);
+        async move {
+            stop.cancelled().await;
+            // Streams never end by themselves; clients reconnect with Last-Event-ID.
+            hub.close_all();
+        }
+    })
+    .into_future();
+    tokio::pin!(server);
+    let served = tokio::select! {
+        result = &mut server => result,
+        _ = stop.cancelled() => {
+            // Streams keep graceful shutdown waiting forever: close them once in-flight
+            // requests had their time.
+            match tokio::time::timeout(config.request_timeout + DRAIN_GRACE, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::info!("closing the remaining connections (event streams)");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop.trigger();
+    forward_shutdown.abort();
+    sweeper.abort();
+    let _ = feed_task.await;
+    let admin_result = admin_task
+        .await
+        .map_err(|error| messenger_common::Error::Other(format!("admin server: {error}")))?;
+    served?;
+    admin_result?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
