@@ -3,16 +3,19 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -21,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::component::Component;
+use crate::component::{Component, INTERNAL_AUTH_KEY_ENV};
 use crate::crd::{MessengerApp, SecretKeyRef, Slot, TrafficRouter};
 use crate::httproute::{HTTPRoute, HttpBackendRef, HttpRouteRule, HttpRouteSpec, ParentReference};
 
@@ -67,6 +70,7 @@ pub struct Children {
     pub ingresses: Vec<Ingress>,
     pub http_routes: Vec<HTTPRoute>,
     pub pdbs: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
     /// Objects the spec asks for that the cluster cannot hold (missing APIs).
     pub skipped: Vec<String>,
 }
@@ -80,6 +84,7 @@ impl Children {
             + self.ingresses.len()
             + self.http_routes.len()
             + self.pdbs.len()
+            + self.network_policies.len()
     }
 }
 
@@ -94,6 +99,20 @@ pub fn config_map_name(app: &MessengerApp, slot: Slot) -> String {
 /// The Service clients (and the Ingress) use; it selects the stable slot's gateway.
 pub fn entry_service_name(app: &MessengerApp) -> String {
     format!("{}-gateway", app.name_any())
+}
+
+/// The Secret holding the app's internal-trust key (created once, never rewritten).
+pub fn internal_key_secret_name(app: &MessengerApp) -> String {
+    format!("{}-internal-key", app.name_any())
+}
+
+/// Key of the internal-trust key in its Secret.
+pub const INTERNAL_KEY_SECRET_KEY: &str = "internal-auth-key";
+/// Random bytes behind the internal-trust key (hex-encoded into the Secret: 96 characters).
+pub const INTERNAL_KEY_BYTES: usize = 48;
+
+pub fn network_policy_name(app: &MessengerApp, slot: Slot) -> String {
+    format!("{}-{slot}", app.name_any())
 }
 
 pub fn service_account_name(app: &MessengerApp) -> String {
@@ -133,6 +152,15 @@ fn common_labels(app: &MessengerApp) -> BTreeMap<String, String> {
         (LABEL_VERSION.to_owned(), app.spec.version.clone()),
         (LABEL_PART_OF.to_owned(), APP_NAME.to_owned()),
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ])
+}
+
+/// Labels of every pod of one app in one slot, whatever the component.
+pub fn slot_pod_labels(app: &MessengerApp, slot: Slot) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), app.name_any()),
+        (LABEL_SLOT.to_owned(), slot.as_str().to_owned()),
     ])
 }
 
@@ -225,6 +253,85 @@ pub fn build_config_map(app: &MessengerApp, slot: Slot) -> ConfigMap {
     }
 }
 
+/// The Secret with the internal-trust key every component verifies calls with. `key` is
+/// random bytes from the caller, so this stays pure; the controller only ever *creates* it,
+/// so a later reconcile never replaces a key that running pods hold. No version label: the
+/// object is never rewritten, so it would go stale.
+pub fn build_internal_key_secret(app: &MessengerApp, key: &[u8]) -> Secret {
+    let mut labels = common_labels(app);
+    labels.remove(LABEL_VERSION);
+    Secret {
+        metadata: meta(app, internal_key_secret_name(app), labels),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            INTERNAL_KEY_SECRET_KEY.to_owned(),
+            ByteString(hex::encode(key).into_bytes()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn tcp_ports(ports: impl IntoIterator<Item = i32>) -> Vec<NetworkPolicyPort> {
+    ports
+        .into_iter()
+        .map(|port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_owned()),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
+/// Who may reach one slot's pods: the internal gRPC ports only from the same slot's pods of
+/// this app (a track never calls across slots), the gateway's HTTP port from anywhere (the
+/// Ingress controller or Gateway lives elsewhere), and the admin ports from any pod in the
+/// namespace (probes, scraping). Everything else to these pods is dropped by CNIs that
+/// enforce NetworkPolicy.
+pub fn build_network_policy(app: &MessengerApp, slot: Slot) -> NetworkPolicy {
+    let own_pods = LabelSelector {
+        match_labels: Some(slot_pod_labels(app, slot)),
+        ..LabelSelector::default()
+    };
+    let internal = Component::ALL
+        .into_iter()
+        .filter(|c| *c != Component::Gateway)
+        .map(Component::api_port);
+    NetworkPolicy {
+        metadata: meta(
+            app,
+            network_policy_name(app, slot),
+            slot_labels(app, None, slot),
+        ),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(own_pods.clone()),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(own_pods),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(tcp_ports(internal)),
+                },
+                // No `from`: every source.
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(tcp_ports([Component::Gateway.api_port()])),
+                },
+                NetworkPolicyIngressRule {
+                    // An empty pod selector without a namespace selector: this namespace.
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector::default()),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(tcp_ports(Component::ALL.map(Component::admin_port))),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
 pub fn build_service_account(app: &MessengerApp) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(app, service_account_name(app), common_labels(app)),
@@ -295,6 +402,13 @@ pub fn component_env(app: &MessengerApp, component: Component) -> Vec<EnvVar> {
     {
         env.push(secret_env("MONGODB_URI", secret));
     }
+    env.push(secret_env(
+        INTERNAL_AUTH_KEY_ENV,
+        &SecretKeyRef {
+            name: internal_key_secret_name(app),
+            key: INTERNAL_KEY_SECRET_KEY.to_owned(),
+        },
+    ));
     env.extend(component.spec(&app.spec).env.iter().cloned());
     env
 }
@@ -637,6 +751,9 @@ pub fn build_children(app: &MessengerApp, caps: ApiCapabilities) -> Children {
         }
     }
     children.services.push(build_entry_service(app, slot));
+    children
+        .network_policies
+        .push(build_network_policy(app, slot));
     children.ingresses.extend(build_ingress(app));
     if let Some(route) = build_http_route(app, slot) {
         if caps.http_route {

@@ -70,10 +70,12 @@ fn every_child_is_owned_labelled_and_namespaced() {
         .chain(children.services.iter().map(|o| &o.metadata))
         .chain(children.ingresses.iter().map(|o| &o.metadata))
         .chain(children.pdbs.iter().map(|o| &o.metadata))
+        .chain(children.network_policies.iter().map(|o| &o.metadata))
         .collect();
-    // 1 SA + 1 ConfigMap + 5 Deployments + 6 Services + 1 Ingress + 2 PDBs (gateway, chat).
-    assert_eq!(metas.len(), 16);
-    assert_eq!(children.count(), 16);
+    // 1 SA + 1 ConfigMap + 5 Deployments + 6 Services + 1 Ingress + 2 PDBs (gateway, chat)
+    // + 1 NetworkPolicy.
+    assert_eq!(metas.len(), 17);
+    assert_eq!(children.count(), 17);
     for meta in metas {
         let name = meta.name.as_deref().unwrap();
         assert_eq!(meta.namespace.as_deref(), Some("team"), "{name}");
@@ -326,7 +328,11 @@ fn dependencies_come_from_the_referenced_secrets() {
             "KAFKA_BROKERS",
             Some("secret:kafka/brokers"),
         ),
-        (Component::Gateway, "KAFKA_BROKERS", None),
+        (
+            Component::Gateway,
+            "KAFKA_BROKERS",
+            Some("secret:kafka/brokers"),
+        ),
         (Component::Friends, "REDIS_URL", Some("secret:redis/url")),
         (Component::Gateway, "REDIS_URL", None),
         (Component::Chat, "CHAT_STORE", Some("mongo")),
@@ -338,6 +344,222 @@ fn dependencies_come_from_the_referenced_secrets() {
             *expected,
             "{component} {var}"
         );
+    }
+}
+
+#[test]
+fn every_component_gets_the_internal_key_from_the_apps_one_secret() {
+    for app in [full_app(), app(serde_json::json!({"version": "1.0.0"}))] {
+        for slot in [Slot::Blue, Slot::Green] {
+            for component in Component::ALL {
+                let deployment = build_deployment(&app, component, slot);
+                assert_eq!(
+                    env_value(&deployment, "INTERNAL_AUTH_KEY").as_deref(),
+                    Some("secret:chat-prod-internal-key/internal-auth-key"),
+                    "{component}/{slot}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn internal_key_secret_holds_the_random_bytes_as_hex_text() {
+    let app = full_app();
+    let key: Vec<u8> = (0..INTERNAL_KEY_BYTES as u8).collect();
+    let secret = build_internal_key_secret(&app, &key);
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("chat-prod-internal-key")
+    );
+    let value = &secret.data.as_ref().unwrap()[INTERNAL_KEY_SECRET_KEY].0;
+    assert_eq!(value.len(), 96, "48 bytes as hex");
+    assert!(value.len() >= 32, "the services refuse keys under 32 bytes");
+    assert_eq!(hex::decode(value).unwrap(), key);
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.uid.as_str(), owner.controller),
+        ("0d5a-uid", Some(true)),
+        "owned, so deleting the app deletes the key"
+    );
+    let labels = secret.metadata.labels.unwrap();
+    assert_eq!(labels[LABEL_INSTANCE], "chat-prod");
+    assert!(
+        !labels.contains_key(LABEL_VERSION),
+        "the Secret is never rewritten, a version label would go stale"
+    );
+}
+
+/// Where a connection to a pod of slot blue comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    SameSlotPod,
+    OtherSlotPod,
+    OtherAppPod,
+    OtherNamespace,
+}
+
+/// Whether `policy` admits a TCP connection from `source` to `port` of a pod it selects;
+/// NetworkPolicy semantics reduced to the peers the builder uses.
+fn admits(policy: &NetworkPolicy, app: &MessengerApp, source: Source, port: i32) -> bool {
+    let mut labels = BTreeMap::new();
+    match source {
+        Source::SameSlotPod => labels = slot_pod_labels(app, Slot::Blue),
+        Source::OtherSlotPod => labels = slot_pod_labels(app, Slot::Green),
+        Source::OtherAppPod => {
+            labels.insert(LABEL_INSTANCE.to_owned(), "someone-else".to_owned());
+        }
+        Source::OtherNamespace => {}
+    }
+    let in_namespace = !matches!(source, Source::OtherNamespace);
+    let peer_matches = |peer: &NetworkPolicyPeer| {
+        assert!(peer.namespace_selector.is_none() && peer.ip_block.is_none());
+        let wanted = peer
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        in_namespace && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let spec = policy.spec.as_ref().unwrap();
+    spec.ingress.iter().flatten().any(|rule| {
+        let port_ok = rule.ports.iter().flatten().any(|p| {
+            p.port == Some(IntOrString::Int(port)) && p.protocol.as_deref() == Some("TCP")
+        });
+        let from_ok = match &rule.from {
+            None => true,
+            Some(peers) => peers.iter().any(peer_matches),
+        };
+        port_ok && from_ok
+    })
+}
+
+#[test]
+fn network_policy_keeps_internal_ports_inside_the_slot() {
+    use Source::*;
+    let app = full_app();
+    let policy = build_network_policy(&app, Slot::Blue);
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap(),
+        &slot_pod_labels(&app, Slot::Blue),
+        "the policy covers every pod of the slot"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned()][..])
+    );
+    // Every component's pods carry the labels the policy selects.
+    for component in Component::ALL {
+        let pod = build_deployment(&app, component, Slot::Blue)
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        for (k, v) in spec
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+        {
+            assert_eq!(pod.get(k), Some(v), "{component}");
+        }
+    }
+    let cases = [
+        // Internal gRPC: only the same app's pods in the same slot.
+        (SameSlotPod, 8001, true),
+        (SameSlotPod, 8002, true),
+        (SameSlotPod, 8003, true),
+        (SameSlotPod, 8004, true),
+        (OtherSlotPod, 8004, false),
+        (OtherAppPod, 8001, false),
+        (OtherNamespace, 8002, false),
+        // The gateway's REST port: anyone.
+        (OtherNamespace, 8080, true),
+        (OtherAppPod, 8080, true),
+        // Admin ports: the namespace (probes, scraping), nobody outside.
+        (OtherAppPod, 9080, true),
+        (OtherAppPod, 9001, true),
+        (SameSlotPod, 9004, true),
+        (OtherNamespace, 9003, false),
+        (OtherNamespace, 9080, false),
+        // Anything else is closed.
+        (SameSlotPod, 5432, false),
+        (OtherNamespace, 22, false),
+    ];
+    for (source, port, expected) in cases {
+        assert_eq!(
+            admits(&policy, &app, source, port),
+            expected,
+            "{source:?} -> {port}"
+        );
+    }
+    assert_eq!(
+        build_network_policy(&app, Slot::Green)
+            .metadata
+            .name
+            .as_deref(),
+        Some("chat-prod-green")
+    );
+}
+
+#[test]
+fn gateway_is_wired_to_its_own_slot() {
+    let app = full_app();
+    for slot in [Slot::Blue, Slot::Green] {
+        let deployment = build_deployment(&app, Component::Gateway, slot);
+        let data = config_data(&app, slot);
+        let cases = [
+            ("HTTP_ADDR", Some("0.0.0.0:8080".to_owned())),
+            ("ADMIN_ADDR", Some("0.0.0.0:9080".to_owned())),
+            ("KAFKA_BROKERS", Some("secret:kafka/brokers".to_owned())),
+            ("GRPC_ADDR", None),
+            ("DATABASE_URL", None),
+        ];
+        for (var, expected) in cases {
+            assert_eq!(env_value(&deployment, var), expected, "{slot} {var}");
+        }
+        for (var, service) in [
+            ("AUTH_URL", "auth"),
+            ("USERS_URL", "users"),
+            ("FRIENDS_URL", "friends"),
+            ("CHAT_URL", "chat"),
+        ] {
+            let port = Component::from_name(service).unwrap().api_port();
+            assert_eq!(
+                data[var],
+                format!("http://chat-prod-{service}-{slot}:{port}"),
+                "{slot} {var}"
+            );
+        }
+        let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+        let admin = container
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("admin"))
+            .unwrap();
+        assert_eq!(admin.container_port, 9080);
+        for (probe, path) in [
+            (&container.liveness_probe, "/healthz"),
+            (&container.readiness_probe, "/readyz"),
+        ] {
+            let http = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(
+                (http.path.as_deref(), &http.port),
+                (Some(path), &IntOrString::String("admin".into()))
+            );
+        }
     }
 }
 
@@ -593,6 +815,19 @@ fn full_app_renders_as_in_the_snapshot() {
             .ingresses
             .iter()
             .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .network_policies
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.push(
+        serde_json::to_value(build_internal_key_secret(
+            &full_app(),
+            &[7; INTERNAL_KEY_BYTES],
+        ))
+        .unwrap(),
     );
     let rendered: String = documents
         .iter()

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::{BoxFuture, try_join_all};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -27,8 +27,8 @@ use tokio::sync::RwLock;
 use tracing::{info, instrument, warn};
 
 use crate::builders::{
-    ApiCapabilities, Children, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, app_children_selector,
-    build_children,
+    ApiCapabilities, Children, FIELD_MANAGER, INTERNAL_KEY_BYTES, LABEL_MANAGED_BY, MANAGED_BY,
+    app_children_selector, build_children, build_internal_key_secret,
 };
 use crate::crd::{MessengerApp, MessengerAppStatus, Phase};
 use crate::error::{Error, Result};
@@ -182,7 +182,12 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
 
     let caps = ctx.capabilities().await?;
     let children = build_children(app, caps);
-    let observed = match apply_children(&ctx.client, &namespace, &children).await {
+    let applied = async {
+        // Pods reference the key Secret; it must exist before they are created.
+        ensure_internal_key(&ctx.client, &namespace, app).await?;
+        apply_children(&ctx.client, &namespace, &children).await
+    };
+    let observed = match applied.await {
         Ok(observed) => observed,
         Err(error) if error.is_rejection() => {
             warn!(%error, "the API server rejected a child; waiting for a spec change");
@@ -281,6 +286,30 @@ where
         .await?)
 }
 
+/// Creates the app's internal-trust key Secret unless it exists. Only ever a create: an
+/// existing Secret (ours from an earlier reconcile, or one the user made with that name to
+/// bring their own key) is left exactly as it is, so running pods and new pods always agree
+/// on the key, and the operator never needs to read Secrets.
+pub async fn ensure_internal_key(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+) -> Result<()> {
+    use rand::RngCore;
+    let mut key = [0u8; INTERNAL_KEY_BYTES];
+    rand::rng().fill_bytes(&mut key);
+    let secret = build_internal_key_secret(app, &key);
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(secret = %secret.name_any(), "created the internal-trust key");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Applies every child with server-side apply; returns the Deployments as stored (with status).
 pub async fn apply_children(
     client: &Client,
@@ -333,6 +362,12 @@ pub async fn apply_children(
     rest.extend(
         children
             .http_routes
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    rest.extend(
+        children
+            .network_policies
             .iter()
             .map(|o| apply_discard(client, namespace, o)),
     );
@@ -407,6 +442,7 @@ pub async fn prune_children(
         Box::pin(prune(client, namespace, app, &children.deployments)),
         Box::pin(prune(client, namespace, app, &children.services)),
         Box::pin(prune(client, namespace, app, &children.ingresses)),
+        Box::pin(prune(client, namespace, app, &children.network_policies)),
     ];
     if caps.pdb_v1 {
         lists.push(Box::pin(prune(client, namespace, app, &children.pdbs)));
@@ -451,7 +487,8 @@ pub async fn run_controller(
             .owns(api::<Service>(&client, ns), owned.clone())
             .owns(api::<ConfigMap>(&client, ns), owned.clone())
             .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-            .owns(api::<Ingress>(&client, ns), owned.clone());
+            .owns(api::<Ingress>(&client, ns), owned.clone())
+            .owns(api::<NetworkPolicy>(&client, ns), owned.clone());
     // Watching a kind the server does not serve would fail forever.
     if caps.pdb_v1 {
         controller = controller.owns(api::<PodDisruptionBudget>(&client, ns), owned.clone());
@@ -610,7 +647,12 @@ mod tests {
             children + 1,
             "every child plus the status"
         );
-        assert_eq!(stats.lists.load(Relaxed), 7, "one prune list per kind");
+        assert_eq!(stats.lists.load(Relaxed), 8, "one prune list per kind");
+        assert_eq!(
+            stats.creates.load(Relaxed),
+            1,
+            "the internal-trust key Secret is created, never applied"
+        );
         assert_eq!(
             action,
             Action::requeue(RESYNC_PROGRESSING),

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -234,6 +234,8 @@ async fn resource_versions(
     collect!(ConfigMap);
     collect!(ServiceAccount);
     collect!(Ingress);
+    collect!(NetworkPolicy);
+    collect!(Secret);
     let fresh = get_app(client, ns, &app.name_any()).await;
     out.insert("MessengerApp".into(), fresh.resource_version().unwrap());
     out
@@ -349,6 +351,33 @@ async fn first_reconcile_creates_every_child_with_server_side_apply() {
         Some("messenger.local")
     );
 
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("demo-internal-key")
+        .await
+        .expect("internal-trust key Secret");
+    let key = &secret.data.as_ref().unwrap()["internal-auth-key"].0;
+    assert_eq!(key.len(), 96, "48 random bytes as hex");
+    assert!(key.iter().all(u8::is_ascii_hexdigit));
+    assert_eq!(secret.owner_references()[0].uid, app.uid().unwrap());
+    let policy = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .get("demo-blue")
+        .await
+        .expect("NetworkPolicy of slot blue");
+    let selected = policy
+        .spec
+        .unwrap()
+        .pod_selector
+        .unwrap()
+        .match_labels
+        .unwrap();
+    assert_eq!(
+        (
+            selected["app.kubernetes.io/instance"].as_str(),
+            selected["messenger.dev/slot"].as_str()
+        ),
+        ("demo", "blue")
+    );
+
     let app = get_app(&client, &ns, "demo").await;
     let status = app.status.as_ref().expect("status written");
     assert_eq!(status.phase, Some(Phase::Progressing), "nothing runs yet");
@@ -382,12 +411,75 @@ async fn identical_second_reconcile_changes_nothing() {
     let ctx = context(&client);
     reconcile_now(&client, &ctx, &ns, "demo").await;
     let before = resource_versions(&client, &ns, &app).await;
-    assert_eq!(before.len(), 5 + 6 + 1 + 1 + 1 + 1, "{before:?}");
+    // Deployments, Services, ConfigMap, ServiceAccount, Ingress, NetworkPolicy, key Secret, app.
+    assert_eq!(before.len(), 5 + 6 + 1 + 1 + 1 + 1 + 1 + 1, "{before:?}");
     reconcile_now(&client, &ctx, &ns, "demo").await;
     let after = resource_versions(&client, &ns, &app).await;
     assert_eq!(
         before, after,
         "a second reconcile of an unchanged app must not write anything"
+    );
+}
+
+#[tokio::test]
+async fn the_internal_key_is_created_once_and_never_replaced() {
+    let client = cluster().await;
+    let ns = namespace(&client, "key").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // A user who brings their own key creates the Secret first; it is used as it is.
+    let own: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "byok-internal-key"},
+        "stringData": {"internal-auth-key": "a key the user chose, at least 32 bytes long"}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &own).await.unwrap();
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    create_app(&client, &ns, "byok", json!({"version": "1.0.0"})).await;
+    let ctx = context(&client);
+    for name in ["demo", "byok"] {
+        reconcile_now(&client, &ctx, &ns, name).await;
+    }
+    let first = secrets.get("demo-internal-key").await.unwrap();
+    // A spec change makes new pods; they must get the key the running pods hold.
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"version": "1.0.1"}})),
+        )
+        .await
+        .unwrap();
+    for name in ["demo", "byok", "demo"] {
+        reconcile_now(&client, &ctx, &ns, name).await;
+    }
+    let later = secrets.get("demo-internal-key").await.unwrap();
+    assert_eq!(later.resource_version(), first.resource_version());
+    assert_eq!(later.data, first.data);
+    let byok = secrets.get("byok-internal-key").await.unwrap();
+    assert_eq!(
+        byok.data.unwrap()["internal-auth-key"].0,
+        b"a key the user chose, at least 32 bytes long"
+    );
+    let env = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("byok-chat-blue")
+        .await
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let key_ref = env
+        .iter()
+        .find(|e| e.name == "INTERNAL_AUTH_KEY")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("INTERNAL_AUTH_KEY from a Secret");
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        ("byok-internal-key", "internal-auth-key")
     );
 }
 

@@ -413,6 +413,8 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         ("messengerapps/status.messenger.dev", vec!["patch"]),
         ("messengerapps/finalizers.messenger.dev", vec!["update"]),
         ("events.events.k8s.io", vec!["create", "patch"]),
+        // The internal-trust key: created once, never read.
+        ("secrets", vec!["create"]),
     ]);
     for child in [
         "deployments.apps",
@@ -420,6 +422,7 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         "configmaps",
         "serviceaccounts",
         "ingresses.networking.k8s.io",
+        "networkpolicies.networking.k8s.io",
         "httproutes.gateway.networking.k8s.io",
         "poddisruptionbudgets.policy",
     ] {
@@ -433,9 +436,10 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         granted_view, expected,
         "the ClusterRole must grant exactly these verbs per resource"
     );
-    assert!(
-        !granted.contains_key("secrets"),
-        "the operator only references Secrets; it must not read them"
+    assert_eq!(
+        granted["secrets"],
+        BTreeSet::from(["create".to_owned()]),
+        "the operator creates the internal-trust key and must never read Secrets"
     );
 
     // Leases only in the operator's namespace, through a Role.
@@ -1131,6 +1135,7 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         ("patch", "messengerapps.messenger.dev/status"),
         ("create", "events.events.k8s.io"),
         ("patch", "events.events.k8s.io"),
+        ("create", "secrets"),
     ];
     for child in [
         "deployments.apps",
@@ -1138,6 +1143,7 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         "configmaps",
         "serviceaccounts",
         "ingresses.networking.k8s.io",
+        "networkpolicies.networking.k8s.io",
         "httproutes.gateway.networking.k8s.io",
         "poddisruptionbudgets.policy",
     ] {
@@ -1160,6 +1166,9 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
     let denied = [
         (app_namespace.as_str(), "get", "secrets"),
         (app_namespace.as_str(), "list", "secrets"),
+        (app_namespace.as_str(), "watch", "secrets"),
+        (app_namespace.as_str(), "patch", "secrets"),
+        (app_namespace.as_str(), "delete", "secrets"),
         (app_namespace.as_str(), "create", "pods"),
         (app_namespace.as_str(), "update", "deployments.apps"),
         (
