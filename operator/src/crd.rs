@@ -31,10 +31,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MessengerAppSpec {
-    /// Image tag every component runs, e.g. `1.4.2`.
+    /// Image tag every component runs, e.g. `1.4.2`. Also the `app.kubernetes.io/version`
+    /// label of every child, so at most 63 characters, starting and ending alphanumeric.
     #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
     )]
     pub version: String,
     #[serde(default)]

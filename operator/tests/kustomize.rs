@@ -838,7 +838,17 @@ fn broken_messenger_apps_are_rejected_or_pruned_by_the_crd_schema() {
         .unwrap_or_else(|e| panic!("the full sample itself is rejected: {e}"));
 
     type Edit = fn(&mut Value);
-    let invalid: [(&str, Edit, &str); 5] = [
+    let invalid: [(&str, Edit, &str); 7] = [
+        (
+            "version longer than a label value",
+            |app| app["spec"]["version"] = json!("v".repeat(64)),
+            "version",
+        ),
+        (
+            "version ending in a dash (not a label value)",
+            |app| app["spec"]["version"] = json!("1.0-"),
+            "version",
+        ),
         (
             "negative replicas",
             |app| app["spec"]["components"]["gateway"]["replicas"] = json!(-1),
