@@ -25,8 +25,11 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::component::{Component, INTERNAL_AUTH_KEY_ENV};
-use crate::crd::{MessengerApp, SecretKeyRef, Slot, TrafficRouter};
+use crate::crd::{
+    MessengerApp, MessengerAppStatus, SecretKeyRef, Slot, SlotTemplate, StrategyType, TrafficRouter,
+};
 use crate::httproute::{HTTPRoute, HttpBackendRef, HttpRouteRule, HttpRouteSpec, ParentReference};
+use crate::rollout::revision;
 
 /// The one field manager every server-side apply of the operator uses.
 pub const FIELD_MANAGER: &str = "messenger-operator";
@@ -38,6 +41,10 @@ pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_SLOT: &str = "messenger.dev/slot";
 pub const CONFIG_HASH_ANNOTATION: &str = "messenger.dev/config-hash";
+/// Hash over all of a slot's inputs, on its Deployments' pod templates.
+pub const REVISION_ANNOTATION: &str = "messenger.dev/revision";
+pub const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
+pub const NGINX_CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
 /// Value of `app.kubernetes.io/managed-by` on every child; the owned-object watches filter on it.
 pub const MANAGED_BY: &str = "messenger-operator";
 const APP_NAME: &str = "messenger";
@@ -71,6 +78,10 @@ pub struct Children {
     pub http_routes: Vec<HTTPRoute>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// The entry and preview Services: traffic, applied only after the status is written.
+    pub traffic_services: Vec<Service>,
+    /// Slots whose objects must never be pruned (the serving one, even when unrecorded).
+    pub protected_slots: Vec<Slot>,
     /// Objects the spec asks for that the cluster cannot hold (missing APIs).
     pub skipped: Vec<String>,
 }
@@ -85,6 +96,7 @@ impl Children {
             + self.http_routes.len()
             + self.pdbs.len()
             + self.network_policies.len()
+            + self.traffic_services.len()
     }
 }
 
@@ -99,6 +111,17 @@ pub fn config_map_name(app: &MessengerApp, slot: Slot) -> String {
 /// The Service clients (and the Ingress) use; it selects the stable slot's gateway.
 pub fn entry_service_name(app: &MessengerApp) -> String {
     format!("{}-gateway", app.name_any())
+}
+
+/// The Service that reaches the candidate slot's gateway before any user traffic does.
+pub fn preview_service_name(app: &MessengerApp) -> String {
+    format!("{}-gateway-preview", app.name_any())
+}
+
+/// The nginx canary Ingress. App names are DNS labels (no dots), so `<app>.canary` can
+/// never be another app's Ingress.
+pub fn canary_ingress_name(app: &MessengerApp) -> String {
+    format!("{}.canary", app.name_any())
 }
 
 /// The Secret holding the app's internal-trust key (created once, never rewritten).
@@ -466,6 +489,10 @@ pub fn build_deployment(app: &MessengerApp, component: Component, slot: Slot) ->
             CONFIG_HASH_ANNOTATION.to_owned(),
             config_hash(&config_data(app, slot)),
         ),
+        (
+            REVISION_ANNOTATION.to_owned(),
+            revision(&SlotTemplate::of(&app.spec)),
+        ),
     ]);
     let container = Container {
         name: component.name().to_owned(),
@@ -605,16 +632,25 @@ pub fn build_service(app: &MessengerApp, component: Component, slot: Slot) -> Se
 
 /// The gateway Service clients use, pointing at the stable slot.
 pub fn build_entry_service(app: &MessengerApp, stable: Slot) -> Service {
+    gateway_service(app, entry_service_name(app), stable)
+}
+
+/// The preview Service, pointing at the candidate slot's gateway.
+pub fn build_preview_service(app: &MessengerApp, candidate: Slot) -> Service {
+    gateway_service(app, preview_service_name(app), candidate)
+}
+
+fn gateway_service(app: &MessengerApp, name: String, slot: Slot) -> Service {
     let mut labels = common_labels(app);
     labels.insert(
         LABEL_COMPONENT.to_owned(),
         Component::Gateway.name().to_owned(),
     );
     Service {
-        metadata: meta(app, entry_service_name(app), labels),
+        metadata: meta(app, name, labels),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(app, Component::Gateway, stable)),
+            selector: Some(selector_labels(app, Component::Gateway, slot)),
             ports: Some(vec![ServicePort {
                 name: Some("http".to_owned()),
                 port: 80,
@@ -672,8 +708,40 @@ pub fn build_ingress(app: &MessengerApp) -> Option<Ingress> {
     })
 }
 
-/// The HTTPRoute for `gatewayAPI`: all weight on the stable slot's gateway Service.
+/// The nginx canary Ingress sending `weight`% of the host's requests to the candidate
+/// slot's gateway, or `None` unless the router is `ingressNginx`.
+pub fn build_canary_ingress(app: &MessengerApp, candidate: Slot, weight: i32) -> Option<Ingress> {
+    let spec = app.spec.ingress.as_ref()?;
+    if spec.router != TrafficRouter::IngressNginx {
+        return None;
+    }
+    let mut ingress = build_ingress(app)?;
+    ingress.metadata.name = Some(canary_ingress_name(app));
+    ingress.metadata.annotations = Some(BTreeMap::from([
+        (NGINX_CANARY.to_owned(), "true".to_owned()),
+        (NGINX_CANARY_WEIGHT.to_owned(), weight.to_string()),
+    ]));
+    let rule_backend = ingress
+        .spec
+        .as_mut()
+        .and_then(|s| s.rules.as_mut())
+        .and_then(|r| r.first_mut())
+        .and_then(|r| r.http.as_mut())
+        .and_then(|h| h.paths.first_mut())
+        .and_then(|p| p.backend.service.as_mut());
+    if let Some(service) = rule_backend {
+        service.name = workload_name(app, Component::Gateway, candidate);
+    }
+    Some(ingress)
+}
+
+/// The HTTPRoute for `gatewayAPI` with all weight on the stable slot's gateway Service.
 pub fn build_http_route(app: &MessengerApp, stable: Slot) -> Option<HTTPRoute> {
+    build_weighted_http_route(app, &[(stable, 100)])
+}
+
+/// The HTTPRoute for `gatewayAPI`, one weighted backendRef per serving slot.
+pub fn build_weighted_http_route(app: &MessengerApp, weights: &[(Slot, i32)]) -> Option<HTTPRoute> {
     let ingress = app.spec.ingress.as_ref()?;
     if ingress.router != TrafficRouter::GatewayApi {
         return None;
@@ -689,11 +757,14 @@ pub fn build_http_route(app: &MessengerApp, stable: Slot) -> Option<HTTPRoute> {
             }],
             hostnames: vec![ingress.host.clone()],
             rules: vec![HttpRouteRule {
-                backend_refs: vec![HttpBackendRef {
-                    name: workload_name(app, Component::Gateway, stable),
-                    port: Component::Gateway.api_port(),
-                    weight: 100,
-                }],
+                backend_refs: weights
+                    .iter()
+                    .map(|(slot, weight)| HttpBackendRef {
+                        name: workload_name(app, Component::Gateway, *slot),
+                        port: Component::Gateway.api_port(),
+                        weight: *weight,
+                    })
+                    .collect(),
             }],
         },
     );
@@ -727,35 +798,107 @@ pub fn build_pdb(
     })
 }
 
-/// Every child of the app for its stable slot, leaving out kinds the cluster does not serve.
+/// `app` as one slot sees it: the slot's recorded inputs in place of the spec's, so a spec
+/// change never reaches a slot that was rendered before it.
+pub fn app_for_slot(app: &MessengerApp, template: &SlotTemplate) -> MessengerApp {
+    let mut view = MessengerApp {
+        metadata: app.metadata.clone(),
+        spec: app.spec.clone(),
+        status: None,
+    };
+    view.spec.version = template.version.clone();
+    view.spec.image = template.image.clone();
+    view.spec.components = template.components.clone();
+    view.spec.dependencies = template.dependencies.clone();
+    view.spec.config = template.config.clone();
+    view.spec.log_level = template.log_level.clone();
+    view
+}
+
+/// The status a brand-new app's first reconcile would record: blue at the spec.
+pub fn initial_status(app: &MessengerApp) -> MessengerAppStatus {
+    crate::rollout::next_state(
+        app,
+        &crate::rollout::Observed::default(),
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+    )
+    .status
+}
+
+/// Every child of the app for the slots `status` records (each from its own revision) and
+/// the traffic objects for its weights, leaving out kinds the cluster does not serve.
 pub fn build_children(app: &MessengerApp, caps: ApiCapabilities) -> Children {
-    let slot = app.stable_slot();
+    let status = app.status.clone().unwrap_or_else(|| initial_status(app));
+    build_children_for(app, &status, caps)
+}
+
+pub fn build_children_for(
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+    caps: ApiCapabilities,
+) -> Children {
+    let stable = status.active_slot.unwrap_or_default();
     let mut children = Children {
         service_accounts: vec![build_service_account(app)],
-        config_maps: vec![build_config_map(app, slot)],
+        protected_slots: vec![stable],
         ..Children::default()
     };
-    for component in Component::ALL {
-        children
-            .deployments
-            .push(build_deployment(app, component, slot));
-        children.services.push(build_service(app, component, slot));
-        if let Some(pdb) = build_pdb(app, component, slot) {
-            if caps.pdb_v1 {
-                children.pdbs.push(pdb);
-            } else {
-                children
-                    .skipped
-                    .push(format!("PodDisruptionBudget/{}", pdb.name_any()));
+    for record in &status.slots {
+        let slot = record.name;
+        // An unrecorded serving slot is left exactly as it runs.
+        let Some(template) = &record.template else {
+            continue;
+        };
+        let view = app_for_slot(app, template);
+        children.config_maps.push(build_config_map(&view, slot));
+        for component in Component::ALL {
+            let mut deployment = build_deployment(&view, component, slot);
+            if record.scaled_down {
+                deployment.spec.replicas = Some(0);
+            }
+            children.deployments.push(deployment);
+            children
+                .services
+                .push(build_service(&view, component, slot));
+            if record.scaled_down {
+                continue;
+            }
+            if let Some(pdb) = build_pdb(&view, component, slot) {
+                if caps.pdb_v1 {
+                    children.pdbs.push(pdb);
+                } else {
+                    children
+                        .skipped
+                        .push(format!("PodDisruptionBudget/{}", pdb.name_any()));
+                }
             }
         }
+        children
+            .network_policies
+            .push(build_network_policy(&view, slot));
     }
-    children.services.push(build_entry_service(app, slot));
     children
-        .network_policies
-        .push(build_network_policy(app, slot));
+        .traffic_services
+        .push(build_entry_service(app, stable));
+    let rollout = status.rollout.as_ref().filter(|r| r.candidate != stable);
+    if let Some(rollout) = rollout {
+        children
+            .traffic_services
+            .push(build_preview_service(app, rollout.candidate));
+        if app.spec.strategy.type_ == StrategyType::Canary && rollout.weight > 0 {
+            children
+                .ingresses
+                .extend(build_canary_ingress(app, rollout.candidate, rollout.weight));
+        }
+    }
     children.ingresses.extend(build_ingress(app));
-    if let Some(route) = build_http_route(app, slot) {
+    let mut weights = vec![(stable, 100 - rollout.map_or(0, |r| r.weight))];
+    if let Some(rollout) = rollout {
+        weights.push((rollout.candidate, rollout.weight));
+    }
+    if let Some(route) = build_weighted_http_route(app, &weights) {
         if caps.http_route {
             children.http_routes.push(route);
         } else {

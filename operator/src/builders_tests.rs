@@ -71,6 +71,7 @@ fn every_child_is_owned_labelled_and_namespaced() {
         .chain(children.ingresses.iter().map(|o| &o.metadata))
         .chain(children.pdbs.iter().map(|o| &o.metadata))
         .chain(children.network_policies.iter().map(|o| &o.metadata))
+        .chain(children.traffic_services.iter().map(|o| &o.metadata))
         .collect();
     // 1 SA + 1 ConfigMap + 5 Deployments + 6 Services + 1 Ingress + 2 PDBs (gateway, chat)
     // + 1 NetworkPolicy.
@@ -806,6 +807,12 @@ fn full_app_renders_as_in_the_snapshot() {
     );
     documents.extend(
         children
+            .traffic_services
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
             .pdbs
             .iter()
             .map(|o| serde_json::to_value(o).unwrap()),
@@ -845,4 +852,218 @@ fn full_app_renders_as_in_the_snapshot() {
         committed == rendered,
         "{path} differs from the rendered children; review and rerun with UPDATE_SNAPSHOTS=1"
     );
+}
+
+/// The status a rollout from 1.4.2 (blue) to 2.0.0 (green) leaves at `weight`.
+fn mid_rollout(app: &mut MessengerApp, weight: i32) -> MessengerAppStatus {
+    use crate::rollout::{Observed, next_state};
+    let t = |s| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(s).unwrap(),
+        )
+    };
+    app.status = Some(next_state(app, &Observed::default(), &t(1)).status);
+    app.spec.version = "2.0.0".into();
+    app.spec.components.chat.replicas = 4;
+    let mut status = next_state(app, &Observed::default(), &t(2)).status;
+    status.rollout.as_mut().unwrap().weight = weight;
+    for slot in &mut status.slots {
+        slot.weight = if slot.name == Slot::Green {
+            weight
+        } else {
+            100 - weight
+        };
+    }
+    app.status = Some(status.clone());
+    status
+}
+
+fn deployment_named<'a>(children: &'a Children, name: &str) -> &'a Deployment {
+    children
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+fn container_image(deployment: &Deployment) -> String {
+    deployment.spec.template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn each_slot_is_rendered_from_its_own_revision() {
+    let mut app = full_app();
+    let status = mid_rollout(&mut app, 0);
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    assert_eq!(children.deployments.len(), 10, "both slots run");
+    let blue = deployment_named(&children, "chat-prod-chat-blue");
+    let green = deployment_named(&children, "chat-prod-chat-green");
+    assert_eq!(
+        container_image(blue),
+        "registry.local/m/messenger-chat:1.4.2",
+        "the stable slot keeps its recorded inputs although the spec changed"
+    );
+    assert_eq!(blue.spec.replicas, Some(2));
+    assert_eq!(
+        container_image(green),
+        "registry.local/m/messenger-chat:2.0.0"
+    );
+    assert_eq!(green.spec.replicas, Some(4));
+    let revision_of = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[REVISION_ANNOTATION]
+            .clone()
+    };
+    let recorded = |slot| {
+        status
+            .slots
+            .iter()
+            .find(|s| s.name == slot)
+            .unwrap()
+            .template_hash
+            .clone()
+    };
+    assert_eq!(revision_of(blue), recorded(Slot::Blue));
+    assert_eq!(revision_of(green), recorded(Slot::Green));
+    assert_ne!(recorded(Slot::Blue), recorded(Slot::Green));
+    assert_eq!(
+        blue.metadata.labels.as_ref().unwrap()[LABEL_VERSION],
+        "1.4.2"
+    );
+    let configs: Vec<String> = children
+        .config_maps
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(configs, ["chat-prod-config-blue", "chat-prod-config-green"]);
+    assert_eq!(children.network_policies.len(), 2);
+    assert_eq!(children.protected_slots, [Slot::Blue]);
+}
+
+#[test]
+fn traffic_follows_the_recorded_weights_on_every_router() {
+    let gateway_api = serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}});
+    let nginx = serde_json::json!({"host": "m.local", "className": "nginx"});
+    for weight in [0, 20, 50] {
+        // Gateway API: two weighted backendRefs.
+        let mut app = app_with_router(gateway_api.clone());
+        app.spec.strategy.type_ = StrategyType::Canary;
+        let status = mid_rollout(&mut app, weight);
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let backends: Vec<(String, i32)> = children.http_routes[0].spec.rules[0]
+            .backend_refs
+            .iter()
+            .map(|b| (b.name.clone(), b.weight))
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                ("chat-prod-gateway-blue".to_owned(), 100 - weight),
+                ("chat-prod-gateway-green".to_owned(), weight)
+            ]
+        );
+        // The entry Service stays on the stable slot; the preview reaches the candidate.
+        let selector_slot = |name: &str| {
+            children
+                .traffic_services
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+                .unwrap()
+                .spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .as_ref()
+                .unwrap()[LABEL_SLOT]
+                .clone()
+        };
+        assert_eq!(selector_slot("chat-prod-gateway"), "blue");
+        assert_eq!(selector_slot("chat-prod-gateway-preview"), "green");
+
+        // ingress-nginx: a second Ingress with the canary weight, only while it carries any.
+        let mut app = app_with_router(nginx.clone());
+        app.spec.strategy.type_ = StrategyType::Canary;
+        let status = mid_rollout(&mut app, weight);
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let canary = children
+            .ingresses
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some("chat-prod.canary"));
+        match canary {
+            None => assert_eq!(weight, 0),
+            Some(ingress) => {
+                let annotations = ingress.metadata.annotations.as_ref().unwrap();
+                assert_eq!(annotations[NGINX_CANARY], "true");
+                assert_eq!(annotations[NGINX_CANARY_WEIGHT], weight.to_string());
+                let backend = ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+                    .http
+                    .as_ref()
+                    .unwrap()
+                    .paths[0]
+                    .backend
+                    .service
+                    .as_ref()
+                    .unwrap()
+                    .name
+                    .clone();
+                assert_eq!(backend, "chat-prod-gateway-green");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_scaled_down_slot_keeps_its_objects_at_zero_replicas() {
+    let mut app = full_app();
+    let mut status = mid_rollout(&mut app, 0);
+    let green = status
+        .slots
+        .iter_mut()
+        .find(|s| s.name == Slot::Green)
+        .unwrap();
+    green.scaled_down = true;
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    for component in Component::ALL {
+        let name = format!("chat-prod-{component}-green");
+        assert_eq!(
+            deployment_named(&children, &name).spec.replicas,
+            Some(0),
+            "{name}"
+        );
+    }
+    assert!(
+        children
+            .pdbs
+            .iter()
+            .all(|p| !p.metadata.name.as_ref().unwrap().ends_with("-green")),
+        "no PDB for a slot without pods"
+    );
+}
+
+#[test]
+fn an_unrecorded_serving_slot_is_not_rendered_and_never_pruned() {
+    let mut app = full_app();
+    let mut status = mid_rollout(&mut app, 0);
+    for slot in &mut status.slots {
+        if slot.name == Slot::Blue {
+            slot.template = None;
+        }
+    }
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    assert!(
+        children
+            .deployments
+            .iter()
+            .all(|d| d.metadata.name.as_ref().unwrap().ends_with("-green"))
+    );
+    assert_eq!(children.protected_slots, [Slot::Blue]);
 }

@@ -27,14 +27,18 @@ use tokio::sync::RwLock;
 use tracing::{info, instrument, warn};
 
 use crate::builders::{
-    ApiCapabilities, Children, FIELD_MANAGER, INTERNAL_KEY_BYTES, LABEL_MANAGED_BY, MANAGED_BY,
-    app_children_selector, build_children, build_internal_key_secret,
+    ApiCapabilities, Children, FIELD_MANAGER, INTERNAL_KEY_BYTES, LABEL_MANAGED_BY, LABEL_SLOT,
+    MANAGED_BY, app_children_selector, build_children_for, build_internal_key_secret,
+    entry_service_name,
 };
-use crate::crd::{MessengerApp, MessengerAppStatus, Phase};
+use crate::crd::{MessengerApp, MessengerAppStatus, Phase, Slot};
 use crate::error::{Error, Result};
 use crate::httproute::HTTPRoute;
 use crate::metrics::Metrics;
-use crate::status::{Transition, compute_status, degraded_status, invalid_status, transitions};
+use crate::rollout::{RolloutAction, next_state};
+use crate::status::{
+    Transition, compute_status, degraded_status, invalid_status, observe, transitions,
+};
 use crate::validate::validate;
 
 /// How long discovered API capabilities are trusted before asking again (Gateway API CRDs
@@ -175,38 +179,64 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     if let Err(invalid) = validate(app) {
         info!(%invalid, "spec is invalid; nothing applied");
         let status = invalid_status(app, &invalid, &now);
-        finish(app, ctx, &namespace, status).await?;
+        finish(app, ctx, &namespace, status, &[]).await?;
         // Only a spec change can fix this; the watch brings it.
         return Ok(Action::await_change());
     }
 
     let caps = ctx.capabilities().await?;
-    let children = build_children(app, caps);
+    // Observe, decide, build: the state machine sees the children as they are, not as the
+    // last apply left them.
+    let (deployments, entry) = observe_children(&ctx.client, &namespace, app).await?;
+    let observed = observe(app, &deployments, entry.as_ref());
+    let decision = next_state(app, &observed, &now);
+    let children = build_children_for(app, &decision.status, caps);
     let applied = async {
         // Pods reference the key Secret; it must exist before they are created.
         ensure_internal_key(&ctx.client, &namespace, app).await?;
-        apply_children(&ctx.client, &namespace, &children).await
+        apply_workloads(&ctx.client, &namespace, &children).await
     };
-    let observed = match applied.await {
-        Ok(observed) => observed,
+    let applied = match applied.await {
+        Ok(applied) => applied,
         Err(error) if error.is_rejection() => {
             warn!(%error, "the API server rejected a child; waiting for a spec change");
             let status = degraded_status(app, "ApplyRejected", error.to_string(), &now);
-            finish(app, ctx, &namespace, status).await?;
+            finish(app, ctx, &namespace, status, &[]).await?;
             return Ok(Action::await_change());
         }
         Err(error) => return Err(error),
     };
-    prune_children(&ctx.client, &namespace, app, &children, caps).await?;
 
-    let status = compute_status(app, &observed, &children.skipped, &now);
-    let ready = status.phase == Some(Phase::Ready);
-    finish(app, ctx, &namespace, status).await?;
-    Ok(Action::requeue(if ready {
+    let status = compute_status(app, &decision, &applied, &children.skipped, &now);
+    let healthy = status.phase == Some(Phase::Healthy);
+    finish(app, ctx, &namespace, status, &decision.actions).await?;
+    // Traffic follows only what is persisted: a status write that failed (or lost a race
+    // with a newer status) moves no traffic.
+    apply_traffic(&ctx.client, &namespace, &children).await?;
+    prune_children(&ctx.client, &namespace, app, &children, caps).await?;
+    let resync = if healthy {
         RESYNC_READY
     } else {
         RESYNC_PROGRESSING
-    }))
+    };
+    Ok(Action::requeue(
+        decision.requeue_after.map_or(resync, |at| at.min(resync)),
+    ))
+}
+
+/// The app's Deployments (both slots) and its entry Service, as the API server has them.
+async fn observe_children(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+) -> Result<(Vec<Deployment>, Option<Service>)> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let selector = ListParams::default().labels(&app_children_selector(app));
+    let entry_name = entry_service_name(app);
+    let (list, entry) =
+        futures::try_join!(deployments.list(&selector), services.get_opt(&entry_name))?;
+    Ok((list.items, entry))
 }
 
 /// Writes the status when it changed, publishes Events for transitions, updates the phase gauge.
@@ -215,6 +245,7 @@ async fn finish(
     ctx: &Context,
     namespace: &str,
     status: MessengerAppStatus,
+    actions: &[RolloutAction],
 ) -> Result<()> {
     if let Some(phase) = status.phase {
         ctx.metrics.set_phase(namespace, &app.name_any(), phase);
@@ -222,7 +253,8 @@ async fn finish(
     if app.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let events = transitions(app.status.as_ref(), &status);
+    let mut events = transitions(app.status.as_ref(), &status);
+    events.extend(actions.iter().filter_map(rollout_event));
     write_status(&ctx.client, namespace, app, &status).await?;
     publish(ctx, app, &events).await;
     Ok(())
@@ -235,9 +267,13 @@ async fn write_status(
     status: &MessengerAppStatus,
 ) -> Result<()> {
     let api: Api<MessengerApp> = Api::namespaced(client.clone(), namespace);
+    // The resourceVersion the status was computed from: if the app changed since (another
+    // writer, or this decision came from a stale cache), the write fails with a conflict
+    // and the next reconcile decides again, so a rollout never moves backwards.
     let patch = serde_json::json!({
         "apiVersion": MessengerApp::api_version(&()),
         "kind": MessengerApp::kind(&()),
+        "metadata": {"resourceVersion": app.resource_version()},
         "status": status,
     });
     api.patch_status(
@@ -310,8 +346,108 @@ pub async fn ensure_internal_key(
     }
 }
 
-/// Applies every child with server-side apply; returns the Deployments as stored (with status).
+/// An Event for a rollout step a person would want to see.
+fn rollout_event(action: &RolloutAction) -> Option<Transition> {
+    let (warning, reason, note) = match action {
+        RolloutAction::RecoveredActiveSlot(slot) => (
+            true,
+            "ActiveSlotRecovered",
+            format!("status had no activeSlot; the entry Service selects {slot}"),
+        ),
+        RolloutAction::AdoptedStableRevision(revision) => (
+            false,
+            "RevisionAdopted",
+            format!("the running slot was recorded as revision {revision}"),
+        ),
+        RolloutAction::Started {
+            candidate,
+            revision,
+        } => (
+            false,
+            "RolloutStarted",
+            format!("rolling out revision {revision} into slot {candidate}"),
+        ),
+        RolloutAction::Restarted { revision } => (
+            false,
+            "RolloutRestarted",
+            format!("the spec changed mid-rollout; starting over with revision {revision}"),
+        ),
+        RolloutAction::SetWeight(weight) => (
+            false,
+            "WeightSet",
+            format!("candidate slot weight {weight}"),
+        ),
+        RolloutAction::Paused(why) => (false, "RolloutPaused", why.clone()),
+        RolloutAction::Promoted { stable } => (
+            false,
+            "Promoted",
+            format!("slot {stable} serves all traffic"),
+        ),
+        RolloutAction::Aborted(reason) => (
+            true,
+            "RolloutAborted",
+            format!("{reason}: all traffic back on the stable slot"),
+        ),
+        RolloutAction::Retried => (false, "RolloutRetried", "retrying the rollout".to_owned()),
+        RolloutAction::RolledBack => (
+            false,
+            "RolledBack",
+            "the spec is back at the stable revision; traffic stays there".to_owned(),
+        ),
+        RolloutAction::ScaledDown(slot) => (
+            false,
+            "SlotScaledDown",
+            format!("slot {slot} scaled to zero"),
+        ),
+        RolloutAction::Acknowledged(command) => (false, "CommandAcknowledged", command.clone()),
+        RolloutAction::Ignored(why) => (false, "CommandIgnored", why.clone()),
+    };
+    Some(Transition {
+        warning,
+        reason: reason.to_owned(),
+        note,
+    })
+}
+
+/// Applies every child: workloads, then traffic (tests and the benchmark use this).
 pub async fn apply_children(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+) -> Result<Vec<Deployment>> {
+    let deployments = apply_workloads(client, namespace, children).await?;
+    apply_traffic(client, namespace, children).await?;
+    Ok(deployments)
+}
+
+/// Applies the entry/preview Services, Ingresses and HTTPRoutes: what moves users.
+pub async fn apply_traffic(client: &Client, namespace: &str, children: &Children) -> Result<()> {
+    let mut traffic: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    traffic.extend(
+        children
+            .traffic_services
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    traffic.extend(
+        children
+            .ingresses
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    traffic.extend(
+        children
+            .http_routes
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    try_join_all(traffic).await?;
+    Ok(())
+}
+
+/// Applies every slot's workloads with server-side apply; returns the Deployments as stored
+/// (with status).
+pub async fn apply_workloads(
     client: &Client,
     namespace: &str,
     children: &Children,
@@ -355,18 +491,6 @@ pub async fn apply_children(
     );
     rest.extend(
         children
-            .ingresses
-            .iter()
-            .map(|o| apply_discard(client, namespace, o)),
-    );
-    rest.extend(
-        children
-            .http_routes
-            .iter()
-            .map(|o| apply_discard(client, namespace, o)),
-    );
-    rest.extend(
-        children
             .network_policies
             .iter()
             .map(|o| apply_discard(client, namespace, o)),
@@ -393,7 +517,13 @@ where
     Box::pin(async move { apply(client, namespace, object).await.map(|_| ()) })
 }
 
-async fn prune<K>(client: &Client, namespace: &str, app: &MessengerApp, desired: &[K]) -> Result<()>
+async fn prune<K>(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+    desired: &[K],
+    protected: &[Slot],
+) -> Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -414,7 +544,12 @@ where
             .iter()
             .any(|o| o.uid == uid && o.controller == Some(true));
         let name = object.name_any();
-        if owned && !keep.contains(&name) {
+        // Whatever the status says, the objects of the serving slot are never deleted.
+        let serving = object
+            .labels()
+            .get(LABEL_SLOT)
+            .is_some_and(|slot| protected.iter().any(|p| p.as_str() == slot));
+        if owned && !serving && !keep.contains(&name) {
             info!(kind = %K::kind(&Default::default()), %name, "deleting child that is no longer desired");
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
@@ -436,16 +571,41 @@ pub async fn prune_children(
     children: &Children,
     caps: ApiCapabilities,
 ) -> Result<()> {
+    let keep = &children.protected_slots;
+    let services: Vec<Service> = children
+        .services
+        .iter()
+        .chain(&children.traffic_services)
+        .cloned()
+        .collect();
     let mut lists: Vec<BoxFuture<'_, Result<()>>> = vec![
-        Box::pin(prune(client, namespace, app, &children.service_accounts)),
-        Box::pin(prune(client, namespace, app, &children.config_maps)),
-        Box::pin(prune(client, namespace, app, &children.deployments)),
-        Box::pin(prune(client, namespace, app, &children.services)),
-        Box::pin(prune(client, namespace, app, &children.ingresses)),
-        Box::pin(prune(client, namespace, app, &children.network_policies)),
+        Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.service_accounts,
+            keep,
+        )),
+        Box::pin(prune(client, namespace, app, &children.config_maps, keep)),
+        Box::pin(prune(client, namespace, app, &children.deployments, keep)),
+        Box::pin(async move { prune(client, namespace, app, &services, keep).await }),
+        Box::pin(prune(client, namespace, app, &children.ingresses, keep)),
+        Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.network_policies,
+            keep,
+        )),
     ];
     if caps.pdb_v1 {
-        lists.push(Box::pin(prune(client, namespace, app, &children.pdbs)));
+        lists.push(Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.pdbs,
+            keep,
+        )));
     }
     if caps.http_route {
         lists.push(Box::pin(prune(
@@ -453,6 +613,7 @@ pub async fn prune_children(
             namespace,
             app,
             &children.http_routes,
+            keep,
         )));
     }
     try_join_all(lists).await?;
@@ -640,14 +801,18 @@ mod tests {
         let action = reconcile(app.clone(), ctx.clone())
             .await
             .expect("reconcile");
-        let children = build_children(&app, ApiCapabilities::ALL).count();
+        let children = crate::builders::build_children(&app, ApiCapabilities::ALL).count();
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(
             stats.patches.load(Relaxed),
             children + 1,
             "every child plus the status"
         );
-        assert_eq!(stats.lists.load(Relaxed), 8, "one prune list per kind");
+        assert_eq!(
+            stats.lists.load(Relaxed),
+            9,
+            "one list of Deployments to observe, one prune list per kind"
+        );
         assert_eq!(
             stats.creates.load(Relaxed),
             1,

@@ -12,6 +12,7 @@ pub mod fake_api;
 pub mod httproute;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 pub mod status;
 pub mod validate;
 
@@ -33,6 +34,11 @@ pub fn canonical_yaml<T: serde::Serialize>(value: &T) -> Result<String> {
         source,
     })?;
     Ok(serde_yaml::to_string(&sorted(json))?)
+}
+
+/// `value` with every object's keys sorted (a canonical form to hash).
+pub(crate) fn sorted_json(value: serde_json::Value) -> serde_json::Value {
+    sorted(value)
 }
 
 fn sorted(value: serde_json::Value) -> serde_json::Value {

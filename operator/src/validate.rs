@@ -32,6 +32,13 @@ pub fn validate(app: &MessengerApp) -> Result<(), InvalidSpec> {
             name.len()
         ));
     }
+    // Children are Services (DNS labels); it also keeps `<app>.canary` from naming
+    // another app's Ingress.
+    if name.contains('.') {
+        problems.push(format!(
+            "metadata.name {name:?} must not contain dots: it names Services"
+        ));
+    }
     if !is_version(&spec.version) {
         problems.push(format!(
             "spec.version {:?} must be an image tag that is also a label value: at most {MAX_VERSION_LEN} characters of letters, digits, '_', '.', '-', starting and ending with a letter or digit",
@@ -197,6 +204,12 @@ mod tests {
                 &"x".repeat(41),
                 serde_json::json!({"version": "1"}),
                 Some("at most 40"),
+            ),
+            (
+                "dotted name",
+                "chat.prod",
+                serde_json::json!({"version": "1"}),
+                Some("must not contain dots"),
             ),
             (
                 "bad tag",

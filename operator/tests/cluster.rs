@@ -516,7 +516,7 @@ async fn deployment_readiness_flows_into_the_app_status() {
     let status = app.status.unwrap();
     assert_eq!(
         (status.phase, status.ready_components.as_deref()),
-        (Some(Phase::Ready), Some("5/5"))
+        (Some(Phase::Healthy), Some("5/5"))
     );
     assert_eq!(
         find_condition(Some(&status), CONDITION_READY)
