@@ -209,6 +209,7 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
 
     let status = compute_status(app, &decision, &applied, &children.skipped, &now);
     let healthy = status.phase == Some(Phase::Healthy);
+    record_rollout_metrics(ctx, app, &status, &decision.actions, &now);
     finish(app, ctx, &namespace, status, &decision.actions).await?;
     // Traffic follows only what is persisted: a status write that failed (or lost a race
     // with a newer status) moves no traffic.
@@ -222,6 +223,48 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(
         decision.requeue_after.map_or(resync, |at| at.min(resync)),
     ))
+}
+
+fn record_rollout_metrics(
+    ctx: &Context,
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+    actions: &[RolloutAction],
+    now: &Time,
+) {
+    let namespace = app.namespace().unwrap_or_default();
+    let rollout = status.rollout.as_ref();
+    ctx.metrics.set_rollout(
+        &namespace,
+        &app.name_any(),
+        rollout.map_or(0, |r| r.weight),
+        rollout.map_or(0, |r| r.step_index),
+    );
+    for action in actions {
+        match action {
+            RolloutAction::Aborted(reason) => {
+                ctx.metrics
+                    .rollout_aborts
+                    .get_or_create(&crate::metrics::AbortLabels {
+                        reason: reason.clone(),
+                    })
+                    .inc();
+            }
+            RolloutAction::Promoted { .. } => {
+                // The rollout that just ended is the one in the previous status.
+                if let Some(started) = app
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.rollout.as_ref())
+                    .map(|r| r.started_at.0)
+                {
+                    let seconds = now.0.duration_since(started).as_secs_f64();
+                    ctx.metrics.rollout_duration.observe(seconds.max(0.0));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The app's Deployments (both slots) and its entry Service, as the API server has them.
@@ -401,6 +444,11 @@ fn rollout_event(action: &RolloutAction) -> Option<Transition> {
         ),
         RolloutAction::Acknowledged(command) => (false, "CommandAcknowledged", command.clone()),
         RolloutAction::Ignored(why) => (false, "CommandIgnored", why.clone()),
+        RolloutAction::Analysis(verdict) => (
+            *verdict != crate::rollout::Verdict::Successful,
+            "AnalysisRun",
+            format!("analysis verdict: {verdict:?}"),
+        ),
     };
     Some(Transition {
         warning,

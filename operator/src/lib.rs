@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod builders;
+pub mod cli;
 pub mod component;
 pub mod controller;
 pub mod crd;
@@ -13,6 +14,7 @@ pub mod httproute;
 pub mod leader;
 pub mod metrics;
 pub mod rollout;
+pub mod simulate;
 pub mod status;
 pub mod validate;
 

@@ -108,6 +108,8 @@ pub enum RolloutAction {
     Retried,
     RolledBack,
     ScaledDown(Slot),
+    /// An analysis step measured a verdict.
+    Analysis(Verdict),
     Acknowledged(String),
     Ignored(String),
 }
@@ -548,6 +550,9 @@ fn progress(
                         if commands.promote {
                             advance = true;
                         } else {
+                            if let Some(verdict) = observed.analysis {
+                                step.actions.push(RolloutAction::Analysis(verdict));
+                            }
                             match observed.analysis {
                                 Some(Verdict::Successful) => {
                                     rollout.analysis.successful += 1;

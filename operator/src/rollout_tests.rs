@@ -399,7 +399,10 @@ fn a_failed_analysis_aborts() {
     let aborted = run.step(13);
     assert_eq!(
         aborted.actions,
-        vec![RolloutAction::Aborted("AnalysisFailed".into())]
+        vec![
+            RolloutAction::Analysis(Verdict::Failed),
+            RolloutAction::Aborted("AnalysisFailed".into())
+        ]
     );
     assert_eq!(run.weights(), (100, 0));
     assert_eq!(run.status().rollout.as_ref().unwrap().analysis.failed, 1);
