@@ -570,3 +570,163 @@ fn status_from_a_newer_operator_still_decodes() {
         "the phase older operators wrote"
     );
 }
+
+/// Random event sequences (readiness flaps, pauses, promotes, aborts, retries, analysis
+/// verdicts, restarts, spec changes mid-rollout, a lost activeSlot) against the invariants
+/// every state must keep. Seeded, so a failure names a reproducible sequence.
+#[test]
+fn invariants_hold_over_random_event_sequences() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let step_weights = [20, 50, 80];
+    let allowed: Vec<i32> = [0, 100]
+        .into_iter()
+        .chain(step_weights)
+        .chain(step_weights.map(|w| 100 - w))
+        .collect();
+    let mut seen = BTreeMap::<&str, usize>::new();
+    for seed in 0..200u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let spec = if seed % 2 == 0 {
+            canary_spec()
+        } else {
+            blue_green(serde_json::json!({"autoPromote": seed % 4 == 1}))
+        };
+        let mut run = steady(spec);
+        let mut now = 10;
+        let mut token = 0;
+        let mut history = Vec::new();
+        for _ in 0..60 {
+            now += rng.random_range(0..120);
+            token += 1;
+            let event = rng.random_range(0..12);
+            history.push(event);
+            match event {
+                0 | 1 => run.set_version(["2.0.0", "3.0.0", "1.0.0"][rng.random_range(0..3)]),
+                2 | 3 => {
+                    let candidate = run.status().rollout.as_ref().map(|r| r.candidate);
+                    if let Some(slot) = candidate {
+                        run.ready(slot);
+                    }
+                }
+                4 => {
+                    if let Some(slot) = run.status().rollout.as_ref().map(|r| r.candidate) {
+                        run.unready(slot);
+                    }
+                }
+                5 => run.command(ANNOTATION_PROMOTE, &token.to_string()),
+                6 => run.command(ANNOTATION_PROMOTE_FULL, &token.to_string()),
+                7 => run.command(ANNOTATION_ABORT, &token.to_string()),
+                8 => run.command(ANNOTATION_RETRY, &token.to_string()),
+                9 => run.app.spec.paused = !run.app.spec.paused,
+                10 => {
+                    run.observed.analysis = [
+                        None,
+                        Some(Verdict::Successful),
+                        Some(Verdict::Failed),
+                        Some(Verdict::Inconclusive),
+                    ][rng.random_range(0..4)]
+                }
+                _ => {
+                    // Status loses activeSlot; the entry Service still selects the live slot.
+                    run.observed.entry_slot = run.status().active_slot;
+                    if let Some(status) = run.app.status.as_mut() {
+                        status.active_slot = None;
+                    }
+                }
+            }
+            let before = run.status().clone();
+            let live = before
+                .active_slot
+                .or(run.observed.entry_slot)
+                .unwrap_or_default();
+            let stable_before = before
+                .slots
+                .iter()
+                .find(|s| s.name == live)
+                .map(|s| (s.template.clone(), s.template_hash.clone()));
+            let decision = next_state(&run.app, &run.observed, &at(now));
+            let again = next_state(&run.app, &run.observed, &at(now));
+            let context = format!("seed {seed}, events {history:?}");
+            assert_eq!(decision, again, "same inputs, same outputs: {context}");
+            let status = &decision.status;
+            let total: i32 = status.slots.iter().map(|s| s.weight).sum();
+            assert_eq!(total, 100, "weights add up: {context}");
+            for slot in &status.slots {
+                assert!(
+                    allowed.contains(&slot.weight),
+                    "weight {} is not one the steps name: {context}",
+                    slot.weight
+                );
+            }
+            let promoted = decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, RolloutAction::Promoted { .. }));
+            if !promoted {
+                assert_eq!(
+                    status.active_slot,
+                    Some(live),
+                    "only a promotion moves the live slot: {context}"
+                );
+                let stable_after = status
+                    .slots
+                    .iter()
+                    .find(|s| s.name == live)
+                    .map(|s| (s.template.clone(), s.template_hash.clone()));
+                if stable_before.is_some() {
+                    assert_eq!(
+                        stable_after, stable_before,
+                        "the stable slot's inputs never change during a rollout: {context}"
+                    );
+                }
+            }
+            if let Some(rollout) = &status.rollout {
+                if rollout.abort_reason.is_some() {
+                    assert_eq!(
+                        rollout.weight, 0,
+                        "abort means all traffic on stable: {context}"
+                    );
+                }
+                let candidate_ready = run
+                    .observed
+                    .slot(rollout.candidate)
+                    .ready_at(&rollout.revision);
+                if rollout.abort_reason.is_none() && !decision.paused && candidate_ready {
+                    assert!(
+                        decision.requeue_after.is_some(),
+                        "a moving rollout always knows when to look again: {context}"
+                    );
+                }
+            }
+            for action in &decision.actions {
+                let kind = match action {
+                    RolloutAction::Promoted { .. } => "promoted",
+                    RolloutAction::Aborted(_) => "aborted",
+                    RolloutAction::SetWeight(_) => "weight",
+                    RolloutAction::RolledBack => "rolled back",
+                    RolloutAction::Restarted { .. } => "restarted",
+                    RolloutAction::Retried => "retried",
+                    RolloutAction::RecoveredActiveSlot(_) => "recovered",
+                    _ => continue,
+                };
+                *seen.entry(kind).or_default() += 1;
+            }
+            run.app.status = Some(decision.status.clone());
+            run.observed.entry_slot = decision.status.active_slot;
+        }
+    }
+    // The sequences must reach every kind of transition, or the invariants prove little.
+    for kind in [
+        "promoted",
+        "aborted",
+        "weight",
+        "rolled back",
+        "restarted",
+        "retried",
+        "recovered",
+    ] {
+        assert!(seen.get(kind).copied().unwrap_or(0) > 5, "{kind}: {seen:?}");
+    }
+}
