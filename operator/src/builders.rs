@@ -798,6 +798,42 @@ pub fn build_pdb(
     })
 }
 
+/// For a canary without a traffic router (`router: none`, or no `ingress`) at a weight
+/// strictly between 0 and 100: the candidate slot and how many gateway replicas it runs so
+/// that its share of the gateways behind the one entry Service approximates the weight
+/// (`ceil(stable * w / (100 - w))`, at least one). The stable slot is never resized.
+pub fn replica_weighted_canary(
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+) -> Option<(Slot, i32)> {
+    let routed = app
+        .spec
+        .ingress
+        .as_ref()
+        .is_some_and(|i| i.router != TrafficRouter::None);
+    if routed || app.spec.strategy.type_ != StrategyType::Canary {
+        return None;
+    }
+    let stable = status.active_slot.unwrap_or_default();
+    let rollout = status
+        .rollout
+        .as_ref()
+        .filter(|r| r.candidate != stable && r.abort_reason.is_none())?;
+    let weight = rollout.weight;
+    if !(1..100).contains(&weight) {
+        return None;
+    }
+    let stable_gateways = status
+        .slots
+        .iter()
+        .find(|s| s.name == stable)
+        .and_then(|s| s.template.as_ref())
+        .map_or(1, |t| t.components.gateway.replicas)
+        .max(1);
+    let replicas = (stable_gateways * weight + (100 - weight) - 1) / (100 - weight);
+    Some((rollout.candidate, replicas.clamp(1, 100)))
+}
+
 /// `app` as one slot sees it: the slot's recorded inputs in place of the spec's, so a spec
 /// change never reaches a slot that was rendered before it.
 pub fn app_for_slot(app: &MessengerApp, template: &SlotTemplate) -> MessengerApp {
@@ -879,10 +915,22 @@ pub fn build_children_for(
             .network_policies
             .push(build_network_policy(&view, slot));
     }
-    children
-        .traffic_services
-        .push(build_entry_service(app, stable));
     let rollout = status.rollout.as_ref().filter(|r| r.candidate != stable);
+    let mut entry = build_entry_service(app, stable);
+    if let Some((candidate, replicas)) = replica_weighted_canary(app, status) {
+        // No router to carry a weight: both slots' gateways behind the entry Service, the
+        // candidate's gateway scaled to approximate the weight.
+        if let Some(selector) = entry.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+            selector.remove(LABEL_SLOT);
+        }
+        let name = workload_name(app, Component::Gateway, candidate);
+        for deployment in &mut children.deployments {
+            if deployment.metadata.name.as_deref() == Some(name.as_str()) {
+                deployment.spec.replicas = Some(replicas);
+            }
+        }
+    }
+    children.traffic_services.push(entry);
     if let Some(rollout) = rollout {
         children
             .traffic_services

@@ -1067,3 +1067,65 @@ fn an_unrecorded_serving_slot_is_not_rendered_and_never_pruned() {
     );
     assert_eq!(children.protected_slots, [Slot::Blue]);
 }
+
+#[test]
+fn without_a_router_the_weight_is_approximated_by_gateway_replicas_behind_one_service() {
+    // (stable gateway replicas, weight, candidate gateway replicas; None: slot selector kept)
+    let cases = [
+        (4, 0, None),
+        (4, 20, Some(1)),
+        (4, 50, Some(4)),
+        (3, 25, Some(1)),
+        (3, 60, Some(5)),
+        (1, 10, Some(1)),
+        (4, 100, None),
+    ];
+    for (stable_replicas, weight, expected) in cases {
+        let mut app = app(serde_json::json!({
+            "version": "1.4.2",
+            "components": {"gateway": {"replicas": stable_replicas}},
+            "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 50}]}}
+        }));
+        let mut status = mid_rollout(&mut app, weight);
+        if weight == 100 {
+            status.rollout.as_mut().unwrap().weight = 100;
+        }
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let entry = children
+            .traffic_services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("chat-prod-gateway"))
+            .unwrap();
+        let selector = entry.spec.as_ref().unwrap().selector.clone().unwrap();
+        let blue = deployment_named(&children, "chat-prod-gateway-blue");
+        let green = deployment_named(&children, "chat-prod-gateway-green");
+        assert_eq!(
+            blue.spec.replicas,
+            Some(stable_replicas),
+            "the stable slot is never resized"
+        );
+        match expected {
+            None => {
+                assert_eq!(selector[LABEL_SLOT], "blue", "weight {weight}");
+                assert_eq!(green.spec.replicas, Some(stable_replicas));
+            }
+            Some(replicas) => {
+                assert!(
+                    !selector.contains_key(LABEL_SLOT),
+                    "both slots' gateways at weight {weight}"
+                );
+                assert_eq!(selector[LABEL_COMPONENT], "gateway");
+                assert_eq!(
+                    green.spec.replicas,
+                    Some(replicas),
+                    "{stable_replicas} stable at weight {weight}"
+                );
+            }
+        }
+    }
+    // A router carries the weight itself: no replica games.
+    let mut routed = app_with_router(serde_json::json!({"host": "m.local", "className": "nginx"}));
+    routed.spec.strategy.type_ = StrategyType::Canary;
+    let status = mid_rollout(&mut routed, 20);
+    assert_eq!(replica_weighted_canary(&routed, &status), None);
+}
