@@ -365,9 +365,22 @@ pub struct CanaryAnalysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_p99_latency_ms: Option<i64>,
+    /// Seconds between two measurements (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub interval_seconds: Option<i64>,
+    /// Requests an interval must see for a verdict (default 20); fewer is inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_requests: Option<i64>,
+    /// Failed measurements that abort the rollout (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failure_limit: Option<i32>,
+    /// Inconclusive measurements that abort the rollout (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub inconclusive_limit: Option<i32>,
 }
 
 /// What the operator observed and decided, written only by the operator.
@@ -404,7 +417,7 @@ pub struct MessengerAppStatus {
 }
 
 /// A rollout of a new revision into the candidate slot.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub candidate: Slot,
@@ -433,6 +446,16 @@ pub struct RolloutStatus {
     pub aborted_at: Option<Time>,
     #[serde(default)]
     pub analysis: AnalysisCounts,
+    /// The candidate gateways' counters at the start of the running measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_baseline: Option<AnalysisBaseline>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisBaseline {
+    pub taken_at: Time,
+    pub sample: crate::analysis::MetricsSample,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

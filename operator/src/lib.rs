@@ -2,6 +2,7 @@
 //! builders of its children, pure status computation, and the controller that applies them.
 
 pub mod admin;
+pub mod analysis;
 pub mod builders;
 pub mod cli;
 pub mod component;

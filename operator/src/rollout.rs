@@ -11,9 +11,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
+use crate::analysis::{DEFAULT_INTERVAL_SECONDS, MetricsSample, judge};
 use crate::crd::{
-    CanaryStep, MessengerApp, MessengerAppStatus, RolloutStatus, Slot, SlotRole, SlotStatus,
-    SlotTemplate, StrategyType,
+    AnalysisBaseline, CanaryStep, MessengerApp, MessengerAppStatus, RolloutStatus, Slot, SlotRole,
+    SlotStatus, SlotTemplate, StrategyType,
 };
 
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i64 = 600;
@@ -74,8 +75,11 @@ pub struct Observed {
     pub slots: BTreeMap<Slot, SlotObservation>,
     /// The slot the entry Service selects, which serves users whatever the status says.
     pub entry_slot: Option<Slot>,
-    /// Analysis result for the current analysis step, when one was measured.
+    /// A verdict given from outside (the simulator); otherwise it is measured from
+    /// `gateway_metrics`.
     pub analysis: Option<Verdict>,
+    /// The candidate gateways' counters now, scraped while an analysis step runs.
+    pub gateway_metrics: Option<MetricsSample>,
 }
 
 impl Observed {
@@ -397,6 +401,7 @@ fn start(step: &mut Step, stable: Slot, template: SlotTemplate, revision: String
         abort_reason: None,
         aborted_at: None,
         analysis: Default::default(),
+        analysis_baseline: None,
     });
     step.actions.push(RolloutAction::Started {
         candidate,
@@ -546,35 +551,52 @@ fn progress(
                             }
                             None => step.paused = true,
                         }
-                    } else if current.analysis.is_some() {
+                    } else if let Some(thresholds) = &current.analysis {
                         if commands.promote {
                             advance = true;
                         } else {
-                            if let Some(verdict) = observed.analysis {
+                            let verdict = observed
+                                .analysis
+                                .or_else(|| measure(step, &mut rollout, thresholds, observed, now));
+                            if let Some(verdict) = verdict {
                                 step.actions.push(RolloutAction::Analysis(verdict));
                             }
-                            match observed.analysis {
+                            let failure_limit = thresholds.failure_limit.unwrap_or(1);
+                            let inconclusive_limit = thresholds.inconclusive_limit.unwrap_or(5);
+                            match verdict {
                                 Some(Verdict::Successful) => {
                                     rollout.analysis.successful += 1;
                                     advance = true;
                                 }
                                 Some(Verdict::Failed) => {
                                     rollout.analysis.failed += 1;
-                                    step.status.rollout = Some(rollout);
-                                    abort(step, settings, "AnalysisFailed".to_owned(), now);
-                                    return;
+                                    if rollout.analysis.failed >= failure_limit {
+                                        step.status.rollout = Some(rollout);
+                                        abort(step, settings, "AnalysisFailed".to_owned(), now);
+                                        return;
+                                    }
                                 }
                                 Some(Verdict::Inconclusive) => {
                                     rollout.analysis.inconclusive += 1;
-                                    step.paused = true;
+                                    if rollout.analysis.inconclusive >= inconclusive_limit {
+                                        step.status.rollout = Some(rollout);
+                                        abort(
+                                            step,
+                                            settings,
+                                            "AnalysisInconclusive".to_owned(),
+                                            now,
+                                        );
+                                        return;
+                                    }
                                 }
-                                None => step.wake_in(Duration::from_secs(10)),
+                                None => {}
                             }
                         }
                     }
                 }
             }
             if advance {
+                rollout.analysis_baseline = None;
                 // The next step (or completion after the last) comes on the next
                 // reconcile, once the router carries what this one wrote.
                 rollout.step_index += 1;
@@ -585,6 +607,42 @@ fn progress(
             step.status.rollout = Some(rollout);
         }
     }
+}
+
+/// One analysis measurement: the first scrape of a step becomes the baseline; once the
+/// interval has passed, the next scrape is judged against it and becomes the new baseline.
+fn measure(
+    step: &mut Step,
+    rollout: &mut RolloutStatus,
+    thresholds: &crate::crd::CanaryAnalysis,
+    observed: &Observed,
+    now: &Time,
+) -> Option<Verdict> {
+    let interval = thresholds
+        .interval_seconds
+        .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+    let Some(current) = &observed.gateway_metrics else {
+        // Nothing scraped (no pods answering yet): look again soon.
+        step.wake_in(Duration::from_secs(interval.clamp(1, 10) as u64));
+        return None;
+    };
+    let fresh = AnalysisBaseline {
+        taken_at: now.clone(),
+        sample: current.clone(),
+    };
+    let Some(baseline) = rollout.analysis_baseline.clone() else {
+        rollout.analysis_baseline = Some(fresh);
+        step.wake_in(Duration::from_secs(interval as u64));
+        return None;
+    };
+    let due = after(&baseline.taken_at, interval);
+    if now.0 < due {
+        step.wake_in(until(now, due));
+        return None;
+    }
+    rollout.analysis_baseline = Some(fresh);
+    step.wake_in(Duration::from_secs(interval as u64));
+    Some(judge(&baseline.sample, current, thresholds))
 }
 
 /// Weights per slot follow the rollout: the candidate carries the rollout's weight, the

@@ -13,6 +13,17 @@ type Edit<'a> = (&'a str, &'a dyn Fn(&mut MessengerAppSpec));
 /// (blue, green), step index, paused.
 type WalkCase<'a> = (i64, bool, Option<&'a str>, (i32, i32), i32, bool);
 
+/// One measurement: second, requests and errors scraped, verdict, counts (successful,
+/// failed, inconclusive), abort reason.
+type MeasureCase<'a> = (
+    i64,
+    f64,
+    f64,
+    Option<Verdict>,
+    (i32, i32, i32),
+    Option<&'a str>,
+);
+
 fn app(spec: serde_json::Value) -> MessengerApp {
     let spec: MessengerAppSpec = serde_json::from_value(spec).unwrap();
     let mut app = MessengerApp::new("demo", spec);
@@ -729,4 +740,84 @@ fn invariants_hold_over_random_event_sequences() {
     ] {
         assert!(seen.get(kind).copied().unwrap_or(0) > 5, "{kind}: {seen:?}");
     }
+}
+
+#[test]
+fn analysis_measures_the_candidate_gateways_over_an_interval() {
+    use crate::analysis::MetricsSample;
+    let mut run = steady(
+        serde_json::json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {"steps": [
+            {"setWeight": 10},
+            {"analysis": {"maxErrorRate": 0.05, "intervalSeconds": 60, "minRequests": 10, "failureLimit": 2, "inconclusiveLimit": 2}},
+            {"setWeight": 50}
+        ]}}}),
+    );
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    run.step(11);
+    assert_eq!(run.weights(), (90, 10));
+    let sample = |requests: f64, errors: f64| {
+        Some(MetricsSample {
+            requests,
+            errors,
+            buckets: Vec::new(),
+        })
+    };
+    let cases: &[MeasureCase] = &[
+        (12, 100.0, 0.0, None, (0, 0, 0), None),
+        (40, 150.0, 0.0, None, (0, 0, 0), None),
+        (72, 105.0, 0.0, Some(Verdict::Inconclusive), (0, 0, 1), None),
+        (132, 205.0, 50.0, Some(Verdict::Failed), (0, 1, 1), None),
+        (192, 305.0, 51.0, Some(Verdict::Successful), (1, 1, 1), None),
+    ];
+    for (second, requests, errors, verdict, counts, aborted) in cases {
+        run.observed.gateway_metrics = sample(*requests, *errors);
+        let decision = run.step(*second);
+        let analysed: Vec<Verdict> = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                RolloutAction::Analysis(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(analysed.first().copied(), *verdict, "at {second}");
+        let rollout = run.status().rollout.clone().unwrap();
+        let a = &rollout.analysis;
+        assert_eq!(
+            (a.successful, a.failed, a.inconclusive),
+            *counts,
+            "at {second}"
+        );
+        assert_eq!(rollout.abort_reason.as_deref(), *aborted, "at {second}");
+    }
+    run.step(193);
+    assert_eq!(run.weights(), (50, 50), "a successful analysis moves on");
+}
+
+#[test]
+fn reaching_the_failure_limit_aborts() {
+    use crate::analysis::MetricsSample;
+    let mut run = steady(
+        serde_json::json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {"steps": [
+            {"setWeight": 10},
+            {"analysis": {"maxErrorRate": 0.01, "intervalSeconds": 30, "minRequests": 1}}
+        ]}}}),
+    );
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    run.step(11);
+    for (second, requests, errors) in [(12, 10.0, 0.0), (42, 110.0, 10.0)] {
+        run.observed.gateway_metrics = Some(MetricsSample {
+            requests,
+            errors,
+            buckets: Vec::new(),
+        });
+        run.step(second);
+    }
+    let rollout = run.status().rollout.clone().unwrap();
+    assert_eq!(rollout.abort_reason.as_deref(), Some("AnalysisFailed"));
+    assert_eq!(run.weights(), (100, 0));
 }

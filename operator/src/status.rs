@@ -118,6 +118,7 @@ pub fn observe(
             .collect(),
         entry_slot,
         analysis: None,
+        gateway_metrics: None,
     }
 }
 
