@@ -48,6 +48,8 @@ pub const NGINX_CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight
 /// Value of `app.kubernetes.io/managed-by` on every child; the owned-object watches filter on it.
 pub const MANAGED_BY: &str = "messenger-operator";
 const APP_NAME: &str = "messenger";
+/// `app.kubernetes.io/name` of the operator's own pods (config/manager).
+pub const OPERATOR_POD_NAME: &str = "messenger-operator";
 /// Non-root user of the distroless images.
 const RUN_AS_USER: i64 = 65532;
 
@@ -342,11 +344,25 @@ pub fn build_network_policy(app: &MessengerApp, slot: Slot) -> NetworkPolicy {
                     ports: Some(tcp_ports([Component::Gateway.api_port()])),
                 },
                 NetworkPolicyIngressRule {
-                    // An empty pod selector without a namespace selector: this namespace.
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(LabelSelector::default()),
-                        ..NetworkPolicyPeer::default()
-                    }]),
+                    from: Some(vec![
+                        // An empty pod selector without a namespace selector: this namespace.
+                        NetworkPolicyPeer {
+                            pod_selector: Some(LabelSelector::default()),
+                            ..NetworkPolicyPeer::default()
+                        },
+                        // The operator's pods, wherever they run, scrape for canary analysis.
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector::default()),
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    LABEL_NAME.to_owned(),
+                                    OPERATOR_POD_NAME.to_owned(),
+                                )])),
+                                ..LabelSelector::default()
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        },
+                    ]),
                     ports: Some(tcp_ports(Component::ALL.map(Component::admin_port))),
                 },
             ]),

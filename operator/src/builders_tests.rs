@@ -398,6 +398,8 @@ enum Source {
     OtherSlotPod,
     OtherAppPod,
     OtherNamespace,
+    /// The operator's pod in its own namespace.
+    Operator,
 }
 
 /// Whether `policy` admits a TCP connection from `source` to `port` of a pod it selects;
@@ -411,16 +413,27 @@ fn admits(policy: &NetworkPolicy, app: &MessengerApp, source: Source, port: i32)
             labels.insert(LABEL_INSTANCE.to_owned(), "someone-else".to_owned());
         }
         Source::OtherNamespace => {}
+        Source::Operator => {
+            labels.insert(LABEL_NAME.to_owned(), OPERATOR_POD_NAME.to_owned());
+        }
     }
-    let in_namespace = !matches!(source, Source::OtherNamespace);
+    let in_namespace = !matches!(source, Source::OtherNamespace | Source::Operator);
     let peer_matches = |peer: &NetworkPolicyPeer| {
-        assert!(peer.namespace_selector.is_none() && peer.ip_block.is_none());
+        assert!(peer.ip_block.is_none());
+        // Only "every namespace" is used as a namespace selector.
+        let namespace_ok = match &peer.namespace_selector {
+            None => in_namespace,
+            Some(selector) => {
+                assert_eq!(selector, &LabelSelector::default());
+                true
+            }
+        };
         let wanted = peer
             .pod_selector
             .as_ref()
             .and_then(|s| s.match_labels.clone())
             .unwrap_or_default();
-        in_namespace && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+        namespace_ok && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
     };
     let spec = policy.spec.as_ref().unwrap();
     spec.ingress.iter().flatten().any(|rule| {
@@ -493,6 +506,9 @@ fn network_policy_keeps_internal_ports_inside_the_slot() {
         (SameSlotPod, 9004, true),
         (OtherNamespace, 9003, false),
         (OtherNamespace, 9080, false),
+        // The operator scrapes the gateways for canary analysis; nothing else of it.
+        (Operator, 9080, true),
+        (Operator, 8001, false),
         // Anything else is closed.
         (SameSlotPod, 5432, false),
         (OtherNamespace, 22, false),

@@ -35,7 +35,8 @@ use crate::crd::{MessengerApp, MessengerAppStatus, Phase, Slot};
 use crate::error::{Error, Result};
 use crate::httproute::HTTPRoute;
 use crate::metrics::Metrics;
-use crate::rollout::{RolloutAction, next_state};
+use crate::rollout::{RolloutAction, next_state, wants_gateway_metrics};
+use crate::scrape::{GatewayScraper, PodScraper};
 use crate::status::{
     Transition, compute_status, degraded_status, invalid_status, observe, transitions,
 };
@@ -57,6 +58,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     capabilities: RwLock<Option<(Instant, ApiCapabilities)>>,
+    /// Reads the candidate gateways' metrics for canary analysis.
+    pub scraper: Arc<dyn GatewayScraper>,
     /// Consecutive failures per app, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -72,8 +75,14 @@ impl Context {
             client,
             metrics,
             capabilities: RwLock::new(None),
+            scraper: Arc::new(PodScraper::default()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A context that scrapes gateway metrics with `scraper` (tests).
+    pub fn with_scraper(self, scraper: Arc<dyn GatewayScraper>) -> Self {
+        Context { scraper, ..self }
     }
 
     /// A context that does not ask the API server which APIs it serves (benchmarks, mocks).
@@ -188,7 +197,13 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     // Observe, decide, build: the state machine sees the children as they are, not as the
     // last apply left them.
     let (deployments, entry) = observe_children(&ctx.client, &namespace, app).await?;
-    let observed = observe(app, &deployments, entry.as_ref());
+    let mut observed = observe(app, &deployments, entry.as_ref());
+    if let Some(candidate) = wants_gateway_metrics(app) {
+        observed.gateway_metrics = ctx
+            .scraper
+            .scrape(&ctx.client, &namespace, app, candidate)
+            .await;
+    }
     let decision = next_state(app, &observed, &now);
     let children = build_children_for(app, &decision.status, caps);
     let applied = async {

@@ -15,6 +15,7 @@ pub mod httproute;
 pub mod leader;
 pub mod metrics;
 pub mod rollout;
+pub mod scrape;
 pub mod simulate;
 pub mod status;
 pub mod validate;

@@ -609,6 +609,26 @@ fn progress(
     }
 }
 
+/// The candidate slot whose gateways the next decision wants measured: a canary rollout
+/// (not aborted) standing at an analysis step.
+pub fn wants_gateway_metrics(app: &MessengerApp) -> Option<Slot> {
+    if app.spec.strategy.type_ != StrategyType::Canary {
+        return None;
+    }
+    let rollout = app
+        .status
+        .as_ref()?
+        .rollout
+        .as_ref()
+        .filter(|r| r.abort_reason.is_none())?;
+    let steps = &app.spec.strategy.canary.as_ref()?.steps;
+    let index = usize::try_from(rollout.step_index).ok()?;
+    steps
+        .get(index)
+        .filter(|s| s.analysis.is_some())
+        .map(|_| rollout.candidate)
+}
+
 /// One analysis measurement: the first scrape of a step becomes the baseline; once the
 /// interval has passed, the next scrape is judged against it and becomes the new baseline.
 fn measure(

@@ -415,6 +415,8 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         ("events.events.k8s.io", vec!["create", "patch"]),
         // The internal-trust key: created once, never read.
         ("secrets", vec!["create"]),
+        // Canary analysis finds the candidate gateway pods to scrape.
+        ("pods", vec!["list"]),
     ]);
     for child in [
         "deployments.apps",
@@ -1146,6 +1148,7 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         ("create", "events.events.k8s.io"),
         ("patch", "events.events.k8s.io"),
         ("create", "secrets"),
+        ("list", "pods"),
     ];
     for child in [
         "deployments.apps",
