@@ -724,6 +724,62 @@ pub fn build_ingress(app: &MessengerApp) -> Option<Ingress> {
     })
 }
 
+/// The preview route: `strategy.blueGreen.previewHost` to the candidate slot's gateway
+/// while a rollout runs — an Ingress to the preview Service, or for `gatewayAPI` an
+/// HTTPRoute to the candidate gateway. Named `<app>.preview` (app names have no dots).
+pub fn build_preview_routes(
+    app: &MessengerApp,
+    candidate: Slot,
+) -> (Option<Ingress>, Option<HTTPRoute>) {
+    let Some(host) = app
+        .spec
+        .strategy
+        .blue_green
+        .as_ref()
+        .and_then(|b| b.preview_host.clone())
+    else {
+        return (None, None);
+    };
+    let Some(spec) = app.spec.ingress.as_ref() else {
+        return (None, None);
+    };
+    let name = format!("{}.preview", app.name_any());
+    if spec.router == TrafficRouter::GatewayApi {
+        let route = build_weighted_http_route(app, &[(candidate, 100)]).map(|mut route| {
+            route.metadata.name = Some(name);
+            route.spec.hostnames = vec![host];
+            route
+        });
+        return (None, route);
+    }
+    let ingress = build_ingress(app).map(|mut ingress| {
+        ingress.metadata.name = Some(name);
+        if let Some(rule) = ingress
+            .spec
+            .as_mut()
+            .and_then(|s| s.rules.as_mut())
+            .and_then(|r| r.first_mut())
+        {
+            rule.host = Some(host.clone());
+            if let Some(service) = rule
+                .http
+                .as_mut()
+                .and_then(|h| h.paths.first_mut())
+                .and_then(|p| p.backend.service.as_mut())
+            {
+                service.name = preview_service_name(app);
+            }
+        }
+        if let Some(tls) = ingress.spec.as_mut().and_then(|s| s.tls.as_mut()) {
+            for entry in tls {
+                entry.hosts = Some(vec![host.clone()]);
+            }
+        }
+        ingress
+    });
+    (ingress, None)
+}
+
 /// The nginx canary Ingress sending `weight`% of the host's requests to the candidate
 /// slot's gateway, or `None` unless the router is `ingressNginx`.
 pub fn build_canary_ingress(app: &MessengerApp, candidate: Slot, weight: i32) -> Option<Ingress> {
@@ -951,6 +1007,17 @@ pub fn build_children_for(
         children
             .traffic_services
             .push(build_preview_service(app, rollout.candidate));
+        let (preview_ingress, preview_route) = build_preview_routes(app, rollout.candidate);
+        children.ingresses.extend(preview_ingress);
+        if let Some(route) = preview_route {
+            if caps.http_route {
+                children.http_routes.push(route);
+            } else {
+                children
+                    .skipped
+                    .push(format!("HTTPRoute/{}", route.name_any()));
+            }
+        }
         if app.spec.strategy.type_ == StrategyType::Canary && rollout.weight > 0 {
             children
                 .ingresses

@@ -1145,3 +1145,63 @@ fn without_a_router_the_weight_is_approximated_by_gateway_replicas_behind_one_se
     let status = mid_rollout(&mut routed, 20);
     assert_eq!(replica_weighted_canary(&routed, &status), None);
 }
+
+#[test]
+fn preview_host_reaches_the_candidate_only_during_a_rollout() {
+    for router in ["ingressNginx", "gatewayAPI"] {
+        let ingress = if router == "gatewayAPI" {
+            serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}})
+        } else {
+            serde_json::json!({"host": "m.local", "className": "nginx"})
+        };
+        let mut app = app_with_router(ingress);
+        app.spec.strategy.blue_green = Some(crate::crd::BlueGreenStrategy {
+            preview_host: Some("preview.m.local".into()),
+            ..Default::default()
+        });
+        let steady = build_children(&app, ApiCapabilities::ALL);
+        let previews = |children: &Children| -> Vec<(String, String, String)> {
+            let from_ingresses = children.ingresses.iter().filter_map(|i| {
+                let rule = &i.spec.as_ref()?.rules.as_ref()?[0];
+                let backend = rule.http.as_ref()?.paths[0].backend.service.as_ref()?;
+                Some((
+                    i.metadata.name.clone()?,
+                    rule.host.clone()?,
+                    backend.name.clone(),
+                ))
+            });
+            let from_routes = children.http_routes.iter().map(|r| {
+                (
+                    r.metadata.name.clone().unwrap(),
+                    r.spec.hostnames[0].clone(),
+                    r.spec.rules[0].backend_refs[0].name.clone(),
+                )
+            });
+            from_ingresses
+                .chain(from_routes)
+                .filter(|(name, _, _)| name.ends_with(".preview"))
+                .collect()
+        };
+        assert_eq!(
+            previews(&steady),
+            vec![],
+            "{router}: no rollout, no preview"
+        );
+        let status = mid_rollout(&mut app, 0);
+        let rolling = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let backend = if router == "gatewayAPI" {
+            "chat-prod-gateway-green"
+        } else {
+            "chat-prod-gateway-preview"
+        };
+        assert_eq!(
+            previews(&rolling),
+            vec![(
+                "chat-prod.preview".to_owned(),
+                "preview.m.local".to_owned(),
+                backend.to_owned()
+            )],
+            "{router}"
+        );
+    }
+}
