@@ -1231,3 +1231,423 @@ async fn deleting_an_app_drops_its_phase_metric() {
     )
     .await;
 }
+
+async fn patch_app(client: &Client, ns: &str, name: &str, patch: serde_json::Value) {
+    Api::<MessengerApp>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch MessengerApp");
+}
+
+fn slot_deployments(app: &str, slot: &str) -> Vec<String> {
+    ["gateway", "auth", "users", "friends", "chat"]
+        .iter()
+        .map(|c| format!("{app}-{c}-{slot}"))
+        .collect()
+}
+
+/// The slot the Service `name` selects.
+async fn selected_slot(client: &Client, ns: &str, name: &str) -> Option<String> {
+    let service = Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    service.spec?.selector?.get("messenger.dev/slot").cloned()
+}
+
+async fn image_and_replicas(client: &Client, ns: &str, name: &str) -> (String, i32, String) {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let image = d.spec.template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    (
+        image,
+        d.spec.replicas.unwrap_or(1),
+        d.resource_version().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn blue_green_rollout_switches_the_entry_service_and_keeps_the_old_slot_untouched() {
+    let client = cluster().await;
+    let ns = namespace(&client, "bluegreen").await;
+    let spec = json!({"version": "1.0.0", "strategy": {"type": "BlueGreen", "blueGreen": {"scaleDownDelaySeconds": 1}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Healthy));
+    let blue_before = image_and_replicas(&client, &ns, "demo-chat-blue").await;
+
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let rollout = status.rollout.clone().expect("a rollout started");
+    assert_eq!(rollout.candidate.as_str(), "green");
+    assert_eq!(status.phase, Some(Phase::Progressing));
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-blue").await,
+        blue_before,
+        "the serving slot is not touched by the spec change"
+    );
+    let green = image_and_replicas(&client, &ns, "demo-chat-green").await;
+    assert_eq!(green.0, "ghcr.io/messenger/messenger-chat:2.0.0");
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway-preview")
+            .await
+            .as_deref(),
+        Some("green"),
+        "the new slot is reachable for checks before the switch"
+    );
+
+    // Still unavailable: nothing switches.
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.active_slot.map(|s| s.as_str()), Some("green"));
+    assert_eq!(status.stable_version.as_deref(), Some("2.0.0"));
+    assert!(status.rollout.is_none());
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green")
+    );
+    assert!(
+        selected_slot(&client, &ns, "demo-gateway-preview")
+            .await
+            .is_none(),
+        "no preview without a rollout"
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"Promoted".to_owned())
+    );
+    // The old slot keeps running for the scale-down delay, then goes to zero replicas.
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-blue").await.1,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let blue_after = image_and_replicas(&client, &ns, "demo-chat-blue").await;
+    assert_eq!(
+        (blue_after.0.as_str(), blue_after.1),
+        ("ghcr.io/messenger/messenger-chat:1.0.0", 0),
+        "scaled down, kept for an instant switch-back"
+    );
+}
+
+/// (candidate weight, stable weight) as the router carries them: HTTPRoute backendRefs or
+/// the nginx canary Ingress.
+async fn router_weights(client: &Client, ns: &str, router: &str) -> (i32, i32) {
+    match router {
+        "gatewayAPI" => {
+            let route = Api::<HTTPRoute>::namespaced(client.clone(), ns)
+                .get("demo")
+                .await
+                .unwrap();
+            let weight = |slot: &str| {
+                route.spec.rules[0]
+                    .backend_refs
+                    .iter()
+                    .find(|b| b.name.ends_with(slot))
+                    .map_or(0, |b| b.weight)
+            };
+            (weight("-green"), weight("-blue"))
+        }
+        _ => {
+            let canary = Api::<Ingress>::namespaced(client.clone(), ns)
+                .get_opt("demo.canary")
+                .await
+                .unwrap();
+            let weight = canary
+                .and_then(|i| {
+                    i.metadata
+                        .annotations?
+                        .get("nginx.ingress.kubernetes.io/canary-weight")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            (weight, 100 - weight)
+        }
+    }
+}
+
+#[tokio::test]
+async fn canary_rollout_writes_exactly_the_step_weights_on_each_router_and_aborts_to_stable() {
+    let client = cluster().await;
+    install_http_route_crd(&client).await;
+    for router in ["gatewayAPI", "ingressNginx"] {
+        let ns = namespace(&client, &format!("canary-{}", router.to_lowercase())).await;
+        let ingress = if router == "gatewayAPI" {
+            json!({"host": "messenger.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}})
+        } else {
+            json!({"host": "messenger.local", "router": "ingressNginx", "className": "nginx"})
+        };
+        let spec = json!({"version": "1.0.0", "ingress": ingress, "strategy": {"type": "Canary", "canary": {"steps": [
+            {"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}
+        ]}}});
+        create_app(&client, &ns, "demo", spec).await;
+        let ctx = context(&client);
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        assert_eq!(router_weights(&client, &ns, router).await, (0, 100));
+
+        patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (0, 100),
+            "{router}: no weight before the candidate is Available"
+        );
+        simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (20, 80),
+            "{router}"
+        );
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        let status = get_app(&client, &ns, "demo").await.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Paused), "{router}");
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (20, 80),
+            "{router}"
+        );
+
+        // A restarted operator (a fresh context: nothing kept in memory) continues from
+        // the status with no traffic jump.
+        let restarted = context(&client);
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (20, 80),
+            "{router}"
+        );
+
+        patch_app(
+            &client,
+            &ns,
+            "demo",
+            json!({"metadata": {"annotations": {"messenger.dev/promote": "1"}}}),
+        )
+        .await;
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (60, 40),
+            "{router}"
+        );
+
+        patch_app(
+            &client,
+            &ns,
+            "demo",
+            json!({"metadata": {"annotations": {"messenger.dev/abort": "1"}}}),
+        )
+        .await;
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (0, 100),
+            "{router}: abort returns all traffic to stable at once"
+        );
+        let status = get_app(&client, &ns, "demo").await.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Degraded), "{router}");
+        assert_eq!(
+            find_condition(Some(&status), CONDITION_DEGRADED)
+                .unwrap()
+                .reason,
+            "AbortedByUser"
+        );
+        assert_eq!(status.active_slot.map(|s| s.as_str()), Some("blue"));
+        assert!(
+            event_reasons(&client, &ns)
+                .await
+                .contains(&"RolloutAborted".to_owned())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wiped_status_is_recovered_from_the_entry_service_and_the_serving_slot_survives() {
+    let client = cluster().await;
+    let ns = namespace(&client, "wiped").await;
+    let spec =
+        json!({"version": "1.0.0", "strategy": {"blueGreen": {"scaleDownDelaySeconds": 3600}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green")
+    );
+
+    // A restored backup without status.
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    assert!(get_app(&client, &ns, "demo").await.status.is_none());
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.active_slot.map(|s| s.as_str()), Some("green"));
+    assert!(status.rollout.is_none(), "green runs the spec");
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green"),
+        "traffic never left the serving slot"
+    );
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-green").await.0,
+        "ghcr.io/messenger/messenger-chat:2.0.0"
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"ActiveSlotRecovered".to_owned())
+    );
+}
+
+/// A `/metrics` endpoint whose body the test sets.
+async fn metrics_endpoint() -> (u16, Arc<std::sync::Mutex<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = Arc::new(std::sync::Mutex::new(String::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = body.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let text = served.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, body)
+}
+
+fn gateway_metrics(ok: u64, errors: u64) -> String {
+    format!(
+        "http_server_requests_total{{method=\"GET\",route=\"/v1/chats\",status=\"200\"}} {ok}\n\
+         http_server_requests_total{{method=\"GET\",route=\"/v1/chats\",status=\"500\"}} {errors}\n"
+    )
+}
+
+#[tokio::test]
+async fn canary_analysis_reads_the_candidate_gateway_pods_and_aborts_on_errors() {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = cluster().await;
+    let ns = namespace(&client, "analysis").await;
+    let spec = json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {"steps": [
+        {"setWeight": 10},
+        {"analysis": {"maxErrorRate": 0.05, "intervalSeconds": 1, "minRequests": 10}},
+        {"setWeight": 50}
+    ]}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let (port, body) = metrics_endpoint().await;
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Metrics::register(&mut Registry::default()),
+            Some("tests".into()),
+        )
+        .with_scraper(Arc::new(messenger_operator::scrape::PodScraper {
+            port,
+            timeout: Duration::from_secs(2),
+        })),
+    );
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.rollout.as_ref().unwrap().weight, 10);
+
+    // The candidate slot's gateway pod, "running" on this machine (no kubelet here).
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let default: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    let _ = accounts.create(&PostParams::default(), &default).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "demo-gateway-green-1", "labels": {
+            "app.kubernetes.io/name": "messenger", "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": "gateway", "messenger.dev/slot": "green"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [{"name": "gateway", "image": "gateway:2.0.0"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "demo-gateway-green-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}})),
+    )
+    .await
+    .unwrap();
+
+    *body.lock().unwrap() = gateway_metrics(100, 0);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let baseline = status
+        .rollout
+        .as_ref()
+        .unwrap()
+        .analysis_baseline
+        .clone()
+        .expect("the first scrape is the baseline");
+    assert_eq!(baseline.sample.requests, 100.0);
+
+    // Over the interval: 100 more requests, half of them 5xx.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    *body.lock().unwrap() = gateway_metrics(150, 50);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let rollout = status.rollout.as_ref().unwrap();
+    assert_eq!(rollout.abort_reason.as_deref(), Some("AnalysisFailed"));
+    assert_eq!((rollout.analysis.failed, rollout.weight), (1, 0));
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+}
