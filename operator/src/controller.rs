@@ -194,6 +194,7 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     }
 
     let caps = ctx.capabilities().await?;
+    ensure_current(&ctx.client, &namespace, app).await?;
     // Observe, decide, build: the state machine sees the children as they are, not as the
     // last apply left them.
     let (deployments, entry) = observe_children(&ctx.client, &namespace, app).await?;
@@ -280,6 +281,30 @@ fn record_rollout_metrics(
             _ => {}
         }
     }
+}
+
+/// Refuses to act on an app older than the one stored: a decision from a stale cache could
+/// prune the candidate slot or move traffic back even when its status equals the old one
+/// (and so is never written, which would have caught it). One metadata read per reconcile.
+async fn ensure_current(client: &Client, namespace: &str, app: &MessengerApp) -> Result<()> {
+    // An app that never came from the server (benchmarks, unit tests) has nothing to compare.
+    let Some(seen) = app.resource_version() else {
+        return Ok(());
+    };
+    let api: Api<MessengerApp> = Api::namespaced(client.clone(), namespace);
+    let current = api
+        .get_metadata(&app.name_any())
+        .await?
+        .resource_version()
+        .unwrap_or_default();
+    if current != seen {
+        return Err(Error::Stale {
+            what: format!("MessengerApp {namespace}/{}", app.name_any()),
+            seen,
+            current,
+        });
+    }
+    Ok(())
 }
 
 /// The app's Deployments (both slots) and its entry Service, as the API server has them.

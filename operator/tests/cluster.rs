@@ -1651,3 +1651,101 @@ async fn canary_analysis_reads_the_candidate_gateway_pods_and_aborts_on_errors()
         Some("blue")
     );
 }
+
+#[tokio::test]
+async fn a_status_computed_from_a_stale_app_is_refused() {
+    let client = cluster().await;
+    let ns = namespace(&client, "stale").await;
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    // A cache that has not seen the latest write yet.
+    let stale = get_app(&client, &ns, "demo").await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let fresh = get_app(&client, &ns, "demo").await;
+    assert!(fresh.status.as_ref().unwrap().rollout.is_some());
+    let error = reconcile(Arc::new(stale), ctx.clone())
+        .await
+        .expect_err("the stale decision must not be written");
+    assert!(
+        error.to_string().contains("changed since it was read"),
+        "{error}"
+    );
+    let after = get_app(&client, &ns, "demo").await;
+    assert_eq!(
+        after.status, fresh.status,
+        "the rollout did not move backwards"
+    );
+    assert!(
+        selected_slot(&client, &ns, "demo-gateway-preview")
+            .await
+            .is_some(),
+        "the candidate's preview is not pruned by the stale decision"
+    );
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-green").await.0,
+        "ghcr.io/messenger/messenger-chat:2.0.0"
+    );
+}
+
+#[tokio::test]
+async fn a_config_only_change_rolls_out_and_rolls_back_with_its_config() {
+    let client = cluster().await;
+    let ns = namespace(&client, "config").await;
+    let spec = json!({"version": "1.0.0", "config": {"REQUEST_TIMEOUT": "10s"}, "strategy": {"blueGreen": {"autoPromote": false}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let blue = configs.get("demo-config-blue").await.unwrap();
+
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"spec": {"config": {"REQUEST_TIMEOUT": "1s"}}}),
+    )
+    .await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert!(status.rollout.is_some(), "a config change is a rollout");
+    let green = configs.get("demo-config-green").await.unwrap();
+    assert_eq!(green.data.unwrap()["REQUEST_TIMEOUT"], "1s");
+    let blue_now = configs.get("demo-config-blue").await.unwrap();
+    assert_eq!(
+        (blue_now.resource_version(), blue_now.data.clone()),
+        (blue.resource_version(), blue.data.clone()),
+        "the serving slot keeps its config"
+    );
+
+    // GitOps revert: the config goes back; traffic never left blue, which still has it.
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"spec": {"config": {"REQUEST_TIMEOUT": "10s"}}}),
+    )
+    .await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert!(status.rollout.is_none());
+    assert_eq!(status.phase, Some(Phase::Healthy));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+    assert_eq!(
+        configs.get("demo-config-blue").await.unwrap().data.unwrap()["REQUEST_TIMEOUT"],
+        "10s"
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"RolledBack".to_owned())
+    );
+}
