@@ -1749,3 +1749,83 @@ async fn a_config_only_change_rolls_out_and_rolls_back_with_its_config() {
             .contains(&"RolledBack".to_owned())
     );
 }
+
+#[tokio::test]
+async fn operator_process_killed_mid_canary_resumes_with_the_same_weights() {
+    let client = cluster().await;
+    install_http_route_crd(&client).await;
+    let ns = namespace(&client, "killed").await;
+    let spec = json!({"version": "1.0.0",
+    "ingress": {"host": "messenger.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}},
+    "strategy": {"type": "Canary", "canary": {"steps": [
+        {"setWeight": 30}, {"pause": {}}, {"setWeight": 70}, {"pause": {}}
+    ]}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let apps: Api<MessengerApp> = Api::namespaced(client.clone(), &ns);
+    let phase_is = |phase: Phase| {
+        let apps = apps.clone();
+        move || {
+            let apps = apps.clone();
+            async move {
+                let app = apps.get("demo").await.ok()?;
+                (app.status?.phase == Some(phase)).then_some(())
+            }
+        }
+    };
+    let operator = spawn_operator(&ns, "operator-a");
+    eventually("the blue slot exists", Duration::from_secs(30), || async {
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("demo-gateway-blue")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    eventually("Healthy", Duration::from_secs(30), phase_is(Phase::Healthy)).await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    eventually("the green slot exists", Duration::from_secs(30), || async {
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("demo-users-green")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    eventually(
+        "paused at 30",
+        Duration::from_secs(30),
+        phase_is(Phase::Paused),
+    )
+    .await;
+    assert_eq!(router_weights(&client, &ns, "gatewayAPI").await, (30, 70));
+    let before = get_app(&client, &ns, "demo").await.status.unwrap();
+
+    drop(operator); // SIGKILL mid-rollout
+    let operator = spawn_operator(&ns, "operator-b");
+    // The new process leads (lease expiry) and reconciles; nothing moves while paused.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(router_weights(&client, &ns, "gatewayAPI").await, (30, 70));
+    let after = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(
+        after.rollout, before.rollout,
+        "the rollout continues from status"
+    );
+    assert_eq!(after.slots, before.slots);
+
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"metadata": {"annotations": {"messenger.dev/promote": "1"}}}),
+    )
+    .await;
+    eventually(
+        "the restarted operator takes the next step",
+        Duration::from_secs(30),
+        || async { (router_weights(&client, &ns, "gatewayAPI").await == (70, 30)).then_some(()) },
+    )
+    .await;
+    drop(operator);
+}
