@@ -1205,3 +1205,43 @@ fn preview_host_reaches_the_candidate_only_during_a_rollout() {
         );
     }
 }
+
+/// Kafka consumers of the candidate slot join the stable slot's consumer groups (README,
+/// "Kafka consumers in the candidate slot"): both slots get the same brokers and nothing
+/// that would give a slot a group, topic or client identity of its own.
+#[test]
+fn both_slots_consume_kafka_with_the_same_settings() {
+    let mut app = full_app();
+    let status = mid_rollout(&mut app, 20);
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    for component in Component::ALL {
+        let blue = deployment_named(&children, &format!("chat-prod-{component}-blue"));
+        let green = deployment_named(&children, &format!("chat-prod-{component}-green"));
+        assert_eq!(
+            env_value(blue, "KAFKA_BROKERS"),
+            env_value(green, "KAFKA_BROKERS"),
+            "{component}"
+        );
+        for deployment in [blue, green] {
+            let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+            let kafka_specific: Vec<&str> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.as_str())
+                .filter(|n| n.contains("GROUP") || n.contains("TOPIC") || n.contains("CLIENT_ID"))
+                .collect();
+            assert_eq!(kafka_specific, Vec::<&str>::new(), "{component}");
+        }
+    }
+    for config in &children.config_maps {
+        let keys: Vec<&String> = config
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .filter(|k| k.contains("GROUP") || k.contains("TOPIC"))
+            .collect();
+        assert_eq!(keys, Vec::<&String>::new());
+    }
+}
