@@ -326,6 +326,8 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: Option<i64>,
+    /// Background analysis: measured during the whole canary once the new slot carries
+    /// traffic; a failure (at `failureLimit`) aborts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<CanaryAnalysis>,
 }
@@ -449,6 +451,9 @@ pub struct RolloutStatus {
     /// The candidate gateways' counters at the start of the running measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_baseline: Option<AnalysisBaseline>,
+    /// The same for the background analysis (`strategy.canary.analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_baseline: Option<AnalysisBaseline>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

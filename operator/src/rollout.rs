@@ -209,6 +209,8 @@ fn record_slot(
 struct Settings {
     strategy: StrategyType,
     steps: Vec<CanaryStep>,
+    /// `strategy.canary.analysis`: measured during the whole canary once it has traffic.
+    background: Option<crate::crd::CanaryAnalysis>,
     auto_promote: bool,
     auto_promote_after: i64,
     scale_down_delay: i64,
@@ -229,6 +231,7 @@ impl Settings {
         Settings {
             strategy: strategy.type_,
             steps: canary.steps,
+            background: canary.analysis,
             auto_promote: blue_green.auto_promote.unwrap_or(true),
             auto_promote_after: blue_green.auto_promote_after_seconds.unwrap_or(0),
             scale_down_delay: scale_down_delay.unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
@@ -402,6 +405,7 @@ fn start(step: &mut Step, stable: Slot, template: SlotTemplate, revision: String
         aborted_at: None,
         analysis: Default::default(),
         analysis_baseline: None,
+        background_baseline: None,
     });
     step.actions.push(RolloutAction::Started {
         candidate,
@@ -494,6 +498,36 @@ fn progress(
         .available_at
         .get_or_insert_with(|| now.clone())
         .clone();
+    if background_analysis_due(settings, &rollout) {
+        let thresholds = settings.background.clone().unwrap_or_default();
+        let verdict = observed.analysis.or_else(|| {
+            measure_with(
+                step,
+                &mut rollout,
+                &thresholds,
+                observed,
+                now,
+                Baseline::Background,
+            )
+        });
+        if let Some(verdict) = verdict {
+            step.actions.push(RolloutAction::Analysis(verdict));
+            match verdict {
+                Verdict::Successful => rollout.analysis.successful += 1,
+                // Little traffic at a small weight is normal: background analysis only
+                // aborts on failures.
+                Verdict::Inconclusive => rollout.analysis.inconclusive += 1,
+                Verdict::Failed => {
+                    rollout.analysis.failed += 1;
+                    if rollout.analysis.failed >= thresholds.failure_limit.unwrap_or(1) {
+                        step.status.rollout = Some(rollout);
+                        abort(step, settings, "BackgroundAnalysisFailed".to_owned(), now);
+                        return;
+                    }
+                }
+            }
+        }
+    }
     if settings.paused {
         step.paused = true;
         step.actions
@@ -621,16 +655,38 @@ pub fn wants_gateway_metrics(app: &MessengerApp) -> Option<Slot> {
         .rollout
         .as_ref()
         .filter(|r| r.abort_reason.is_none())?;
-    let steps = &app.spec.strategy.canary.as_ref()?.steps;
+    let canary = app.spec.strategy.canary.as_ref()?;
     let index = usize::try_from(rollout.step_index).ok()?;
-    steps
+    let at_analysis_step = canary
+        .steps
         .get(index)
-        .filter(|s| s.analysis.is_some())
-        .map(|_| rollout.candidate)
+        .is_some_and(|s| s.analysis.is_some());
+    let background = canary.analysis.is_some() && rollout.weight > 0;
+    (at_analysis_step || background).then_some(rollout.candidate)
 }
 
 /// One analysis measurement: the first scrape of a step becomes the baseline; once the
 /// interval has passed, the next scrape is judged against it and becomes the new baseline.
+/// The background analysis runs in a canary whose candidate carries traffic, except while
+/// an analysis step measures (one scrape cannot serve two baselines).
+fn background_analysis_due(settings: &Settings, rollout: &RolloutStatus) -> bool {
+    let at_analysis_step = usize::try_from(rollout.step_index)
+        .ok()
+        .and_then(|i| settings.steps.get(i))
+        .is_some_and(|s| s.analysis.is_some());
+    settings.strategy == StrategyType::Canary
+        && settings.background.is_some()
+        && rollout.weight > 0
+        && !at_analysis_step
+}
+
+/// Which baseline a measurement uses.
+#[derive(Clone, Copy)]
+enum Baseline {
+    Step,
+    Background,
+}
+
 fn measure(
     step: &mut Step,
     rollout: &mut RolloutStatus,
@@ -638,6 +694,21 @@ fn measure(
     observed: &Observed,
     now: &Time,
 ) -> Option<Verdict> {
+    measure_with(step, rollout, thresholds, observed, now, Baseline::Step)
+}
+
+fn measure_with(
+    step: &mut Step,
+    rollout: &mut RolloutStatus,
+    thresholds: &crate::crd::CanaryAnalysis,
+    observed: &Observed,
+    now: &Time,
+    which: Baseline,
+) -> Option<Verdict> {
+    let slot = match which {
+        Baseline::Step => &mut rollout.analysis_baseline,
+        Baseline::Background => &mut rollout.background_baseline,
+    };
     let interval = thresholds
         .interval_seconds
         .unwrap_or(DEFAULT_INTERVAL_SECONDS);
@@ -650,8 +721,8 @@ fn measure(
         taken_at: now.clone(),
         sample: current.clone(),
     };
-    let Some(baseline) = rollout.analysis_baseline.clone() else {
-        rollout.analysis_baseline = Some(fresh);
+    let Some(baseline) = slot.clone() else {
+        *slot = Some(fresh);
         step.wake_in(Duration::from_secs(interval as u64));
         return None;
     };
@@ -660,7 +731,7 @@ fn measure(
         step.wake_in(until(now, due));
         return None;
     }
-    rollout.analysis_baseline = Some(fresh);
+    *slot = Some(fresh);
     step.wake_in(Duration::from_secs(interval as u64));
     Some(judge(&baseline.sample, current, thresholds))
 }

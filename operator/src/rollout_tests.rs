@@ -821,3 +821,62 @@ fn reaching_the_failure_limit_aborts() {
     assert_eq!(rollout.abort_reason.as_deref(), Some("AnalysisFailed"));
     assert_eq!(run.weights(), (100, 0));
 }
+
+#[test]
+fn background_analysis_aborts_a_canary_during_a_pause() {
+    use crate::analysis::MetricsSample;
+    let mut run = steady(
+        serde_json::json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {
+            "analysis": {"maxErrorRate": 0.05, "intervalSeconds": 30, "minRequests": 10},
+            "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}]
+        }}}),
+    );
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    let sample = |requests: f64, errors: f64| {
+        Some(MetricsSample {
+            requests,
+            errors,
+            buckets: Vec::new(),
+        })
+    };
+    run.observed.gateway_metrics = sample(0.0, 0.0);
+    run.step(11);
+    assert_eq!(run.weights(), (90, 10));
+    assert!(
+        run.status()
+            .rollout
+            .as_ref()
+            .unwrap()
+            .background_baseline
+            .is_none(),
+        "no measurement before the candidate carries traffic"
+    );
+    let paused = run.step(12);
+    assert!(paused.paused);
+    assert!(
+        run.status()
+            .rollout
+            .as_ref()
+            .unwrap()
+            .background_baseline
+            .is_some()
+    );
+    run.observed.gateway_metrics = sample(100.0, 1.0);
+    run.step(42);
+    assert_eq!(
+        run.status().rollout.as_ref().unwrap().analysis.successful,
+        1
+    );
+    run.observed.gateway_metrics = sample(200.0, 31.0);
+    let aborted = run.step(72);
+    assert!(
+        aborted
+            .actions
+            .contains(&RolloutAction::Aborted("BackgroundAnalysisFailed".into())),
+        "{:?}",
+        aborted.actions
+    );
+    assert_eq!(run.weights(), (100, 0));
+}
