@@ -6,6 +6,15 @@
 #   make k8s-undeploy       remove the sample, the dependencies and the operator (keeps the cluster)
 #   make k8s-cluster-delete delete the kind cluster / stop minikube
 #
+# Rollouts (through `kubectl messenger rollout`, built from this tree):
+#   make k8s-blue-green       the blue-green sample at K8S_VERSION
+#   make k8s-apply-green      roll K8S_NEW_VERSION into the other slot and switch to it
+#   make k8s-apply-blue       roll K8S_VERSION back in and switch to it
+#   make k8s-canary           the canary sample at K8S_VERSION
+#   make k8s-canary-migrate   start a canary to K8S_NEW_VERSION and step through it
+#   make k8s-canary-apply     promote the canary fully now
+#   make k8s-canary-rollback  abort: all traffic back at once, spec back to K8S_VERSION
+#
 # Needs: docker, kubectl (>= 1.23), and kind or minikube. See docs/deploy.md.
 
 K8S_CLUSTER_TOOL ?= $(shell if command -v kind >/dev/null 2>&1; then echo kind; elif command -v minikube >/dev/null 2>&1; then echo minikube; else echo none; fi)
@@ -23,9 +32,18 @@ K8S_APP_HOSTS ?= messenger.local preview.messenger.local
 INGRESS_NGINX_VERSION ?= controller-v1.12.1
 INGRESS_NGINX_KIND_MANIFEST ?= https://raw.githubusercontent.com/kubernetes/ingress-nginx/$(INGRESS_NGINX_VERSION)/deploy/static/provider/kind/deploy.yaml
 K8S_WAIT_TIMEOUT ?= 300s
+# The version rollouts move to (build it with `make k8s-images K8S_VERSION=...`).
+K8S_NEW_VERSION ?= 0.2.0
+K8S_BG_SAMPLE ?= config/samples/messengerapp_blue_green.yaml
+K8S_BG_APP ?= messenger-bg
+K8S_CANARY_SAMPLE ?= config/samples/messengerapp_canary.yaml
+K8S_CANARY_APP ?= messenger-canary-nginx
+ROLLOUT ?= cargo run -q --locked -p messenger-operator --bin kubectl-messenger -- rollout
 
 .PHONY: k8s-deploy-all k8s-undeploy k8s-cluster k8s-cluster-delete k8s-ingress k8s-images \
-        k8s-operator k8s-dependencies k8s-sample k8s-hosts k8s-urls k8s-check-tools
+        k8s-operator k8s-dependencies k8s-sample k8s-hosts k8s-urls k8s-check-tools \
+        k8s-blue-green k8s-apply-green k8s-apply-blue k8s-canary k8s-canary-migrate \
+        k8s-canary-apply k8s-canary-rollback
 
 k8s-deploy-all: ## kind/minikube cluster (if absent), ingress, images, CRD, operator, dependencies, sample app
 	@$(MAKE) --no-print-directory k8s-check-tools
@@ -113,7 +131,7 @@ k8s-sample:
 	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}' \
 	  | $(KUBECTL) apply -f -
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) wait messengerapp/$(K8S_APP_NAME) \
-	  --for=jsonpath='{.status.phase}'=Ready --timeout=$(K8S_WAIT_TIMEOUT)
+	  --for=jsonpath='{.status.phase}'=Healthy --timeout=$(K8S_WAIT_TIMEOUT)
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(K8S_APP_NAME)
 
 # kind maps the node's ports 80/443 to the host; minikube's ingress answers on its node IP.
@@ -143,3 +161,60 @@ k8s-undeploy: ## remove the sample app, the dependencies and the operator (keeps
 	-$(KUBECTL) delete -k config/dependencies --ignore-not-found
 	-$(KUBECTL) delete -k config/default --ignore-not-found
 	@echo "k8s: the /etc/hosts entries marked '# messenger k8s-deploy-all' are left in place; the cluster is kept (make k8s-cluster-delete)"
+
+# --- Rollouts -----------------------------------------------------------------------------
+
+# Applies SAMPLE at K8S_VERSION and waits until it is Healthy.
+define apply_sample
+	$(KUBECTL) patch --local -f $(1) -o yaml --type merge \
+	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}' \
+	  | $(KUBECTL) apply -f -
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) wait messengerapp/$(2) \
+	  --for=jsonpath='{.status.phase}'=Healthy --timeout=$(K8S_WAIT_TIMEOUT)
+	$(ROLLOUT) status $(2) -n $(K8S_APP_NAMESPACE)
+endef
+
+# Sets the version, promotes whenever the rollout waits for it (once the operator has
+# acknowledged the previous promote), until it is Healthy at that version.
+define roll_to
+	$(ROLLOUT) set-version $(1) $(2) -n $(K8S_APP_NAMESPACE)
+	@set -e; deadline=$$(( $$(date +%s) + 900 )); \
+	while :; do \
+	  sleep 3; \
+	  phase=$$($(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(1) -o jsonpath='{.status.phase}'); \
+	  version=$$($(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(1) -o jsonpath='{.status.stableVersion}'); \
+	  echo "k8s: $(1) $$phase (stable $$version)"; \
+	  if [ "$$phase" = Healthy ] && [ "$$version" = "$(2)" ]; then break; fi; \
+	  if [ "$$phase" = Degraded ]; then $(ROLLOUT) status $(1) -n $(K8S_APP_NAMESPACE); exit 1; fi; \
+	  asked=$$($(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(1) -o jsonpath='{.metadata.annotations.messenger\.dev/promote}'); \
+	  done_=$$($(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(1) -o jsonpath='{.status.acknowledged.messenger\.dev/promote}'); \
+	  if [ "$$phase" = Paused ] && [ "$$asked" = "$$done_" ]; then $(ROLLOUT) promote $(1) -n $(K8S_APP_NAMESPACE); fi; \
+	  if [ $$(date +%s) -gt $$deadline ]; then echo "k8s: $(1) did not finish"; exit 1; fi; \
+	done
+	$(ROLLOUT) status $(1) -n $(K8S_APP_NAMESPACE)
+endef
+
+k8s-blue-green: ## the blue-green sample app at K8S_VERSION
+	$(call apply_sample,$(K8S_BG_SAMPLE),$(K8S_BG_APP))
+
+k8s-apply-green: ## blue-green: roll K8S_NEW_VERSION into the other slot and switch to it
+	$(call roll_to,$(K8S_BG_APP),$(K8S_NEW_VERSION))
+
+k8s-apply-blue: ## blue-green: roll K8S_VERSION back in and switch to it
+	$(call roll_to,$(K8S_BG_APP),$(K8S_VERSION))
+
+k8s-canary: ## the canary sample app at K8S_VERSION
+	$(call apply_sample,$(K8S_CANARY_SAMPLE),$(K8S_CANARY_APP))
+
+k8s-canary-migrate: ## canary: to K8S_NEW_VERSION step by step (promotes each pause)
+	$(call roll_to,$(K8S_CANARY_APP),$(K8S_NEW_VERSION))
+
+k8s-canary-apply: ## canary: promote fully now
+	$(ROLLOUT) promote --full $(K8S_CANARY_APP) -n $(K8S_APP_NAMESPACE)
+
+k8s-canary-rollback: ## canary: abort (all traffic back at once) and set the version back
+	$(ROLLOUT) abort $(K8S_CANARY_APP) -n $(K8S_APP_NAMESPACE)
+	$(ROLLOUT) set-version $(K8S_CANARY_APP) $(K8S_VERSION) -n $(K8S_APP_NAMESPACE)
+	$(KUBECTL) -n $(K8S_APP_NAMESPACE) wait messengerapp/$(K8S_CANARY_APP) \
+	  --for=jsonpath='{.status.phase}'=Healthy --timeout=$(K8S_WAIT_TIMEOUT)
+	$(ROLLOUT) status $(K8S_CANARY_APP) -n $(K8S_APP_NAMESPACE)

@@ -79,7 +79,7 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         metrics.observe(std::time::Duration::from_millis(30), None);
         metrics.observe(std::time::Duration::from_millis(10), Some("api"));
-        metrics.set_phase("team", "chat", Phase::Ready);
+        metrics.set_phase("team", "chat", Phase::Healthy);
         let ready = Arc::new(AtomicBool::new(false));
         let router = app(AdminState {
             registry: Arc::new(registry),
@@ -101,7 +101,7 @@ mod tests {
             "messenger_operator_reconciles_total 2",
             "messenger_operator_reconcile_errors_total{error=\"api\"} 1",
             "messenger_operator_reconcile_duration_seconds_count 2",
-            "messenger_operator_app_phase{namespace=\"team\",name=\"chat\",phase=\"Ready\"} 1",
+            "messenger_operator_app_phase{namespace=\"team\",name=\"chat\",phase=\"Healthy\"} 1",
             "messenger_operator_app_phase{namespace=\"team\",name=\"chat\",phase=\"Degraded\"} 0",
         ] {
             assert!(body.contains(expected), "missing {expected:?} in:\n{body}");

@@ -3,16 +3,19 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -21,9 +24,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::component::Component;
-use crate::crd::{MessengerApp, SecretKeyRef, Slot, TrafficRouter};
+use crate::component::{Component, INTERNAL_AUTH_KEY_ENV};
+use crate::crd::{
+    MessengerApp, MessengerAppStatus, SecretKeyRef, Slot, SlotTemplate, StrategyType, TrafficRouter,
+};
 use crate::httproute::{HTTPRoute, HttpBackendRef, HttpRouteRule, HttpRouteSpec, ParentReference};
+use crate::rollout::revision;
 
 /// The one field manager every server-side apply of the operator uses.
 pub const FIELD_MANAGER: &str = "messenger-operator";
@@ -35,9 +41,15 @@ pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_SLOT: &str = "messenger.dev/slot";
 pub const CONFIG_HASH_ANNOTATION: &str = "messenger.dev/config-hash";
+/// Hash over all of a slot's inputs, on its Deployments' pod templates.
+pub const REVISION_ANNOTATION: &str = "messenger.dev/revision";
+pub const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
+pub const NGINX_CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
 /// Value of `app.kubernetes.io/managed-by` on every child; the owned-object watches filter on it.
 pub const MANAGED_BY: &str = "messenger-operator";
 const APP_NAME: &str = "messenger";
+/// `app.kubernetes.io/name` of the operator's own pods (config/manager).
+pub const OPERATOR_POD_NAME: &str = "messenger-operator";
 /// Non-root user of the distroless images.
 const RUN_AS_USER: i64 = 65532;
 
@@ -67,6 +79,11 @@ pub struct Children {
     pub ingresses: Vec<Ingress>,
     pub http_routes: Vec<HTTPRoute>,
     pub pdbs: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
+    /// The entry and preview Services: traffic, applied only after the status is written.
+    pub traffic_services: Vec<Service>,
+    /// Slots whose objects must never be pruned (the serving one, even when unrecorded).
+    pub protected_slots: Vec<Slot>,
     /// Objects the spec asks for that the cluster cannot hold (missing APIs).
     pub skipped: Vec<String>,
 }
@@ -80,6 +97,8 @@ impl Children {
             + self.ingresses.len()
             + self.http_routes.len()
             + self.pdbs.len()
+            + self.network_policies.len()
+            + self.traffic_services.len()
     }
 }
 
@@ -94,6 +113,31 @@ pub fn config_map_name(app: &MessengerApp, slot: Slot) -> String {
 /// The Service clients (and the Ingress) use; it selects the stable slot's gateway.
 pub fn entry_service_name(app: &MessengerApp) -> String {
     format!("{}-gateway", app.name_any())
+}
+
+/// The Service that reaches the candidate slot's gateway before any user traffic does.
+pub fn preview_service_name(app: &MessengerApp) -> String {
+    format!("{}-gateway-preview", app.name_any())
+}
+
+/// The nginx canary Ingress. App names are DNS labels (no dots), so `<app>.canary` can
+/// never be another app's Ingress.
+pub fn canary_ingress_name(app: &MessengerApp) -> String {
+    format!("{}.canary", app.name_any())
+}
+
+/// The Secret holding the app's internal-trust key (created once, never rewritten).
+pub fn internal_key_secret_name(app: &MessengerApp) -> String {
+    format!("{}-internal-key", app.name_any())
+}
+
+/// Key of the internal-trust key in its Secret.
+pub const INTERNAL_KEY_SECRET_KEY: &str = "internal-auth-key";
+/// Random bytes behind the internal-trust key (hex-encoded into the Secret: 96 characters).
+pub const INTERNAL_KEY_BYTES: usize = 48;
+
+pub fn network_policy_name(app: &MessengerApp, slot: Slot) -> String {
+    format!("{}-{slot}", app.name_any())
 }
 
 pub fn service_account_name(app: &MessengerApp) -> String {
@@ -133,6 +177,15 @@ fn common_labels(app: &MessengerApp) -> BTreeMap<String, String> {
         (LABEL_VERSION.to_owned(), app.spec.version.clone()),
         (LABEL_PART_OF.to_owned(), APP_NAME.to_owned()),
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ])
+}
+
+/// Labels of every pod of one app in one slot, whatever the component.
+pub fn slot_pod_labels(app: &MessengerApp, slot: Slot) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
+        (LABEL_INSTANCE.to_owned(), app.name_any()),
+        (LABEL_SLOT.to_owned(), slot.as_str().to_owned()),
     ])
 }
 
@@ -225,6 +278,99 @@ pub fn build_config_map(app: &MessengerApp, slot: Slot) -> ConfigMap {
     }
 }
 
+/// The Secret with the internal-trust key every component verifies calls with. `key` is
+/// random bytes from the caller, so this stays pure; the controller only ever *creates* it,
+/// so a later reconcile never replaces a key that running pods hold. No version label: the
+/// object is never rewritten, so it would go stale.
+pub fn build_internal_key_secret(app: &MessengerApp, key: &[u8]) -> Secret {
+    let mut labels = common_labels(app);
+    labels.remove(LABEL_VERSION);
+    Secret {
+        metadata: meta(app, internal_key_secret_name(app), labels),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            INTERNAL_KEY_SECRET_KEY.to_owned(),
+            ByteString(hex::encode(key).into_bytes()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn tcp_ports(ports: impl IntoIterator<Item = i32>) -> Vec<NetworkPolicyPort> {
+    ports
+        .into_iter()
+        .map(|port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_owned()),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
+/// Who may reach one slot's pods: the internal gRPC ports only from the same slot's pods of
+/// this app (a track never calls across slots), the gateway's HTTP port from anywhere (the
+/// Ingress controller or Gateway lives elsewhere), and the admin ports from any pod in the
+/// namespace (probes, scraping). Everything else to these pods is dropped by CNIs that
+/// enforce NetworkPolicy.
+pub fn build_network_policy(app: &MessengerApp, slot: Slot) -> NetworkPolicy {
+    let own_pods = LabelSelector {
+        match_labels: Some(slot_pod_labels(app, slot)),
+        ..LabelSelector::default()
+    };
+    let internal = Component::ALL
+        .into_iter()
+        .filter(|c| *c != Component::Gateway)
+        .map(Component::api_port);
+    NetworkPolicy {
+        metadata: meta(
+            app,
+            network_policy_name(app, slot),
+            slot_labels(app, None, slot),
+        ),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(own_pods.clone()),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(own_pods),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(tcp_ports(internal)),
+                },
+                // No `from`: every source.
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(tcp_ports([Component::Gateway.api_port()])),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![
+                        // An empty pod selector without a namespace selector: this namespace.
+                        NetworkPolicyPeer {
+                            pod_selector: Some(LabelSelector::default()),
+                            ..NetworkPolicyPeer::default()
+                        },
+                        // The operator's pods, wherever they run, scrape for canary analysis.
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector::default()),
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    LABEL_NAME.to_owned(),
+                                    OPERATOR_POD_NAME.to_owned(),
+                                )])),
+                                ..LabelSelector::default()
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        },
+                    ]),
+                    ports: Some(tcp_ports(Component::ALL.map(Component::admin_port))),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
 pub fn build_service_account(app: &MessengerApp) -> ServiceAccount {
     ServiceAccount {
         metadata: meta(app, service_account_name(app), common_labels(app)),
@@ -295,6 +441,13 @@ pub fn component_env(app: &MessengerApp, component: Component) -> Vec<EnvVar> {
     {
         env.push(secret_env("MONGODB_URI", secret));
     }
+    env.push(secret_env(
+        INTERNAL_AUTH_KEY_ENV,
+        &SecretKeyRef {
+            name: internal_key_secret_name(app),
+            key: INTERNAL_KEY_SECRET_KEY.to_owned(),
+        },
+    ));
     env.extend(component.spec(&app.spec).env.iter().cloned());
     env
 }
@@ -351,6 +504,10 @@ pub fn build_deployment(app: &MessengerApp, component: Component, slot: Slot) ->
         (
             CONFIG_HASH_ANNOTATION.to_owned(),
             config_hash(&config_data(app, slot)),
+        ),
+        (
+            REVISION_ANNOTATION.to_owned(),
+            revision(&SlotTemplate::of(&app.spec)),
         ),
     ]);
     let container = Container {
@@ -491,16 +648,25 @@ pub fn build_service(app: &MessengerApp, component: Component, slot: Slot) -> Se
 
 /// The gateway Service clients use, pointing at the stable slot.
 pub fn build_entry_service(app: &MessengerApp, stable: Slot) -> Service {
+    gateway_service(app, entry_service_name(app), stable)
+}
+
+/// The preview Service, pointing at the candidate slot's gateway.
+pub fn build_preview_service(app: &MessengerApp, candidate: Slot) -> Service {
+    gateway_service(app, preview_service_name(app), candidate)
+}
+
+fn gateway_service(app: &MessengerApp, name: String, slot: Slot) -> Service {
     let mut labels = common_labels(app);
     labels.insert(
         LABEL_COMPONENT.to_owned(),
         Component::Gateway.name().to_owned(),
     );
     Service {
-        metadata: meta(app, entry_service_name(app), labels),
+        metadata: meta(app, name, labels),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(app, Component::Gateway, stable)),
+            selector: Some(selector_labels(app, Component::Gateway, slot)),
             ports: Some(vec![ServicePort {
                 name: Some("http".to_owned()),
                 port: 80,
@@ -558,8 +724,96 @@ pub fn build_ingress(app: &MessengerApp) -> Option<Ingress> {
     })
 }
 
-/// The HTTPRoute for `gatewayAPI`: all weight on the stable slot's gateway Service.
+/// The preview route: `strategy.blueGreen.previewHost` to the candidate slot's gateway
+/// while a rollout runs — an Ingress to the preview Service, or for `gatewayAPI` an
+/// HTTPRoute to the candidate gateway. Named `<app>.preview` (app names have no dots).
+pub fn build_preview_routes(
+    app: &MessengerApp,
+    candidate: Slot,
+) -> (Option<Ingress>, Option<HTTPRoute>) {
+    let Some(host) = app
+        .spec
+        .strategy
+        .blue_green
+        .as_ref()
+        .and_then(|b| b.preview_host.clone())
+    else {
+        return (None, None);
+    };
+    let Some(spec) = app.spec.ingress.as_ref() else {
+        return (None, None);
+    };
+    let name = format!("{}.preview", app.name_any());
+    if spec.router == TrafficRouter::GatewayApi {
+        let route = build_weighted_http_route(app, &[(candidate, 100)]).map(|mut route| {
+            route.metadata.name = Some(name);
+            route.spec.hostnames = vec![host];
+            route
+        });
+        return (None, route);
+    }
+    let ingress = build_ingress(app).map(|mut ingress| {
+        ingress.metadata.name = Some(name);
+        if let Some(rule) = ingress
+            .spec
+            .as_mut()
+            .and_then(|s| s.rules.as_mut())
+            .and_then(|r| r.first_mut())
+        {
+            rule.host = Some(host.clone());
+            if let Some(service) = rule
+                .http
+                .as_mut()
+                .and_then(|h| h.paths.first_mut())
+                .and_then(|p| p.backend.service.as_mut())
+            {
+                service.name = preview_service_name(app);
+            }
+        }
+        if let Some(tls) = ingress.spec.as_mut().and_then(|s| s.tls.as_mut()) {
+            for entry in tls {
+                entry.hosts = Some(vec![host.clone()]);
+            }
+        }
+        ingress
+    });
+    (ingress, None)
+}
+
+/// The nginx canary Ingress sending `weight`% of the host's requests to the candidate
+/// slot's gateway, or `None` unless the router is `ingressNginx`.
+pub fn build_canary_ingress(app: &MessengerApp, candidate: Slot, weight: i32) -> Option<Ingress> {
+    let spec = app.spec.ingress.as_ref()?;
+    if spec.router != TrafficRouter::IngressNginx {
+        return None;
+    }
+    let mut ingress = build_ingress(app)?;
+    ingress.metadata.name = Some(canary_ingress_name(app));
+    ingress.metadata.annotations = Some(BTreeMap::from([
+        (NGINX_CANARY.to_owned(), "true".to_owned()),
+        (NGINX_CANARY_WEIGHT.to_owned(), weight.to_string()),
+    ]));
+    let rule_backend = ingress
+        .spec
+        .as_mut()
+        .and_then(|s| s.rules.as_mut())
+        .and_then(|r| r.first_mut())
+        .and_then(|r| r.http.as_mut())
+        .and_then(|h| h.paths.first_mut())
+        .and_then(|p| p.backend.service.as_mut());
+    if let Some(service) = rule_backend {
+        service.name = workload_name(app, Component::Gateway, candidate);
+    }
+    Some(ingress)
+}
+
+/// The HTTPRoute for `gatewayAPI` with all weight on the stable slot's gateway Service.
 pub fn build_http_route(app: &MessengerApp, stable: Slot) -> Option<HTTPRoute> {
+    build_weighted_http_route(app, &[(stable, 100)])
+}
+
+/// The HTTPRoute for `gatewayAPI`, one weighted backendRef per serving slot.
+pub fn build_weighted_http_route(app: &MessengerApp, weights: &[(Slot, i32)]) -> Option<HTTPRoute> {
     let ingress = app.spec.ingress.as_ref()?;
     if ingress.router != TrafficRouter::GatewayApi {
         return None;
@@ -575,11 +829,14 @@ pub fn build_http_route(app: &MessengerApp, stable: Slot) -> Option<HTTPRoute> {
             }],
             hostnames: vec![ingress.host.clone()],
             rules: vec![HttpRouteRule {
-                backend_refs: vec![HttpBackendRef {
-                    name: workload_name(app, Component::Gateway, stable),
-                    port: Component::Gateway.api_port(),
-                    weight: 100,
-                }],
+                backend_refs: weights
+                    .iter()
+                    .map(|(slot, weight)| HttpBackendRef {
+                        name: workload_name(app, Component::Gateway, *slot),
+                        port: Component::Gateway.api_port(),
+                        weight: *weight,
+                    })
+                    .collect(),
             }],
         },
     );
@@ -613,32 +870,166 @@ pub fn build_pdb(
     })
 }
 
-/// Every child of the app for its stable slot, leaving out kinds the cluster does not serve.
+/// For a canary without a traffic router (`router: none`, or no `ingress`) at a weight
+/// strictly between 0 and 100: the candidate slot and how many gateway replicas it runs so
+/// that its share of the gateways behind the one entry Service approximates the weight
+/// (`ceil(stable * w / (100 - w))`, at least one). The stable slot is never resized.
+pub fn replica_weighted_canary(
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+) -> Option<(Slot, i32)> {
+    let routed = app
+        .spec
+        .ingress
+        .as_ref()
+        .is_some_and(|i| i.router != TrafficRouter::None);
+    if routed || app.spec.strategy.type_ != StrategyType::Canary {
+        return None;
+    }
+    let stable = status.active_slot.unwrap_or_default();
+    let rollout = status
+        .rollout
+        .as_ref()
+        .filter(|r| r.candidate != stable && r.abort_reason.is_none())?;
+    let weight = rollout.weight;
+    if !(1..100).contains(&weight) {
+        return None;
+    }
+    let stable_gateways = status
+        .slots
+        .iter()
+        .find(|s| s.name == stable)
+        .and_then(|s| s.template.as_ref())
+        .map_or(1, |t| t.components.gateway.replicas)
+        .max(1);
+    let replicas = (stable_gateways * weight + (100 - weight) - 1) / (100 - weight);
+    Some((rollout.candidate, replicas.clamp(1, 100)))
+}
+
+/// `app` as one slot sees it: the slot's recorded inputs in place of the spec's, so a spec
+/// change never reaches a slot that was rendered before it.
+pub fn app_for_slot(app: &MessengerApp, template: &SlotTemplate) -> MessengerApp {
+    let mut view = MessengerApp {
+        metadata: app.metadata.clone(),
+        spec: app.spec.clone(),
+        status: None,
+    };
+    view.spec.version = template.version.clone();
+    view.spec.image = template.image.clone();
+    view.spec.components = template.components.clone();
+    view.spec.dependencies = template.dependencies.clone();
+    view.spec.config = template.config.clone();
+    view.spec.log_level = template.log_level.clone();
+    view
+}
+
+/// The status a brand-new app's first reconcile would record: blue at the spec.
+pub fn initial_status(app: &MessengerApp) -> MessengerAppStatus {
+    crate::rollout::next_state(
+        app,
+        &crate::rollout::Observed::default(),
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+    )
+    .status
+}
+
+/// Every child of the app for the slots `status` records (each from its own revision) and
+/// the traffic objects for its weights, leaving out kinds the cluster does not serve.
 pub fn build_children(app: &MessengerApp, caps: ApiCapabilities) -> Children {
-    let slot = app.stable_slot();
+    let status = app.status.clone().unwrap_or_else(|| initial_status(app));
+    build_children_for(app, &status, caps)
+}
+
+pub fn build_children_for(
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+    caps: ApiCapabilities,
+) -> Children {
+    let stable = status.active_slot.unwrap_or_default();
     let mut children = Children {
         service_accounts: vec![build_service_account(app)],
-        config_maps: vec![build_config_map(app, slot)],
+        protected_slots: vec![stable],
         ..Children::default()
     };
-    for component in Component::ALL {
+    for record in &status.slots {
+        let slot = record.name;
+        // An unrecorded serving slot is left exactly as it runs.
+        let Some(template) = &record.template else {
+            continue;
+        };
+        let view = app_for_slot(app, template);
+        children.config_maps.push(build_config_map(&view, slot));
+        for component in Component::ALL {
+            let mut deployment = build_deployment(&view, component, slot);
+            if record.scaled_down {
+                deployment.spec.replicas = Some(0);
+            }
+            children.deployments.push(deployment);
+            children
+                .services
+                .push(build_service(&view, component, slot));
+            if record.scaled_down {
+                continue;
+            }
+            if let Some(pdb) = build_pdb(&view, component, slot) {
+                if caps.pdb_v1 {
+                    children.pdbs.push(pdb);
+                } else {
+                    children
+                        .skipped
+                        .push(format!("PodDisruptionBudget/{}", pdb.name_any()));
+                }
+            }
+        }
         children
-            .deployments
-            .push(build_deployment(app, component, slot));
-        children.services.push(build_service(app, component, slot));
-        if let Some(pdb) = build_pdb(app, component, slot) {
-            if caps.pdb_v1 {
-                children.pdbs.push(pdb);
-            } else {
-                children
-                    .skipped
-                    .push(format!("PodDisruptionBudget/{}", pdb.name_any()));
+            .network_policies
+            .push(build_network_policy(&view, slot));
+    }
+    let rollout = status.rollout.as_ref().filter(|r| r.candidate != stable);
+    let mut entry = build_entry_service(app, stable);
+    if let Some((candidate, replicas)) = replica_weighted_canary(app, status) {
+        // No router to carry a weight: both slots' gateways behind the entry Service, the
+        // candidate's gateway scaled to approximate the weight.
+        if let Some(selector) = entry.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+            selector.remove(LABEL_SLOT);
+        }
+        let name = workload_name(app, Component::Gateway, candidate);
+        for deployment in &mut children.deployments {
+            if deployment.metadata.name.as_deref() == Some(name.as_str()) {
+                deployment.spec.replicas = Some(replicas);
             }
         }
     }
-    children.services.push(build_entry_service(app, slot));
+    children.traffic_services.push(entry);
+    if let Some(rollout) = rollout {
+        children
+            .traffic_services
+            .push(build_preview_service(app, rollout.candidate));
+        let (preview_ingress, preview_route) = build_preview_routes(app, rollout.candidate);
+        children.ingresses.extend(preview_ingress);
+        if let Some(route) = preview_route {
+            if caps.http_route {
+                children.http_routes.push(route);
+            } else {
+                children
+                    .skipped
+                    .push(format!("HTTPRoute/{}", route.name_any()));
+            }
+        }
+        if app.spec.strategy.type_ == StrategyType::Canary && rollout.weight > 0 {
+            children
+                .ingresses
+                .extend(build_canary_ingress(app, rollout.candidate, rollout.weight));
+        }
+    }
     children.ingresses.extend(build_ingress(app));
-    if let Some(route) = build_http_route(app, slot) {
+    let mut weights = vec![(stable, 100 - rollout.map_or(0, |r| r.weight))];
+    if let Some(rollout) = rollout {
+        weights.push((rollout.candidate, rollout.weight));
+    }
+    if let Some(route) = build_weighted_http_route(app, &weights) {
         if caps.http_route {
             children.http_routes.push(route);
         } else {

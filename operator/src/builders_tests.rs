@@ -70,10 +70,13 @@ fn every_child_is_owned_labelled_and_namespaced() {
         .chain(children.services.iter().map(|o| &o.metadata))
         .chain(children.ingresses.iter().map(|o| &o.metadata))
         .chain(children.pdbs.iter().map(|o| &o.metadata))
+        .chain(children.network_policies.iter().map(|o| &o.metadata))
+        .chain(children.traffic_services.iter().map(|o| &o.metadata))
         .collect();
-    // 1 SA + 1 ConfigMap + 5 Deployments + 6 Services + 1 Ingress + 2 PDBs (gateway, chat).
-    assert_eq!(metas.len(), 16);
-    assert_eq!(children.count(), 16);
+    // 1 SA + 1 ConfigMap + 5 Deployments + 6 Services + 1 Ingress + 2 PDBs (gateway, chat)
+    // + 1 NetworkPolicy.
+    assert_eq!(metas.len(), 17);
+    assert_eq!(children.count(), 17);
     for meta in metas {
         let name = meta.name.as_deref().unwrap();
         assert_eq!(meta.namespace.as_deref(), Some("team"), "{name}");
@@ -326,7 +329,11 @@ fn dependencies_come_from_the_referenced_secrets() {
             "KAFKA_BROKERS",
             Some("secret:kafka/brokers"),
         ),
-        (Component::Gateway, "KAFKA_BROKERS", None),
+        (
+            Component::Gateway,
+            "KAFKA_BROKERS",
+            Some("secret:kafka/brokers"),
+        ),
         (Component::Friends, "REDIS_URL", Some("secret:redis/url")),
         (Component::Gateway, "REDIS_URL", None),
         (Component::Chat, "CHAT_STORE", Some("mongo")),
@@ -338,6 +345,238 @@ fn dependencies_come_from_the_referenced_secrets() {
             *expected,
             "{component} {var}"
         );
+    }
+}
+
+#[test]
+fn every_component_gets_the_internal_key_from_the_apps_one_secret() {
+    for app in [full_app(), app(serde_json::json!({"version": "1.0.0"}))] {
+        for slot in [Slot::Blue, Slot::Green] {
+            for component in Component::ALL {
+                let deployment = build_deployment(&app, component, slot);
+                assert_eq!(
+                    env_value(&deployment, "INTERNAL_AUTH_KEY").as_deref(),
+                    Some("secret:chat-prod-internal-key/internal-auth-key"),
+                    "{component}/{slot}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn internal_key_secret_holds_the_random_bytes_as_hex_text() {
+    let app = full_app();
+    let key: Vec<u8> = (0..INTERNAL_KEY_BYTES as u8).collect();
+    let secret = build_internal_key_secret(&app, &key);
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("chat-prod-internal-key")
+    );
+    let value = &secret.data.as_ref().unwrap()[INTERNAL_KEY_SECRET_KEY].0;
+    assert_eq!(value.len(), 96, "48 bytes as hex");
+    assert!(value.len() >= 32, "the services refuse keys under 32 bytes");
+    assert_eq!(hex::decode(value).unwrap(), key);
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.uid.as_str(), owner.controller),
+        ("0d5a-uid", Some(true)),
+        "owned, so deleting the app deletes the key"
+    );
+    let labels = secret.metadata.labels.unwrap();
+    assert_eq!(labels[LABEL_INSTANCE], "chat-prod");
+    assert!(
+        !labels.contains_key(LABEL_VERSION),
+        "the Secret is never rewritten, a version label would go stale"
+    );
+}
+
+/// Where a connection to a pod of slot blue comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    SameSlotPod,
+    OtherSlotPod,
+    OtherAppPod,
+    OtherNamespace,
+    /// The operator's pod in its own namespace.
+    Operator,
+}
+
+/// Whether `policy` admits a TCP connection from `source` to `port` of a pod it selects;
+/// NetworkPolicy semantics reduced to the peers the builder uses.
+fn admits(policy: &NetworkPolicy, app: &MessengerApp, source: Source, port: i32) -> bool {
+    let mut labels = BTreeMap::new();
+    match source {
+        Source::SameSlotPod => labels = slot_pod_labels(app, Slot::Blue),
+        Source::OtherSlotPod => labels = slot_pod_labels(app, Slot::Green),
+        Source::OtherAppPod => {
+            labels.insert(LABEL_INSTANCE.to_owned(), "someone-else".to_owned());
+        }
+        Source::OtherNamespace => {}
+        Source::Operator => {
+            labels.insert(LABEL_NAME.to_owned(), OPERATOR_POD_NAME.to_owned());
+        }
+    }
+    let in_namespace = !matches!(source, Source::OtherNamespace | Source::Operator);
+    let peer_matches = |peer: &NetworkPolicyPeer| {
+        assert!(peer.ip_block.is_none());
+        // Only "every namespace" is used as a namespace selector.
+        let namespace_ok = match &peer.namespace_selector {
+            None => in_namespace,
+            Some(selector) => {
+                assert_eq!(selector, &LabelSelector::default());
+                true
+            }
+        };
+        let wanted = peer
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        namespace_ok && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let spec = policy.spec.as_ref().unwrap();
+    spec.ingress.iter().flatten().any(|rule| {
+        let port_ok = rule.ports.iter().flatten().any(|p| {
+            p.port == Some(IntOrString::Int(port)) && p.protocol.as_deref() == Some("TCP")
+        });
+        let from_ok = match &rule.from {
+            None => true,
+            Some(peers) => peers.iter().any(peer_matches),
+        };
+        port_ok && from_ok
+    })
+}
+
+#[test]
+fn network_policy_keeps_internal_ports_inside_the_slot() {
+    use Source::*;
+    let app = full_app();
+    let policy = build_network_policy(&app, Slot::Blue);
+    let spec = policy.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap(),
+        &slot_pod_labels(&app, Slot::Blue),
+        "the policy covers every pod of the slot"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned()][..])
+    );
+    // Every component's pods carry the labels the policy selects.
+    for component in Component::ALL {
+        let pod = build_deployment(&app, component, Slot::Blue)
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        for (k, v) in spec
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+        {
+            assert_eq!(pod.get(k), Some(v), "{component}");
+        }
+    }
+    let cases = [
+        // Internal gRPC: only the same app's pods in the same slot.
+        (SameSlotPod, 8001, true),
+        (SameSlotPod, 8002, true),
+        (SameSlotPod, 8003, true),
+        (SameSlotPod, 8004, true),
+        (OtherSlotPod, 8004, false),
+        (OtherAppPod, 8001, false),
+        (OtherNamespace, 8002, false),
+        // The gateway's REST port: anyone.
+        (OtherNamespace, 8080, true),
+        (OtherAppPod, 8080, true),
+        // Admin ports: the namespace (probes, scraping), nobody outside.
+        (OtherAppPod, 9080, true),
+        (OtherAppPod, 9001, true),
+        (SameSlotPod, 9004, true),
+        (OtherNamespace, 9003, false),
+        (OtherNamespace, 9080, false),
+        // The operator scrapes the gateways for canary analysis; nothing else of it.
+        (Operator, 9080, true),
+        (Operator, 8001, false),
+        // Anything else is closed.
+        (SameSlotPod, 5432, false),
+        (OtherNamespace, 22, false),
+    ];
+    for (source, port, expected) in cases {
+        assert_eq!(
+            admits(&policy, &app, source, port),
+            expected,
+            "{source:?} -> {port}"
+        );
+    }
+    assert_eq!(
+        build_network_policy(&app, Slot::Green)
+            .metadata
+            .name
+            .as_deref(),
+        Some("chat-prod-green")
+    );
+}
+
+#[test]
+fn gateway_is_wired_to_its_own_slot() {
+    let app = full_app();
+    for slot in [Slot::Blue, Slot::Green] {
+        let deployment = build_deployment(&app, Component::Gateway, slot);
+        let data = config_data(&app, slot);
+        let cases = [
+            ("HTTP_ADDR", Some("0.0.0.0:8080".to_owned())),
+            ("ADMIN_ADDR", Some("0.0.0.0:9080".to_owned())),
+            ("KAFKA_BROKERS", Some("secret:kafka/brokers".to_owned())),
+            ("GRPC_ADDR", None),
+            ("DATABASE_URL", None),
+        ];
+        for (var, expected) in cases {
+            assert_eq!(env_value(&deployment, var), expected, "{slot} {var}");
+        }
+        for (var, service) in [
+            ("AUTH_URL", "auth"),
+            ("USERS_URL", "users"),
+            ("FRIENDS_URL", "friends"),
+            ("CHAT_URL", "chat"),
+        ] {
+            let port = Component::from_name(service).unwrap().api_port();
+            assert_eq!(
+                data[var],
+                format!("http://chat-prod-{service}-{slot}:{port}"),
+                "{slot} {var}"
+            );
+        }
+        let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+        let admin = container
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("admin"))
+            .unwrap();
+        assert_eq!(admin.container_port, 9080);
+        for (probe, path) in [
+            (&container.liveness_probe, "/healthz"),
+            (&container.readiness_probe, "/readyz"),
+        ] {
+            let http = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(
+                (http.path.as_deref(), &http.port),
+                (Some(path), &IntOrString::String("admin".into()))
+            );
+        }
     }
 }
 
@@ -584,6 +823,12 @@ fn full_app_renders_as_in_the_snapshot() {
     );
     documents.extend(
         children
+            .traffic_services
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
             .pdbs
             .iter()
             .map(|o| serde_json::to_value(o).unwrap()),
@@ -593,6 +838,19 @@ fn full_app_renders_as_in_the_snapshot() {
             .ingresses
             .iter()
             .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.extend(
+        children
+            .network_policies
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap()),
+    );
+    documents.push(
+        serde_json::to_value(build_internal_key_secret(
+            &full_app(),
+            &[7; INTERNAL_KEY_BYTES],
+        ))
+        .unwrap(),
     );
     let rendered: String = documents
         .iter()
@@ -610,4 +868,380 @@ fn full_app_renders_as_in_the_snapshot() {
         committed == rendered,
         "{path} differs from the rendered children; review and rerun with UPDATE_SNAPSHOTS=1"
     );
+}
+
+/// The status a rollout from 1.4.2 (blue) to 2.0.0 (green) leaves at `weight`.
+fn mid_rollout(app: &mut MessengerApp, weight: i32) -> MessengerAppStatus {
+    use crate::rollout::{Observed, next_state};
+    let t = |s| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(s).unwrap(),
+        )
+    };
+    app.status = Some(next_state(app, &Observed::default(), &t(1)).status);
+    app.spec.version = "2.0.0".into();
+    app.spec.components.chat.replicas = 4;
+    let mut status = next_state(app, &Observed::default(), &t(2)).status;
+    status.rollout.as_mut().unwrap().weight = weight;
+    for slot in &mut status.slots {
+        slot.weight = if slot.name == Slot::Green {
+            weight
+        } else {
+            100 - weight
+        };
+    }
+    app.status = Some(status.clone());
+    status
+}
+
+fn deployment_named<'a>(children: &'a Children, name: &str) -> &'a Deployment {
+    children
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+fn container_image(deployment: &Deployment) -> String {
+    deployment.spec.template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn each_slot_is_rendered_from_its_own_revision() {
+    let mut app = full_app();
+    let status = mid_rollout(&mut app, 0);
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    assert_eq!(children.deployments.len(), 10, "both slots run");
+    let blue = deployment_named(&children, "chat-prod-chat-blue");
+    let green = deployment_named(&children, "chat-prod-chat-green");
+    assert_eq!(
+        container_image(blue),
+        "registry.local/m/messenger-chat:1.4.2",
+        "the stable slot keeps its recorded inputs although the spec changed"
+    );
+    assert_eq!(blue.spec.replicas, Some(2));
+    assert_eq!(
+        container_image(green),
+        "registry.local/m/messenger-chat:2.0.0"
+    );
+    assert_eq!(green.spec.replicas, Some(4));
+    let revision_of = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[REVISION_ANNOTATION]
+            .clone()
+    };
+    let recorded = |slot| {
+        status
+            .slots
+            .iter()
+            .find(|s| s.name == slot)
+            .unwrap()
+            .template_hash
+            .clone()
+    };
+    assert_eq!(revision_of(blue), recorded(Slot::Blue));
+    assert_eq!(revision_of(green), recorded(Slot::Green));
+    assert_ne!(recorded(Slot::Blue), recorded(Slot::Green));
+    assert_eq!(
+        blue.metadata.labels.as_ref().unwrap()[LABEL_VERSION],
+        "1.4.2"
+    );
+    let configs: Vec<String> = children
+        .config_maps
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(configs, ["chat-prod-config-blue", "chat-prod-config-green"]);
+    assert_eq!(children.network_policies.len(), 2);
+    assert_eq!(children.protected_slots, [Slot::Blue]);
+}
+
+#[test]
+fn traffic_follows_the_recorded_weights_on_every_router() {
+    let gateway_api = serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}});
+    let nginx = serde_json::json!({"host": "m.local", "className": "nginx"});
+    for weight in [0, 20, 50] {
+        // Gateway API: two weighted backendRefs.
+        let mut app = app_with_router(gateway_api.clone());
+        app.spec.strategy.type_ = StrategyType::Canary;
+        let status = mid_rollout(&mut app, weight);
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let backends: Vec<(String, i32)> = children.http_routes[0].spec.rules[0]
+            .backend_refs
+            .iter()
+            .map(|b| (b.name.clone(), b.weight))
+            .collect();
+        assert_eq!(
+            backends,
+            [
+                ("chat-prod-gateway-blue".to_owned(), 100 - weight),
+                ("chat-prod-gateway-green".to_owned(), weight)
+            ]
+        );
+        // The entry Service stays on the stable slot; the preview reaches the candidate.
+        let selector_slot = |name: &str| {
+            children
+                .traffic_services
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name))
+                .unwrap()
+                .spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .as_ref()
+                .unwrap()[LABEL_SLOT]
+                .clone()
+        };
+        assert_eq!(selector_slot("chat-prod-gateway"), "blue");
+        assert_eq!(selector_slot("chat-prod-gateway-preview"), "green");
+
+        // ingress-nginx: a second Ingress with the canary weight, only while it carries any.
+        let mut app = app_with_router(nginx.clone());
+        app.spec.strategy.type_ = StrategyType::Canary;
+        let status = mid_rollout(&mut app, weight);
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let canary = children
+            .ingresses
+            .iter()
+            .find(|i| i.metadata.name.as_deref() == Some("chat-prod.canary"));
+        match canary {
+            None => assert_eq!(weight, 0),
+            Some(ingress) => {
+                let annotations = ingress.metadata.annotations.as_ref().unwrap();
+                assert_eq!(annotations[NGINX_CANARY], "true");
+                assert_eq!(annotations[NGINX_CANARY_WEIGHT], weight.to_string());
+                let backend = ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0]
+                    .http
+                    .as_ref()
+                    .unwrap()
+                    .paths[0]
+                    .backend
+                    .service
+                    .as_ref()
+                    .unwrap()
+                    .name
+                    .clone();
+                assert_eq!(backend, "chat-prod-gateway-green");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_scaled_down_slot_keeps_its_objects_at_zero_replicas() {
+    let mut app = full_app();
+    let mut status = mid_rollout(&mut app, 0);
+    let green = status
+        .slots
+        .iter_mut()
+        .find(|s| s.name == Slot::Green)
+        .unwrap();
+    green.scaled_down = true;
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    for component in Component::ALL {
+        let name = format!("chat-prod-{component}-green");
+        assert_eq!(
+            deployment_named(&children, &name).spec.replicas,
+            Some(0),
+            "{name}"
+        );
+    }
+    assert!(
+        children
+            .pdbs
+            .iter()
+            .all(|p| !p.metadata.name.as_ref().unwrap().ends_with("-green")),
+        "no PDB for a slot without pods"
+    );
+}
+
+#[test]
+fn an_unrecorded_serving_slot_is_not_rendered_and_never_pruned() {
+    let mut app = full_app();
+    let mut status = mid_rollout(&mut app, 0);
+    for slot in &mut status.slots {
+        if slot.name == Slot::Blue {
+            slot.template = None;
+        }
+    }
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    assert!(
+        children
+            .deployments
+            .iter()
+            .all(|d| d.metadata.name.as_ref().unwrap().ends_with("-green"))
+    );
+    assert_eq!(children.protected_slots, [Slot::Blue]);
+}
+
+#[test]
+fn without_a_router_the_weight_is_approximated_by_gateway_replicas_behind_one_service() {
+    // (stable gateway replicas, weight, candidate gateway replicas; None: slot selector kept)
+    let cases = [
+        (4, 0, None),
+        (4, 20, Some(1)),
+        (4, 50, Some(4)),
+        (3, 25, Some(1)),
+        (3, 60, Some(5)),
+        (1, 10, Some(1)),
+        (4, 100, None),
+    ];
+    for (stable_replicas, weight, expected) in cases {
+        let mut app = app(serde_json::json!({
+            "version": "1.4.2",
+            "components": {"gateway": {"replicas": stable_replicas}},
+            "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 50}]}}
+        }));
+        let mut status = mid_rollout(&mut app, weight);
+        if weight == 100 {
+            status.rollout.as_mut().unwrap().weight = 100;
+        }
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let entry = children
+            .traffic_services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("chat-prod-gateway"))
+            .unwrap();
+        let selector = entry.spec.as_ref().unwrap().selector.clone().unwrap();
+        let blue = deployment_named(&children, "chat-prod-gateway-blue");
+        let green = deployment_named(&children, "chat-prod-gateway-green");
+        assert_eq!(
+            blue.spec.replicas,
+            Some(stable_replicas),
+            "the stable slot is never resized"
+        );
+        match expected {
+            None => {
+                assert_eq!(selector[LABEL_SLOT], "blue", "weight {weight}");
+                assert_eq!(green.spec.replicas, Some(stable_replicas));
+            }
+            Some(replicas) => {
+                assert!(
+                    !selector.contains_key(LABEL_SLOT),
+                    "both slots' gateways at weight {weight}"
+                );
+                assert_eq!(selector[LABEL_COMPONENT], "gateway");
+                assert_eq!(
+                    green.spec.replicas,
+                    Some(replicas),
+                    "{stable_replicas} stable at weight {weight}"
+                );
+            }
+        }
+    }
+    // A router carries the weight itself: no replica games.
+    let mut routed = app_with_router(serde_json::json!({"host": "m.local", "className": "nginx"}));
+    routed.spec.strategy.type_ = StrategyType::Canary;
+    let status = mid_rollout(&mut routed, 20);
+    assert_eq!(replica_weighted_canary(&routed, &status), None);
+}
+
+#[test]
+fn preview_host_reaches_the_candidate_only_during_a_rollout() {
+    for router in ["ingressNginx", "gatewayAPI"] {
+        let ingress = if router == "gatewayAPI" {
+            serde_json::json!({"host": "m.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}})
+        } else {
+            serde_json::json!({"host": "m.local", "className": "nginx"})
+        };
+        let mut app = app_with_router(ingress);
+        app.spec.strategy.blue_green = Some(crate::crd::BlueGreenStrategy {
+            preview_host: Some("preview.m.local".into()),
+            ..Default::default()
+        });
+        let steady = build_children(&app, ApiCapabilities::ALL);
+        let previews = |children: &Children| -> Vec<(String, String, String)> {
+            let from_ingresses = children.ingresses.iter().filter_map(|i| {
+                let rule = &i.spec.as_ref()?.rules.as_ref()?[0];
+                let backend = rule.http.as_ref()?.paths[0].backend.service.as_ref()?;
+                Some((
+                    i.metadata.name.clone()?,
+                    rule.host.clone()?,
+                    backend.name.clone(),
+                ))
+            });
+            let from_routes = children.http_routes.iter().map(|r| {
+                (
+                    r.metadata.name.clone().unwrap(),
+                    r.spec.hostnames[0].clone(),
+                    r.spec.rules[0].backend_refs[0].name.clone(),
+                )
+            });
+            from_ingresses
+                .chain(from_routes)
+                .filter(|(name, _, _)| name.ends_with(".preview"))
+                .collect()
+        };
+        assert_eq!(
+            previews(&steady),
+            vec![],
+            "{router}: no rollout, no preview"
+        );
+        let status = mid_rollout(&mut app, 0);
+        let rolling = build_children_for(&app, &status, ApiCapabilities::ALL);
+        let backend = if router == "gatewayAPI" {
+            "chat-prod-gateway-green"
+        } else {
+            "chat-prod-gateway-preview"
+        };
+        assert_eq!(
+            previews(&rolling),
+            vec![(
+                "chat-prod.preview".to_owned(),
+                "preview.m.local".to_owned(),
+                backend.to_owned()
+            )],
+            "{router}"
+        );
+    }
+}
+
+/// Kafka consumers of the candidate slot join the stable slot's consumer groups (README,
+/// "Kafka consumers in the candidate slot"): both slots get the same brokers and nothing
+/// that would give a slot a group, topic or client identity of its own.
+#[test]
+fn both_slots_consume_kafka_with_the_same_settings() {
+    let mut app = full_app();
+    let status = mid_rollout(&mut app, 20);
+    let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+    for component in Component::ALL {
+        let blue = deployment_named(&children, &format!("chat-prod-{component}-blue"));
+        let green = deployment_named(&children, &format!("chat-prod-{component}-green"));
+        assert_eq!(
+            env_value(blue, "KAFKA_BROKERS"),
+            env_value(green, "KAFKA_BROKERS"),
+            "{component}"
+        );
+        for deployment in [blue, green] {
+            let container = &deployment.spec.template.spec.as_ref().unwrap().containers[0];
+            let kafka_specific: Vec<&str> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.as_str())
+                .filter(|n| n.contains("GROUP") || n.contains("TOPIC") || n.contains("CLIENT_ID"))
+                .collect();
+            assert_eq!(kafka_specific, Vec::<&str>::new(), "{component}");
+        }
+    }
+    for config in &children.config_maps {
+        let keys: Vec<&String> = config
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .filter(|k| k.contains("GROUP") || k.contains("TOPIC"))
+            .collect();
+        assert_eq!(keys, Vec::<&String>::new());
+    }
 }

@@ -91,8 +91,10 @@ impl Component {
         !matches!(self, Component::Gateway)
     }
 
+    /// Every component: four publish or consume domain events, and each gateway replica
+    /// consumes all of them to fan real-time events out to its clients.
     pub fn uses_kafka(self) -> bool {
-        !matches!(self, Component::Gateway)
+        true
     }
 
     pub fn uses_mongodb(self) -> bool {
@@ -122,7 +124,7 @@ impl std::fmt::Display for Component {
 }
 
 /// Variables the operator sets itself; a component's extra `env` must not redefine them.
-pub const WIRED_ENV: [&str; 13] = [
+pub const WIRED_ENV: [&str; 14] = [
     "GRPC_ADDR",
     "HTTP_ADDR",
     "ADMIN_ADDR",
@@ -136,4 +138,8 @@ pub const WIRED_ENV: [&str; 13] = [
     "CHAT_URL",
     "LOG_FORMAT",
     "RUST_LOG",
+    "INTERNAL_AUTH_KEY",
 ];
+
+/// The variable every component reads the app's shared internal-trust key from.
+pub const INTERNAL_AUTH_KEY_ENV: &str = "INTERNAL_AUTH_KEY";

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::{BoxFuture, try_join_all};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -27,14 +27,19 @@ use tokio::sync::RwLock;
 use tracing::{info, instrument, warn};
 
 use crate::builders::{
-    ApiCapabilities, Children, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, app_children_selector,
-    build_children,
+    ApiCapabilities, Children, FIELD_MANAGER, INTERNAL_KEY_BYTES, LABEL_MANAGED_BY, LABEL_SLOT,
+    MANAGED_BY, app_children_selector, build_children_for, build_internal_key_secret,
+    entry_service_name,
 };
-use crate::crd::{MessengerApp, MessengerAppStatus, Phase};
+use crate::crd::{MessengerApp, MessengerAppStatus, Phase, Slot};
 use crate::error::{Error, Result};
 use crate::httproute::HTTPRoute;
 use crate::metrics::Metrics;
-use crate::status::{Transition, compute_status, degraded_status, invalid_status, transitions};
+use crate::rollout::{RolloutAction, next_state, wants_gateway_metrics};
+use crate::scrape::{GatewayScraper, PodScraper};
+use crate::status::{
+    Transition, compute_status, degraded_status, invalid_status, observe, transitions,
+};
 use crate::validate::validate;
 
 /// How long discovered API capabilities are trusted before asking again (Gateway API CRDs
@@ -53,6 +58,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     capabilities: RwLock<Option<(Instant, ApiCapabilities)>>,
+    /// Reads the candidate gateways' metrics for canary analysis.
+    pub scraper: Arc<dyn GatewayScraper>,
     /// Consecutive failures per app, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -68,8 +75,14 @@ impl Context {
             client,
             metrics,
             capabilities: RwLock::new(None),
+            scraper: Arc::new(PodScraper::default()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A context that scrapes gateway metrics with `scraper` (tests).
+    pub fn with_scraper(self, scraper: Arc<dyn GatewayScraper>) -> Self {
+        Context { scraper, ..self }
     }
 
     /// A context that does not ask the API server which APIs it serves (benchmarks, mocks).
@@ -175,33 +188,138 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     if let Err(invalid) = validate(app) {
         info!(%invalid, "spec is invalid; nothing applied");
         let status = invalid_status(app, &invalid, &now);
-        finish(app, ctx, &namespace, status).await?;
+        finish(app, ctx, &namespace, status, &[]).await?;
         // Only a spec change can fix this; the watch brings it.
         return Ok(Action::await_change());
     }
 
     let caps = ctx.capabilities().await?;
-    let children = build_children(app, caps);
-    let observed = match apply_children(&ctx.client, &namespace, &children).await {
-        Ok(observed) => observed,
+    ensure_current(&ctx.client, &namespace, app).await?;
+    // Observe, decide, build: the state machine sees the children as they are, not as the
+    // last apply left them.
+    let (deployments, entry) = observe_children(&ctx.client, &namespace, app).await?;
+    let mut observed = observe(app, &deployments, entry.as_ref());
+    if let Some(candidate) = wants_gateway_metrics(app) {
+        observed.gateway_metrics = ctx
+            .scraper
+            .scrape(&ctx.client, &namespace, app, candidate)
+            .await;
+    }
+    let decision = next_state(app, &observed, &now);
+    let children = build_children_for(app, &decision.status, caps);
+    let applied = async {
+        // Pods reference the key Secret; it must exist before they are created.
+        ensure_internal_key(&ctx.client, &namespace, app).await?;
+        apply_workloads(&ctx.client, &namespace, &children).await
+    };
+    let applied = match applied.await {
+        Ok(applied) => applied,
         Err(error) if error.is_rejection() => {
             warn!(%error, "the API server rejected a child; waiting for a spec change");
             let status = degraded_status(app, "ApplyRejected", error.to_string(), &now);
-            finish(app, ctx, &namespace, status).await?;
+            finish(app, ctx, &namespace, status, &[]).await?;
             return Ok(Action::await_change());
         }
         Err(error) => return Err(error),
     };
-    prune_children(&ctx.client, &namespace, app, &children, caps).await?;
 
-    let status = compute_status(app, &observed, &children.skipped, &now);
-    let ready = status.phase == Some(Phase::Ready);
-    finish(app, ctx, &namespace, status).await?;
-    Ok(Action::requeue(if ready {
+    let status = compute_status(app, &decision, &applied, &children.skipped, &now);
+    let healthy = status.phase == Some(Phase::Healthy);
+    record_rollout_metrics(ctx, app, &status, &decision.actions, &now);
+    finish(app, ctx, &namespace, status, &decision.actions).await?;
+    // Traffic follows only what is persisted: a status write that failed (or lost a race
+    // with a newer status) moves no traffic.
+    apply_traffic(&ctx.client, &namespace, &children).await?;
+    prune_children(&ctx.client, &namespace, app, &children, caps).await?;
+    let resync = if healthy {
         RESYNC_READY
     } else {
         RESYNC_PROGRESSING
-    }))
+    };
+    Ok(Action::requeue(
+        decision.requeue_after.map_or(resync, |at| at.min(resync)),
+    ))
+}
+
+fn record_rollout_metrics(
+    ctx: &Context,
+    app: &MessengerApp,
+    status: &MessengerAppStatus,
+    actions: &[RolloutAction],
+    now: &Time,
+) {
+    let namespace = app.namespace().unwrap_or_default();
+    let rollout = status.rollout.as_ref();
+    ctx.metrics.set_rollout(
+        &namespace,
+        &app.name_any(),
+        rollout.map_or(0, |r| r.weight),
+        rollout.map_or(0, |r| r.step_index),
+    );
+    for action in actions {
+        match action {
+            RolloutAction::Aborted(reason) => {
+                ctx.metrics
+                    .rollout_aborts
+                    .get_or_create(&crate::metrics::AbortLabels {
+                        reason: reason.clone(),
+                    })
+                    .inc();
+            }
+            RolloutAction::Promoted { .. } => {
+                // The rollout that just ended is the one in the previous status.
+                if let Some(started) = app
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.rollout.as_ref())
+                    .map(|r| r.started_at.0)
+                {
+                    let seconds = now.0.duration_since(started).as_secs_f64();
+                    ctx.metrics.rollout_duration.observe(seconds.max(0.0));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Refuses to act on an app older than the one stored: a decision from a stale cache could
+/// prune the candidate slot or move traffic back even when its status equals the old one
+/// (and so is never written, which would have caught it). One metadata read per reconcile.
+async fn ensure_current(client: &Client, namespace: &str, app: &MessengerApp) -> Result<()> {
+    // An app that never came from the server (benchmarks, unit tests) has nothing to compare.
+    let Some(seen) = app.resource_version() else {
+        return Ok(());
+    };
+    let api: Api<MessengerApp> = Api::namespaced(client.clone(), namespace);
+    let current = api
+        .get_metadata(&app.name_any())
+        .await?
+        .resource_version()
+        .unwrap_or_default();
+    if current != seen {
+        return Err(Error::Stale {
+            what: format!("MessengerApp {namespace}/{}", app.name_any()),
+            seen,
+            current,
+        });
+    }
+    Ok(())
+}
+
+/// The app's Deployments (both slots) and its entry Service, as the API server has them.
+async fn observe_children(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+) -> Result<(Vec<Deployment>, Option<Service>)> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let selector = ListParams::default().labels(&app_children_selector(app));
+    let entry_name = entry_service_name(app);
+    let (list, entry) =
+        futures::try_join!(deployments.list(&selector), services.get_opt(&entry_name))?;
+    Ok((list.items, entry))
 }
 
 /// Writes the status when it changed, publishes Events for transitions, updates the phase gauge.
@@ -210,6 +328,7 @@ async fn finish(
     ctx: &Context,
     namespace: &str,
     status: MessengerAppStatus,
+    actions: &[RolloutAction],
 ) -> Result<()> {
     if let Some(phase) = status.phase {
         ctx.metrics.set_phase(namespace, &app.name_any(), phase);
@@ -217,7 +336,8 @@ async fn finish(
     if app.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let events = transitions(app.status.as_ref(), &status);
+    let mut events = transitions(app.status.as_ref(), &status);
+    events.extend(actions.iter().filter_map(rollout_event));
     write_status(&ctx.client, namespace, app, &status).await?;
     publish(ctx, app, &events).await;
     Ok(())
@@ -230,9 +350,13 @@ async fn write_status(
     status: &MessengerAppStatus,
 ) -> Result<()> {
     let api: Api<MessengerApp> = Api::namespaced(client.clone(), namespace);
+    // The resourceVersion the status was computed from: if the app changed since (another
+    // writer, or this decision came from a stale cache), the write fails with a conflict
+    // and the next reconcile decides again, so a rollout never moves backwards.
     let patch = serde_json::json!({
         "apiVersion": MessengerApp::api_version(&()),
         "kind": MessengerApp::kind(&()),
+        "metadata": {"resourceVersion": app.resource_version()},
         "status": status,
     });
     api.patch_status(
@@ -281,8 +405,137 @@ where
         .await?)
 }
 
-/// Applies every child with server-side apply; returns the Deployments as stored (with status).
+/// Creates the app's internal-trust key Secret unless it exists. Only ever a create: an
+/// existing Secret (ours from an earlier reconcile, or one the user made with that name to
+/// bring their own key) is left exactly as it is, so running pods and new pods always agree
+/// on the key, and the operator never needs to read Secrets.
+pub async fn ensure_internal_key(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+) -> Result<()> {
+    use rand::RngCore;
+    let mut key = [0u8; INTERNAL_KEY_BYTES];
+    rand::rng().fill_bytes(&mut key);
+    let secret = build_internal_key_secret(app, &key);
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(secret = %secret.name_any(), "created the internal-trust key");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An Event for a rollout step a person would want to see.
+fn rollout_event(action: &RolloutAction) -> Option<Transition> {
+    let (warning, reason, note) = match action {
+        RolloutAction::RecoveredActiveSlot(slot) => (
+            true,
+            "ActiveSlotRecovered",
+            format!("status had no activeSlot; the entry Service selects {slot}"),
+        ),
+        RolloutAction::AdoptedStableRevision(revision) => (
+            false,
+            "RevisionAdopted",
+            format!("the running slot was recorded as revision {revision}"),
+        ),
+        RolloutAction::Started {
+            candidate,
+            revision,
+        } => (
+            false,
+            "RolloutStarted",
+            format!("rolling out revision {revision} into slot {candidate}"),
+        ),
+        RolloutAction::Restarted { revision } => (
+            false,
+            "RolloutRestarted",
+            format!("the spec changed mid-rollout; starting over with revision {revision}"),
+        ),
+        RolloutAction::SetWeight(weight) => (
+            false,
+            "WeightSet",
+            format!("candidate slot weight {weight}"),
+        ),
+        RolloutAction::Paused(why) => (false, "RolloutPaused", why.clone()),
+        RolloutAction::Promoted { stable } => (
+            false,
+            "Promoted",
+            format!("slot {stable} serves all traffic"),
+        ),
+        RolloutAction::Aborted(reason) => (
+            true,
+            "RolloutAborted",
+            format!("{reason}: all traffic back on the stable slot"),
+        ),
+        RolloutAction::Retried => (false, "RolloutRetried", "retrying the rollout".to_owned()),
+        RolloutAction::RolledBack => (
+            false,
+            "RolledBack",
+            "the spec is back at the stable revision; traffic stays there".to_owned(),
+        ),
+        RolloutAction::ScaledDown(slot) => (
+            false,
+            "SlotScaledDown",
+            format!("slot {slot} scaled to zero"),
+        ),
+        RolloutAction::Acknowledged(command) => (false, "CommandAcknowledged", command.clone()),
+        RolloutAction::Ignored(why) => (false, "CommandIgnored", why.clone()),
+        RolloutAction::Analysis(verdict) => (
+            *verdict != crate::rollout::Verdict::Successful,
+            "AnalysisRun",
+            format!("analysis verdict: {verdict:?}"),
+        ),
+    };
+    Some(Transition {
+        warning,
+        reason: reason.to_owned(),
+        note,
+    })
+}
+
+/// Applies every child: workloads, then traffic (tests and the benchmark use this).
 pub async fn apply_children(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+) -> Result<Vec<Deployment>> {
+    let deployments = apply_workloads(client, namespace, children).await?;
+    apply_traffic(client, namespace, children).await?;
+    Ok(deployments)
+}
+
+/// Applies the entry/preview Services, Ingresses and HTTPRoutes: what moves users.
+pub async fn apply_traffic(client: &Client, namespace: &str, children: &Children) -> Result<()> {
+    let mut traffic: Vec<BoxFuture<'_, Result<()>>> = Vec::new();
+    traffic.extend(
+        children
+            .traffic_services
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    traffic.extend(
+        children
+            .ingresses
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    traffic.extend(
+        children
+            .http_routes
+            .iter()
+            .map(|o| apply_discard(client, namespace, o)),
+    );
+    try_join_all(traffic).await?;
+    Ok(())
+}
+
+/// Applies every slot's workloads with server-side apply; returns the Deployments as stored
+/// (with status).
+pub async fn apply_workloads(
     client: &Client,
     namespace: &str,
     children: &Children,
@@ -326,13 +579,7 @@ pub async fn apply_children(
     );
     rest.extend(
         children
-            .ingresses
-            .iter()
-            .map(|o| apply_discard(client, namespace, o)),
-    );
-    rest.extend(
-        children
-            .http_routes
+            .network_policies
             .iter()
             .map(|o| apply_discard(client, namespace, o)),
     );
@@ -358,7 +605,13 @@ where
     Box::pin(async move { apply(client, namespace, object).await.map(|_| ()) })
 }
 
-async fn prune<K>(client: &Client, namespace: &str, app: &MessengerApp, desired: &[K]) -> Result<()>
+async fn prune<K>(
+    client: &Client,
+    namespace: &str,
+    app: &MessengerApp,
+    desired: &[K],
+    protected: &[Slot],
+) -> Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -379,7 +632,12 @@ where
             .iter()
             .any(|o| o.uid == uid && o.controller == Some(true));
         let name = object.name_any();
-        if owned && !keep.contains(&name) {
+        // Whatever the status says, the objects of the serving slot are never deleted.
+        let serving = object
+            .labels()
+            .get(LABEL_SLOT)
+            .is_some_and(|slot| protected.iter().any(|p| p.as_str() == slot));
+        if owned && !serving && !keep.contains(&name) {
             info!(kind = %K::kind(&Default::default()), %name, "deleting child that is no longer desired");
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
@@ -401,15 +659,41 @@ pub async fn prune_children(
     children: &Children,
     caps: ApiCapabilities,
 ) -> Result<()> {
+    let keep = &children.protected_slots;
+    let services: Vec<Service> = children
+        .services
+        .iter()
+        .chain(&children.traffic_services)
+        .cloned()
+        .collect();
     let mut lists: Vec<BoxFuture<'_, Result<()>>> = vec![
-        Box::pin(prune(client, namespace, app, &children.service_accounts)),
-        Box::pin(prune(client, namespace, app, &children.config_maps)),
-        Box::pin(prune(client, namespace, app, &children.deployments)),
-        Box::pin(prune(client, namespace, app, &children.services)),
-        Box::pin(prune(client, namespace, app, &children.ingresses)),
+        Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.service_accounts,
+            keep,
+        )),
+        Box::pin(prune(client, namespace, app, &children.config_maps, keep)),
+        Box::pin(prune(client, namespace, app, &children.deployments, keep)),
+        Box::pin(async move { prune(client, namespace, app, &services, keep).await }),
+        Box::pin(prune(client, namespace, app, &children.ingresses, keep)),
+        Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.network_policies,
+            keep,
+        )),
     ];
     if caps.pdb_v1 {
-        lists.push(Box::pin(prune(client, namespace, app, &children.pdbs)));
+        lists.push(Box::pin(prune(
+            client,
+            namespace,
+            app,
+            &children.pdbs,
+            keep,
+        )));
     }
     if caps.http_route {
         lists.push(Box::pin(prune(
@@ -417,6 +701,7 @@ pub async fn prune_children(
             namespace,
             app,
             &children.http_routes,
+            keep,
         )));
     }
     try_join_all(lists).await?;
@@ -451,7 +736,8 @@ pub async fn run_controller(
             .owns(api::<Service>(&client, ns), owned.clone())
             .owns(api::<ConfigMap>(&client, ns), owned.clone())
             .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-            .owns(api::<Ingress>(&client, ns), owned.clone());
+            .owns(api::<Ingress>(&client, ns), owned.clone())
+            .owns(api::<NetworkPolicy>(&client, ns), owned.clone());
     // Watching a kind the server does not serve would fail forever.
     if caps.pdb_v1 {
         controller = controller.owns(api::<PodDisruptionBudget>(&client, ns), owned.clone());
@@ -603,14 +889,23 @@ mod tests {
         let action = reconcile(app.clone(), ctx.clone())
             .await
             .expect("reconcile");
-        let children = build_children(&app, ApiCapabilities::ALL).count();
+        let children = crate::builders::build_children(&app, ApiCapabilities::ALL).count();
         use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(
             stats.patches.load(Relaxed),
             children + 1,
             "every child plus the status"
         );
-        assert_eq!(stats.lists.load(Relaxed), 7, "one prune list per kind");
+        assert_eq!(
+            stats.lists.load(Relaxed),
+            9,
+            "one list of Deployments to observe, one prune list per kind"
+        );
+        assert_eq!(
+            stats.creates.load(Relaxed),
+            1,
+            "the internal-trust key Secret is created, never applied"
+        );
         assert_eq!(
             action,
             Action::requeue(RESYNC_PROGRESSING),

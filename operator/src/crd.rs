@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
     status = "MessengerAppStatus",
     doc = "A messenger backend (gateway, auth, users, friends, chat) reconciled into Deployments, Services, ConfigMaps and an entry route",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableVersion"),
+    printcolumn(name = "Candidate", type_ = "string", json_path = ".status.rollout.version"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.rollout.step", priority = 1),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.rollout.weight"),
     printcolumn(name = "Active", type_ = "string", json_path = ".status.activeSlot"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyComponents"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -31,10 +34,11 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MessengerAppSpec {
-    /// Image tag every component runs, e.g. `1.4.2`.
+    /// Image tag every component runs, e.g. `1.4.2`. Also the `app.kubernetes.io/version`
+    /// label of every child, so at most 63 characters, starting and ending alphanumeric.
     #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
     )]
     pub version: String,
     #[serde(default)]
@@ -55,6 +59,9 @@ pub struct MessengerAppSpec {
     pub ingress: Option<IngressSpec>,
     #[serde(default)]
     pub strategy: StrategySpec,
+    /// Holds a rollout where it is: no step advances, nothing is promoted automatically.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 fn default_log_level() -> String {
@@ -267,6 +274,15 @@ pub struct GatewayRef {
 pub struct StrategySpec {
     #[serde(default, rename = "type")]
     pub type_: StrategyType,
+    /// A rollout whose new slot is not Available this long after it started aborts
+    /// (default 600, as Argo Rollouts' `progressDeadlineSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i64>,
+    /// How long an aborted slot keeps running before it is scaled to zero (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub abort_scale_down_delay_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenStrategy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,10 +299,16 @@ pub enum StrategyType {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlueGreenStrategy {
-    /// Switch traffic as soon as the new slot is Available; otherwise wait for promote.
-    #[serde(default)]
-    pub auto_promote: bool,
-    /// How long the old slot keeps running after the switch; absent keeps it indefinitely.
+    /// Switch traffic once the new slot is Available (default true, as Argo Rollouts'
+    /// `autoPromotionEnabled`); false waits for `messenger rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote: Option<bool>,
+    /// With auto-promotion: how long the new slot must have been Available first (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub auto_promote_after_seconds: Option<i64>,
+    /// How long the old slot keeps running after the switch, for an instant switch-back
+    /// (default 30, as Argo Rollouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: Option<i64>,
@@ -300,6 +322,12 @@ pub struct BlueGreenStrategy {
 pub struct CanaryStrategy {
     #[serde(default)]
     pub steps: Vec<CanaryStep>,
+    /// How long the old slot keeps running after the last step (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub scale_down_delay_seconds: Option<i64>,
+    /// Background analysis: measured during the whole canary once the new slot carries
+    /// traffic; a failure (at `failureLimit`) aborts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<CanaryAnalysis>,
 }
@@ -339,9 +367,22 @@ pub struct CanaryAnalysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_p99_latency_ms: Option<i64>,
+    /// Seconds between two measurements (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub interval_seconds: Option<i64>,
+    /// Requests an interval must see for a verdict (default 20); fewer is inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_requests: Option<i64>,
+    /// Failed measurements that abort the rollout (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failure_limit: Option<i32>,
+    /// Inconclusive measurements that abort the rollout (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub inconclusive_limit: Option<i32>,
 }
 
 /// What the operator observed and decided, written only by the operator.
@@ -349,6 +390,7 @@ pub struct CanaryAnalysis {
 #[serde(rename_all = "camelCase")]
 pub struct MessengerAppStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_string_schema")]
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -365,6 +407,71 @@ pub struct MessengerAppStatus {
     pub components: Vec<ComponentStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slots: Vec<SlotStatus>,
+    /// Version of the slot that serves users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// The rollout in progress (or aborted), absent when the stable slot runs the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Rollout commands (annotation values) already carried out, so each acts once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acknowledged: BTreeMap<String, String>,
+}
+
+/// A rollout of a new revision into the candidate slot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub candidate: Slot,
+    /// Revision (hash over all slot inputs) being rolled out.
+    pub revision: String,
+    pub version: String,
+    pub started_at: Time,
+    /// Index of the current canary step (BlueGreen: 0).
+    #[serde(default)]
+    pub step_index: i32,
+    /// `2/5`-style progress for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Share of traffic on the candidate slot, 0–100.
+    #[serde(default)]
+    pub weight: i32,
+    /// When every component of the candidate slot was first seen Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_at: Option<Time>,
+    /// Why the rollout was aborted; traffic is on the stable slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_at: Option<Time>,
+    #[serde(default)]
+    pub analysis: AnalysisCounts,
+    /// The candidate gateways' counters at the start of the running measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_baseline: Option<AnalysisBaseline>,
+    /// The same for the background analysis (`strategy.canary.analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_baseline: Option<AnalysisBaseline>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisBaseline {
+    pub taken_at: Time,
+    pub sample: crate::analysis::MetricsSample,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisCounts {
+    #[serde(default)]
+    pub successful: i32,
+    #[serde(default)]
+    pub failed: i32,
+    #[serde(default)]
+    pub inconclusive: i32,
 }
 
 /// `Option<Slot>` would render `null` into the enum, which kubectl's client-side validation rejects.
@@ -376,26 +483,55 @@ fn optional_slot_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Decoded leniently: a value written by a newer operator becomes `Unknown` instead of
+/// failing the whole status (the schema is a plain string for the same reason).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
-    /// Children are applied; not every component is Available yet.
+    /// Every component of the stable slot is Available and no rollout is under way.
+    #[serde(alias = "Ready")]
+    Healthy,
+    /// Children are applied and not every component is Available yet, or a rollout moves on.
     Progressing,
-    /// Every component of the active slot is Available.
-    Ready,
-    /// The spec is invalid or the last reconcile failed; see the Degraded condition.
+    /// A rollout waits for `promote` or `resume`.
+    Paused,
+    /// The spec is invalid, a child was rejected, or the rollout was aborted; see conditions.
     Degraded,
+    #[serde(other)]
+    Unknown,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 3] = [Phase::Progressing, Phase::Ready, Phase::Degraded];
+    pub const ALL: [Phase; 4] = [
+        Phase::Healthy,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Degraded,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Healthy => "Healthy",
             Phase::Progressing => "Progressing",
-            Phase::Ready => "Ready",
+            Phase::Paused => "Paused",
             Phase::Degraded => "Degraded",
+            Phase::Unknown => "Unknown",
         }
     }
+}
+
+fn optional_string_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string"})
+}
+
+fn string_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string"})
+}
+
+fn preserved_object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -408,14 +544,57 @@ pub struct ComponentStatus {
     pub available: bool,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotStatus {
     pub name: Slot,
     pub version: String,
-    /// Hash of the slot's ConfigMap, as stamped on its pod templates.
+    /// Revision of the slot: a hash over all of its recorded inputs, stamped on its pod
+    /// templates as `messenger.dev/revision`.
     pub template_hash: String,
+    #[schemars(schema_with = "string_schema")]
     pub role: SlotRole,
+    /// The inputs the slot is rendered from (version, images, components, dependencies,
+    /// config), recorded when the slot was created and never changed afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object_schema")]
+    pub template: Option<SlotTemplate>,
+    /// Share of user traffic on this slot, 0–100.
+    #[serde(default)]
+    pub weight: i32,
+    /// When this (no longer serving) slot is scaled to zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_at: Option<Time>,
+    /// Scaled to zero; the objects stay for an instant switch-back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scaled_down: bool,
+}
+
+/// Everything a slot is rendered from. Ingress, strategy and routing are app-wide and
+/// stay in the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotTemplate {
+    pub version: String,
+    pub image: ImageSpec,
+    pub components: ComponentsSpec,
+    pub dependencies: DependenciesSpec,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    pub log_level: String,
+}
+
+impl SlotTemplate {
+    pub fn of(spec: &MessengerAppSpec) -> SlotTemplate {
+        SlotTemplate {
+            version: spec.version.clone(),
+            image: spec.image.clone(),
+            components: spec.components.clone(),
+            dependencies: spec.dependencies.clone(),
+            config: spec.config.clone(),
+            log_level: spec.log_level.clone(),
+        }
+    }
 }
 
 /// One of the two places a whole track (all five components at one version) can run.
@@ -468,16 +647,11 @@ pub enum SlotRole {
     Stable,
     /// Being brought up or tested by a rollout.
     Candidate,
-}
-
-impl MessengerApp {
-    /// The slot that serves users: the recorded one, else `blue` for a new app.
-    pub fn stable_slot(&self) -> Slot {
-        self.status
-            .as_ref()
-            .and_then(|s| s.active_slot)
-            .unwrap_or_default()
-    }
+    /// Served before the last switch; kept for the scale-down delay, then scaled to zero.
+    Previous,
+    /// Written by a newer operator.
+    #[serde(other)]
+    Unknown,
 }
 
 #[cfg(test)]
@@ -509,7 +683,19 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Phase", "Version", "Active", "Ready", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Phase",
+                "Stable",
+                "Candidate",
+                "Step",
+                "Weight",
+                "Active",
+                "Ready",
+                "Age"
+            ]
+        );
         let text = serde_json::to_string(&crd).unwrap();
         assert!(text.contains("router gatewayAPI needs gatewayRef"));
         assert!(text.contains("self.metadata.name.size() <= 40"));

@@ -20,6 +20,14 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("leader election: {0}")]
     LeaderElection(String),
+    #[error(
+        "{what} changed since it was read (resourceVersion {seen}, now {current}); deciding again"
+    )]
+    Stale {
+        what: String,
+        seen: String,
+        current: String,
+    },
 }
 
 impl Error {
@@ -33,6 +41,7 @@ impl Error {
             Error::Serialize { .. } | Error::Yaml(_) => "serialize",
             Error::Io(_) => "io",
             Error::LeaderElection(_) => "leader_election",
+            Error::Stale { .. } => "stale",
         }
     }
 

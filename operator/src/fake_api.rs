@@ -99,6 +99,20 @@ async fn answer(
             }
             json_response(StatusCode::OK, &object)
         }
+        // `.../namespaces/<ns>/<plural>/<name>`: a read of one object the fake never holds.
+        Method::GET
+            if path
+                .split("/namespaces/")
+                .nth(1)
+                .is_some_and(|rest| rest.split('/').count() >= 3) =>
+        {
+            stats.other.fetch_add(1, Ordering::Relaxed);
+            let status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "not found", "reason": "NotFound", "code": 404
+            });
+            json_response(StatusCode::NOT_FOUND, &status)
+        }
         Method::GET => {
             stats.lists.fetch_add(1, Ordering::Relaxed);
             let list = serde_json::json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []});

@@ -159,7 +159,21 @@ impl LeaderElector {
         tokio::pin!(shutdown);
         loop {
             let now = Instant::now();
-            let leads = match self.try_acquire_or_renew(now).await {
+            // A hung request must not hold leadership: a leader gets only what is left of its
+            // renew deadline, so it stops writing before a follower can acquire.
+            let bound = if *leading.borrow() {
+                let since = self.last_renewal.map(|at| at.elapsed()).unwrap_or_default();
+                self.config.renew_deadline.saturating_sub(since)
+            } else {
+                self.config.renew_deadline
+            };
+            let attempt = tokio::time::timeout(bound, self.try_acquire_or_renew(now)).await;
+            let attempt = attempt.unwrap_or_else(|_| {
+                Err(Error::LeaderElection(format!(
+                    "lease request took longer than {bound:?}"
+                )))
+            });
+            let leads = match attempt {
                 Ok(held) => {
                     if held {
                         self.last_renewal = Some(now);
@@ -330,10 +344,19 @@ mod tests {
     /// A one-Lease API server that works until `down` is set, then answers 500 to everything:
     /// the case of a leader cut off from the API server, which a real server cannot produce.
     fn lease_api(down: Arc<AtomicBool>) -> Client {
+        lease_api_with(down, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Like `lease_api`; while `hang` is set every request waits forever, as one whose TCP
+    /// connection silently died would until the client's read timeout.
+    fn lease_api_with(down: Arc<AtomicBool>, hang: Arc<AtomicBool>) -> Client {
         let stored: Arc<Mutex<Option<serde_json::Value>>> = Arc::default();
         let service = tower::service_fn(move |request: Request<Body>| {
-            let (down, stored) = (down.clone(), stored.clone());
+            let (down, stored, hang) = (down.clone(), stored.clone(), hang.clone());
             async move {
+                if hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
                 let method = request.method().clone();
                 let body = request
                     .into_body()
@@ -408,6 +431,36 @@ mod tests {
         assert!(
             after < config.lease_duration,
             "still leading when the lease could expire: {after:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn leader_whose_renewal_hangs_steps_down_before_the_lease_expires() {
+        let hang = Arc::new(AtomicBool::new(false));
+        let config =
+            LeaseConfig::new("lease", "default", "me").with_lease_duration(Duration::from_secs(3));
+        let (tx, mut rx) = watch::channel(false);
+        let client = lease_api_with(Arc::new(AtomicBool::new(false)), hang.clone());
+        let elector = tokio::spawn(
+            LeaderElector::new(client, config.clone()).run(tx, std::future::pending()),
+        );
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|l| *l))
+            .await
+            .expect("leads")
+            .unwrap();
+
+        hang.store(true, Ordering::SeqCst);
+        let hung_at = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|l| !*l))
+            .await
+            .expect("steps down while its request hangs")
+            .unwrap();
+        let after = hung_at.elapsed();
+        elector.abort();
+        assert!(
+            after <= config.renew_deadline + Duration::from_millis(500),
+            "stepped down after {after:?}; a follower may acquire after {:?}",
+            config.lease_duration
         );
     }
 

@@ -2,7 +2,9 @@
 //! builders of its children, pure status computation, and the controller that applies them.
 
 pub mod admin;
+pub mod analysis;
 pub mod builders;
+pub mod cli;
 pub mod component;
 pub mod controller;
 pub mod crd;
@@ -12,6 +14,9 @@ pub mod fake_api;
 pub mod httproute;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
+pub mod scrape;
+pub mod simulate;
 pub mod status;
 pub mod validate;
 
@@ -33,6 +38,11 @@ pub fn canonical_yaml<T: serde::Serialize>(value: &T) -> Result<String> {
         source,
     })?;
     Ok(serde_yaml::to_string(&sorted(json))?)
+}
+
+/// `value` with every object's keys sorted (a canonical form to hash).
+pub(crate) fn sorted_json(value: serde_json::Value) -> serde_json::Value {
+    sorted(value)
 }
 
 fn sorted(value: serde_json::Value) -> serde_json::Value {

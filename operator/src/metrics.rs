@@ -26,6 +26,17 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbortLabels {
+    pub reason: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub reconciles: Counter,
@@ -33,6 +44,13 @@ pub struct Metrics {
     pub duration: Histogram,
     pub app_phase: Family<PhaseLabels, Gauge>,
     pub leader: Gauge,
+    /// Share of traffic on the candidate slot of each app's rollout (0 without one).
+    pub rollout_weight: Family<AppLabels, Gauge>,
+    /// Canary step index of each app's rollout.
+    pub rollout_step: Family<AppLabels, Gauge>,
+    /// Seconds from the start of a rollout to its promotion.
+    pub rollout_duration: Histogram,
+    pub rollout_aborts: Family<AbortLabels, Counter>,
     /// (namespace, name) of every app with phase series, so deleted ones can be dropped.
     known_apps: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
@@ -48,6 +66,12 @@ impl Metrics {
             ]),
             app_phase: Family::default(),
             leader: Gauge::default(),
+            rollout_weight: Family::default(),
+            rollout_step: Family::default(),
+            rollout_duration: Histogram::new([
+                30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+            ]),
+            rollout_aborts: Family::default(),
             known_apps: Arc::default(),
         };
         let registry = registry.sub_registry_with_prefix("messenger_operator");
@@ -72,7 +96,41 @@ impl Metrics {
             "1 while this instance holds the leader lease",
             metrics.leader.clone(),
         );
+        registry.register(
+            "rollout_weight",
+            "Percent of traffic on the candidate slot",
+            metrics.rollout_weight.clone(),
+        );
+        registry.register(
+            "rollout_step",
+            "Current canary step index",
+            metrics.rollout_step.clone(),
+        );
+        registry.register(
+            "rollout_duration_seconds",
+            "From the start of a rollout to its promotion",
+            metrics.rollout_duration.clone(),
+        );
+        registry.register(
+            "rollout_aborts",
+            "Aborted rollouts by reason",
+            metrics.rollout_aborts.clone(),
+        );
         metrics
+    }
+
+    /// Rollout gauges of one app after a decision.
+    pub fn set_rollout(&self, namespace: &str, name: &str, weight: i32, step: i32) {
+        let labels = AppLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.rollout_weight
+            .get_or_create(&labels)
+            .set(i64::from(weight));
+        self.rollout_step
+            .get_or_create(&labels)
+            .set(i64::from(step));
     }
 
     pub fn observe(&self, elapsed: Duration, error: Option<&'static str>) {
@@ -100,6 +158,12 @@ impl Metrics {
                 phase: candidate.as_str().to_owned(),
             });
         }
+        let labels = AppLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.rollout_weight.remove(&labels);
+        self.rollout_step.remove(&labels);
     }
 
     /// Drops the phase series of every app for which `exists` says no.

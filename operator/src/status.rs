@@ -5,11 +5,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::builders::{config_data, config_hash, workload_name};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::builders::{LABEL_SLOT, REVISION_ANNOTATION, workload_name};
 use crate::component::Component;
-use crate::crd::{
-    ComponentStatus, MessengerApp, MessengerAppStatus, Phase, Slot, SlotRole, SlotStatus,
-};
+use crate::crd::{ComponentStatus, MessengerApp, MessengerAppStatus, Phase, Slot};
+use crate::rollout::{Decision, Observed, SlotObservation};
 use crate::validate::InvalidSpec;
 
 pub const CONDITION_READY: &str = "Ready";
@@ -51,39 +54,119 @@ pub fn component_status(
     }
 }
 
-/// Status after a successful apply. `observed` holds the Deployments as the API server
-/// returned them; `skipped` names objects left out because their API is not served.
+/// What one slot's Deployments say, for the state machine.
+pub fn observe_slot(app: &MessengerApp, slot: Slot, deployments: &[Deployment]) -> SlotObservation {
+    let mut seen = SlotObservation::default();
+    let mut revisions = BTreeSet::new();
+    for component in Component::ALL {
+        let name = workload_name(app, component, slot);
+        let Some(deployment) = deployments.iter().find(|d| d.name_any() == name) else {
+            continue;
+        };
+        seen.deployments += 1;
+        revisions.insert(
+            deployment
+                .spec
+                .template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(REVISION_ANNOTATION))
+                .cloned(),
+        );
+        if component_status(component, slot, Some(deployment)).available {
+            seen.available += 1;
+        }
+        seen.deadline_exceeded |= deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.type_.as_deref() == Some("Progressing")
+                        && c.status.as_deref() == Some("False")
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                })
+            });
+    }
+    if revisions.len() == 1 {
+        seen.revision = revisions.pop_first().flatten();
+    }
+    seen
+}
+
+/// Everything the state machine needs from the children: both slots' Deployments and the
+/// slot the entry Service selects.
+pub fn observe(
+    app: &MessengerApp,
+    deployments: &[Deployment],
+    entry: Option<&Service>,
+) -> Observed {
+    let entry_slot = entry
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.get(LABEL_SLOT))
+        .and_then(|slot| match slot.as_str() {
+            "blue" => Some(Slot::Blue),
+            "green" => Some(Slot::Green),
+            _ => None,
+        });
+    Observed {
+        slots: [Slot::Blue, Slot::Green]
+            .into_iter()
+            .map(|slot| (slot, observe_slot(app, slot, deployments)))
+            .collect(),
+        entry_slot,
+        analysis: None,
+        gateway_metrics: None,
+    }
+}
+
+/// The full status after a decision: phase, conditions and per-component readiness of
+/// every slot that runs, on top of what the state machine decided.
 pub fn compute_status(
     app: &MessengerApp,
-    observed: &[Deployment],
+    decision: &Decision,
+    deployments: &[Deployment],
     skipped: &[String],
     now: &Time,
 ) -> MessengerAppStatus {
-    let slot = app.stable_slot();
+    let mut status = decision.status.clone();
+    let slot = status.active_slot.unwrap_or_default();
     let generation = app.metadata.generation;
     let previous = app
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let components: Vec<ComponentStatus> = Component::ALL
-        .into_iter()
-        .map(|component| {
-            let name = workload_name(app, component, slot);
-            component_status(
-                component,
-                slot,
-                observed.iter().find(|d| d.name_any() == name),
-            )
-        })
-        .collect();
-    let ready_count = components.iter().filter(|c| c.available).count();
-    let all_ready = ready_count == components.len();
-    let waiting: Vec<&str> = components
+    let component_list = |slot: Slot| -> Vec<ComponentStatus> {
+        Component::ALL
+            .into_iter()
+            .map(|component| {
+                let name = workload_name(app, component, slot);
+                component_status(
+                    component,
+                    slot,
+                    deployments.iter().find(|d| d.name_any() == name),
+                )
+            })
+            .collect()
+    };
+    let stable_components = component_list(slot);
+    let ready_count = stable_components.iter().filter(|c| c.available).count();
+    let all_ready = ready_count == stable_components.len();
+    let waiting: Vec<&str> = stable_components
         .iter()
         .filter(|c| !c.available)
         .map(|c| c.name.as_str())
         .collect();
+    let mut components = stable_components.clone();
+    for record in &status.slots {
+        if record.name != slot && !record.scaled_down {
+            components.extend(component_list(record.name));
+        }
+    }
+    let aborted = status.rollout.as_ref().and_then(|r| r.abort_reason.clone());
 
     let mut conditions = Vec::new();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
@@ -98,28 +181,65 @@ pub fn compute_status(
             "AllComponentsAvailable",
             format!("all components of slot {slot} are available"),
         );
-        set(
-            CONDITION_PROGRESSING,
-            false,
-            "Stable",
-            format!("slot {slot} runs version {}", app.spec.version),
-        );
     } else {
-        let message = format!("waiting for {} in slot {slot}", waiting.join(", "));
         set(
             CONDITION_READY,
             false,
             "ComponentsNotAvailable",
-            message.clone(),
+            format!("waiting for {} in slot {slot}", waiting.join(", ")),
         );
-        set(CONDITION_PROGRESSING, true, "ComponentsStarting", message);
     }
-    set(
-        CONDITION_DEGRADED,
-        false,
-        "AsExpected",
-        "spec is valid and applied".to_owned(),
-    );
+    match (&status.rollout, &aborted) {
+        (Some(rollout), None) => set(
+            CONDITION_PROGRESSING,
+            true,
+            if decision.paused {
+                "RolloutPaused"
+            } else {
+                "RollingOut"
+            },
+            format!(
+                "rolling out {} into slot {} (weight {})",
+                rollout.version, rollout.candidate, rollout.weight
+            ),
+        ),
+        _ if !all_ready => set(
+            CONDITION_PROGRESSING,
+            true,
+            "ComponentsStarting",
+            format!("waiting for {} in slot {slot}", waiting.join(", ")),
+        ),
+        _ => set(
+            CONDITION_PROGRESSING,
+            false,
+            "Stable",
+            format!(
+                "slot {slot} runs version {}",
+                status.stable_version.clone().unwrap_or_default()
+            ),
+        ),
+    }
+    match &aborted {
+        Some(reason) => set(
+            CONDITION_DEGRADED,
+            true,
+            reason,
+            format!(
+                "rollout of {} aborted ({reason}); all traffic is on slot {slot}; change the spec or retry",
+                status
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.version.as_str())
+                    .unwrap_or_default()
+            ),
+        ),
+        None => set(
+            CONDITION_DEGRADED,
+            false,
+            "AsExpected",
+            "spec is valid and applied".to_owned(),
+        ),
+    }
     if skipped.is_empty() {
         set(
             CONDITION_APIS_AVAILABLE,
@@ -136,24 +256,20 @@ pub fn compute_status(
         );
     }
 
-    MessengerAppStatus {
-        phase: Some(if all_ready {
-            Phase::Ready
-        } else {
-            Phase::Progressing
-        }),
-        observed_generation: generation,
-        conditions,
-        active_slot: Some(slot),
-        ready_components: Some(format!("{ready_count}/{}", components.len())),
-        components,
-        slots: vec![SlotStatus {
-            name: slot,
-            version: app.spec.version.clone(),
-            template_hash: config_hash(&config_data(app, slot)),
-            role: SlotRole::Stable,
-        }],
-    }
+    status.phase = Some(if aborted.is_some() {
+        Phase::Degraded
+    } else if decision.paused {
+        Phase::Paused
+    } else if status.rollout.is_some() || !all_ready {
+        Phase::Progressing
+    } else {
+        Phase::Healthy
+    });
+    status.observed_generation = generation;
+    status.conditions = conditions;
+    status.ready_components = Some(format!("{ready_count}/{}", Component::ALL.len()));
+    status.components = components;
+    status
 }
 
 /// Status for a spec the operator refuses: Degraded with every problem; what was observed
@@ -204,7 +320,7 @@ pub fn degraded_status(
         phase: Some(Phase::Degraded),
         observed_generation: generation,
         conditions,
-        active_slot: previous_status.active_slot.or(Some(app.stable_slot())),
+        active_slot: previous_status.active_slot,
         ..previous_status
     }
 }
@@ -331,6 +447,17 @@ mod tests {
 
     use k8s_openapi::jiff::Timestamp;
 
+    /// The status a reconcile writes for `app` with these Deployments.
+    fn status_of(
+        app: &MessengerApp,
+        deployments: &[Deployment],
+        skipped: &[String],
+        now: &Time,
+    ) -> MessengerAppStatus {
+        let decision = crate::rollout::next_state(app, &observe(app, deployments, None), now);
+        compute_status(app, &decision, deployments, skipped, now)
+    }
+
     #[test]
     fn component_availability() {
         let app = app();
@@ -358,7 +485,7 @@ mod tests {
     #[test]
     fn readiness_flows_into_phase_conditions_and_counts() {
         let app = app();
-        let half = compute_status(&app, &observed(&app, 2), &[], &time(100));
+        let half = status_of(&app, &observed(&app, 2), &[], &time(100));
         assert_eq!(half.phase, Some(Phase::Progressing));
         assert_eq!(half.ready_components.as_deref(), Some("2/5"));
         assert_eq!(
@@ -375,8 +502,8 @@ mod tests {
         assert_eq!(half.active_slot, Some(Slot::Blue));
         assert_eq!(half.slots[0].version, "2.0.0");
 
-        let full = compute_status(&app, &observed(&app, 5), &[], &time(200));
-        assert_eq!(full.phase, Some(Phase::Ready));
+        let full = status_of(&app, &observed(&app, 5), &[], &time(200));
+        assert_eq!(full.phase, Some(Phase::Healthy));
         assert_eq!(full.ready_components.as_deref(), Some("5/5"));
         assert_eq!(
             find_condition(Some(&full), CONDITION_READY).unwrap().status,
@@ -393,14 +520,14 @@ mod tests {
     #[test]
     fn unchanged_state_gives_identical_status() {
         let mut app = app();
-        let first = compute_status(&app, &observed(&app, 5), &[], &time(100));
+        let first = status_of(&app, &observed(&app, 5), &[], &time(100));
         app.status = Some(first.clone());
-        let second = compute_status(&app, &observed(&app, 5), &[], &time(500));
+        let second = status_of(&app, &observed(&app, 5), &[], &time(500));
         assert_eq!(
             first, second,
             "a later identical reconcile must not rewrite timestamps"
         );
-        let degraded = compute_status(&app, &observed(&app, 4), &[], &time(600));
+        let degraded = status_of(&app, &observed(&app, 4), &[], &time(600));
         let ready = find_condition(Some(&degraded), CONDITION_READY).unwrap();
         assert_eq!(
             ready.last_transition_time,
@@ -412,7 +539,7 @@ mod tests {
     #[test]
     fn missing_apis_are_reported() {
         let app = app();
-        let status = compute_status(
+        let status = status_of(
             &app,
             &observed(&app, 5),
             &["PodDisruptionBudget/m-chat-blue".into()],
@@ -426,7 +553,7 @@ mod tests {
         assert!(cond.message.contains("PodDisruptionBudget/m-chat-blue"));
         assert_eq!(
             status.phase,
-            Some(Phase::Ready),
+            Some(Phase::Healthy),
             "a missing optional API does not block readiness"
         );
     }
@@ -434,7 +561,7 @@ mod tests {
     #[test]
     fn invalid_spec_keeps_what_was_observed() {
         let mut app = app();
-        app.status = Some(compute_status(&app, &observed(&app, 5), &[], &time(1)));
+        app.status = Some(status_of(&app, &observed(&app, 5), &[], &time(1)));
         let invalid = InvalidSpec {
             problems: vec!["spec.ingress: router gatewayAPI needs gatewayRef".into()],
         };
@@ -458,7 +585,7 @@ mod tests {
     #[test]
     fn transitions_worth_an_event() {
         let mut app = app();
-        let progressing = compute_status(&app, &observed(&app, 0), &[], &time(1));
+        let progressing = status_of(&app, &observed(&app, 0), &[], &time(1));
         let reasons =
             |old: Option<&MessengerAppStatus>, new: &MessengerAppStatus| -> Vec<(bool, String)> {
                 transitions(old, new)
@@ -471,13 +598,13 @@ mod tests {
             vec![],
             "a fresh app starting is not news"
         );
-        let ready = compute_status(&app, &observed(&app, 5), &[], &time(2));
+        let ready = status_of(&app, &observed(&app, 5), &[], &time(2));
         assert_eq!(
             reasons(Some(&progressing), &ready),
             vec![(false, "Ready".to_owned())]
         );
         assert_eq!(reasons(Some(&ready), &ready), vec![]);
-        let lost = compute_status(&app, &observed(&app, 3), &[], &time(3));
+        let lost = status_of(&app, &observed(&app, 3), &[], &time(3));
         assert_eq!(
             reasons(Some(&ready), &lost),
             vec![(true, "NotReady".to_owned())]
@@ -491,7 +618,7 @@ mod tests {
             &time(4),
         );
         assert!(reasons(Some(&ready), &invalid).contains(&(true, "InvalidSpec".to_owned())));
-        let recovered = compute_status(&app, &observed(&app, 5), &[], &time(5));
+        let recovered = status_of(&app, &observed(&app, 5), &[], &time(5));
         assert!(reasons(Some(&invalid), &recovered).contains(&(false, "Recovered".to_owned())));
     }
 }

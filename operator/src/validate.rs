@@ -32,15 +32,16 @@ pub fn validate(app: &MessengerApp) -> Result<(), InvalidSpec> {
             name.len()
         ));
     }
-    if spec.version.is_empty()
-        || !spec
-            .version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        || spec.version.starts_with(['.', '-'])
-    {
+    // Children are Services (DNS labels); it also keeps `<app>.canary` from naming
+    // another app's Ingress.
+    if name.contains('.') {
         problems.push(format!(
-            "spec.version {:?} is not a valid image tag",
+            "metadata.name {name:?} must not contain dots: it names Services"
+        ));
+    }
+    if !is_version(&spec.version) {
+        problems.push(format!(
+            "spec.version {:?} must be an image tag that is also a label value: at most {MAX_VERSION_LEN} characters of letters, digits, '_', '.', '-', starting and ending with a letter or digit",
             spec.version
         ));
     }
@@ -151,6 +152,20 @@ fn is_quantity(value: &str) -> bool {
     suffix.chars().all(|c| c.is_ascii_digit())
 }
 
+/// The version is the image tag and the `app.kubernetes.io/version` label of every child, so
+/// it must be both: a label value is at most 63 characters and starts and ends alphanumeric.
+pub const MAX_VERSION_LEN: usize = 63;
+
+pub fn is_version(version: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=MAX_VERSION_LEN).contains(&version.len())
+        && edge_ok(version.chars().next())
+        && edge_ok(version.chars().last())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 fn is_env_name(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -191,10 +206,40 @@ mod tests {
                 Some("at most 40"),
             ),
             (
+                "dotted name",
+                "chat.prod",
+                serde_json::json!({"version": "1"}),
+                Some("must not contain dots"),
+            ),
+            (
                 "bad tag",
                 "chat",
                 serde_json::json!({"version": "-1 0"}),
-                Some("not a valid image tag"),
+                Some("must be an image tag"),
+            ),
+            (
+                "longest version a label holds",
+                "chat",
+                serde_json::json!({"version": "v".repeat(63)}),
+                None,
+            ),
+            (
+                "version longer than a label",
+                "chat",
+                serde_json::json!({"version": "v".repeat(64)}),
+                Some("at most 63"),
+            ),
+            (
+                "version ending in a dash",
+                "chat",
+                serde_json::json!({"version": "1.0-"}),
+                Some("must be an image tag"),
+            ),
+            (
+                "version starting with underscore",
+                "chat",
+                serde_json::json!({"version": "_1"}),
+                Some("must be an image tag"),
             ),
             (
                 "gateway api without ref",

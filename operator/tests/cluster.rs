@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -234,6 +234,8 @@ async fn resource_versions(
     collect!(ConfigMap);
     collect!(ServiceAccount);
     collect!(Ingress);
+    collect!(NetworkPolicy);
+    collect!(Secret);
     let fresh = get_app(client, ns, &app.name_any()).await;
     out.insert("MessengerApp".into(), fresh.resource_version().unwrap());
     out
@@ -349,6 +351,33 @@ async fn first_reconcile_creates_every_child_with_server_side_apply() {
         Some("messenger.local")
     );
 
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("demo-internal-key")
+        .await
+        .expect("internal-trust key Secret");
+    let key = &secret.data.as_ref().unwrap()["internal-auth-key"].0;
+    assert_eq!(key.len(), 96, "48 random bytes as hex");
+    assert!(key.iter().all(u8::is_ascii_hexdigit));
+    assert_eq!(secret.owner_references()[0].uid, app.uid().unwrap());
+    let policy = Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
+        .get("demo-blue")
+        .await
+        .expect("NetworkPolicy of slot blue");
+    let selected = policy
+        .spec
+        .unwrap()
+        .pod_selector
+        .unwrap()
+        .match_labels
+        .unwrap();
+    assert_eq!(
+        (
+            selected["app.kubernetes.io/instance"].as_str(),
+            selected["messenger.dev/slot"].as_str()
+        ),
+        ("demo", "blue")
+    );
+
     let app = get_app(&client, &ns, "demo").await;
     let status = app.status.as_ref().expect("status written");
     assert_eq!(status.phase, Some(Phase::Progressing), "nothing runs yet");
@@ -382,12 +411,75 @@ async fn identical_second_reconcile_changes_nothing() {
     let ctx = context(&client);
     reconcile_now(&client, &ctx, &ns, "demo").await;
     let before = resource_versions(&client, &ns, &app).await;
-    assert_eq!(before.len(), 5 + 6 + 1 + 1 + 1 + 1, "{before:?}");
+    // Deployments, Services, ConfigMap, ServiceAccount, Ingress, NetworkPolicy, key Secret, app.
+    assert_eq!(before.len(), 5 + 6 + 1 + 1 + 1 + 1 + 1 + 1, "{before:?}");
     reconcile_now(&client, &ctx, &ns, "demo").await;
     let after = resource_versions(&client, &ns, &app).await;
     assert_eq!(
         before, after,
         "a second reconcile of an unchanged app must not write anything"
+    );
+}
+
+#[tokio::test]
+async fn the_internal_key_is_created_once_and_never_replaced() {
+    let client = cluster().await;
+    let ns = namespace(&client, "key").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // A user who brings their own key creates the Secret first; it is used as it is.
+    let own: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "byok-internal-key"},
+        "stringData": {"internal-auth-key": "a key the user chose, at least 32 bytes long"}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &own).await.unwrap();
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    create_app(&client, &ns, "byok", json!({"version": "1.0.0"})).await;
+    let ctx = context(&client);
+    for name in ["demo", "byok"] {
+        reconcile_now(&client, &ctx, &ns, name).await;
+    }
+    let first = secrets.get("demo-internal-key").await.unwrap();
+    // A spec change makes new pods; they must get the key the running pods hold.
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"version": "1.0.1"}})),
+        )
+        .await
+        .unwrap();
+    for name in ["demo", "byok", "demo"] {
+        reconcile_now(&client, &ctx, &ns, name).await;
+    }
+    let later = secrets.get("demo-internal-key").await.unwrap();
+    assert_eq!(later.resource_version(), first.resource_version());
+    assert_eq!(later.data, first.data);
+    let byok = secrets.get("byok-internal-key").await.unwrap();
+    assert_eq!(
+        byok.data.unwrap()["internal-auth-key"].0,
+        b"a key the user chose, at least 32 bytes long"
+    );
+    let env = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("byok-chat-blue")
+        .await
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let key_ref = env
+        .iter()
+        .find(|e| e.name == "INTERNAL_AUTH_KEY")
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
+        .expect("INTERNAL_AUTH_KEY from a Secret");
+    assert_eq!(
+        (key_ref.name.as_str(), key_ref.key.as_str()),
+        ("byok-internal-key", "internal-auth-key")
     );
 }
 
@@ -424,7 +516,7 @@ async fn deployment_readiness_flows_into_the_app_status() {
     let status = app.status.unwrap();
     assert_eq!(
         (status.phase, status.ready_components.as_deref()),
-        (Some(Phase::Ready), Some("5/5"))
+        (Some(Phase::Healthy), Some("5/5"))
     );
     assert_eq!(
         find_condition(Some(&status), CONDITION_READY)
@@ -1138,4 +1230,602 @@ async fn deleting_an_app_drops_its_phase_metric() {
         || async { (!exported(&controller.ctx).contains(&ns)).then_some(()) },
     )
     .await;
+}
+
+async fn patch_app(client: &Client, ns: &str, name: &str, patch: serde_json::Value) {
+    Api::<MessengerApp>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch MessengerApp");
+}
+
+fn slot_deployments(app: &str, slot: &str) -> Vec<String> {
+    ["gateway", "auth", "users", "friends", "chat"]
+        .iter()
+        .map(|c| format!("{app}-{c}-{slot}"))
+        .collect()
+}
+
+/// The slot the Service `name` selects.
+async fn selected_slot(client: &Client, ns: &str, name: &str) -> Option<String> {
+    let service = Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    service.spec?.selector?.get("messenger.dev/slot").cloned()
+}
+
+async fn image_and_replicas(client: &Client, ns: &str, name: &str) -> (String, i32, String) {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    let image = d.spec.template.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    (
+        image,
+        d.spec.replicas.unwrap_or(1),
+        d.resource_version().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn blue_green_rollout_switches_the_entry_service_and_keeps_the_old_slot_untouched() {
+    let client = cluster().await;
+    let ns = namespace(&client, "bluegreen").await;
+    let spec = json!({"version": "1.0.0", "strategy": {"type": "BlueGreen", "blueGreen": {"scaleDownDelaySeconds": 1}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Healthy));
+    let blue_before = image_and_replicas(&client, &ns, "demo-chat-blue").await;
+
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let rollout = status.rollout.clone().expect("a rollout started");
+    assert_eq!(rollout.candidate.as_str(), "green");
+    assert_eq!(status.phase, Some(Phase::Progressing));
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-blue").await,
+        blue_before,
+        "the serving slot is not touched by the spec change"
+    );
+    let green = image_and_replicas(&client, &ns, "demo-chat-green").await;
+    assert_eq!(green.0, "ghcr.io/messenger/messenger-chat:2.0.0");
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway-preview")
+            .await
+            .as_deref(),
+        Some("green"),
+        "the new slot is reachable for checks before the switch"
+    );
+
+    // Still unavailable: nothing switches.
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.active_slot.map(|s| s.as_str()), Some("green"));
+    assert_eq!(status.stable_version.as_deref(), Some("2.0.0"));
+    assert!(status.rollout.is_none());
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green")
+    );
+    assert!(
+        selected_slot(&client, &ns, "demo-gateway-preview")
+            .await
+            .is_none(),
+        "no preview without a rollout"
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"Promoted".to_owned())
+    );
+    // The old slot keeps running for the scale-down delay, then goes to zero replicas.
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-blue").await.1,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let blue_after = image_and_replicas(&client, &ns, "demo-chat-blue").await;
+    assert_eq!(
+        (blue_after.0.as_str(), blue_after.1),
+        ("ghcr.io/messenger/messenger-chat:1.0.0", 0),
+        "scaled down, kept for an instant switch-back"
+    );
+}
+
+/// (candidate weight, stable weight) as the router carries them: HTTPRoute backendRefs or
+/// the nginx canary Ingress.
+async fn router_weights(client: &Client, ns: &str, router: &str) -> (i32, i32) {
+    match router {
+        "gatewayAPI" => {
+            let route = Api::<HTTPRoute>::namespaced(client.clone(), ns)
+                .get("demo")
+                .await
+                .unwrap();
+            let weight = |slot: &str| {
+                route.spec.rules[0]
+                    .backend_refs
+                    .iter()
+                    .find(|b| b.name.ends_with(slot))
+                    .map_or(0, |b| b.weight)
+            };
+            (weight("-green"), weight("-blue"))
+        }
+        _ => {
+            let canary = Api::<Ingress>::namespaced(client.clone(), ns)
+                .get_opt("demo.canary")
+                .await
+                .unwrap();
+            let weight = canary
+                .and_then(|i| {
+                    i.metadata
+                        .annotations?
+                        .get("nginx.ingress.kubernetes.io/canary-weight")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            (weight, 100 - weight)
+        }
+    }
+}
+
+#[tokio::test]
+async fn canary_rollout_writes_exactly_the_step_weights_on_each_router_and_aborts_to_stable() {
+    let client = cluster().await;
+    install_http_route_crd(&client).await;
+    for router in ["gatewayAPI", "ingressNginx"] {
+        let ns = namespace(&client, &format!("canary-{}", router.to_lowercase())).await;
+        let ingress = if router == "gatewayAPI" {
+            json!({"host": "messenger.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}})
+        } else {
+            json!({"host": "messenger.local", "router": "ingressNginx", "className": "nginx"})
+        };
+        let spec = json!({"version": "1.0.0", "ingress": ingress, "strategy": {"type": "Canary", "canary": {"steps": [
+            {"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}
+        ]}}});
+        create_app(&client, &ns, "demo", spec).await;
+        let ctx = context(&client);
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        assert_eq!(router_weights(&client, &ns, router).await, (0, 100));
+
+        patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (0, 100),
+            "{router}: no weight before the candidate is Available"
+        );
+        simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (20, 80),
+            "{router}"
+        );
+        reconcile_now(&client, &ctx, &ns, "demo").await;
+        let status = get_app(&client, &ns, "demo").await.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Paused), "{router}");
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (20, 80),
+            "{router}"
+        );
+
+        // A restarted operator (a fresh context: nothing kept in memory) continues from
+        // the status with no traffic jump.
+        let restarted = context(&client);
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (20, 80),
+            "{router}"
+        );
+
+        patch_app(
+            &client,
+            &ns,
+            "demo",
+            json!({"metadata": {"annotations": {"messenger.dev/promote": "1"}}}),
+        )
+        .await;
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (60, 40),
+            "{router}"
+        );
+
+        patch_app(
+            &client,
+            &ns,
+            "demo",
+            json!({"metadata": {"annotations": {"messenger.dev/abort": "1"}}}),
+        )
+        .await;
+        reconcile_now(&client, &restarted, &ns, "demo").await;
+        assert_eq!(
+            router_weights(&client, &ns, router).await,
+            (0, 100),
+            "{router}: abort returns all traffic to stable at once"
+        );
+        let status = get_app(&client, &ns, "demo").await.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Degraded), "{router}");
+        assert_eq!(
+            find_condition(Some(&status), CONDITION_DEGRADED)
+                .unwrap()
+                .reason,
+            "AbortedByUser"
+        );
+        assert_eq!(status.active_slot.map(|s| s.as_str()), Some("blue"));
+        assert!(
+            event_reasons(&client, &ns)
+                .await
+                .contains(&"RolloutAborted".to_owned())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wiped_status_is_recovered_from_the_entry_service_and_the_serving_slot_survives() {
+    let client = cluster().await;
+    let ns = namespace(&client, "wiped").await;
+    let spec =
+        json!({"version": "1.0.0", "strategy": {"blueGreen": {"scaleDownDelaySeconds": 3600}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green")
+    );
+
+    // A restored backup without status.
+    Api::<MessengerApp>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": null})),
+        )
+        .await
+        .unwrap();
+    assert!(get_app(&client, &ns, "demo").await.status.is_none());
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.active_slot.map(|s| s.as_str()), Some("green"));
+    assert!(status.rollout.is_none(), "green runs the spec");
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green"),
+        "traffic never left the serving slot"
+    );
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-green").await.0,
+        "ghcr.io/messenger/messenger-chat:2.0.0"
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"ActiveSlotRecovered".to_owned())
+    );
+}
+
+/// A `/metrics` endpoint whose body the test sets.
+async fn metrics_endpoint() -> (u16, Arc<std::sync::Mutex<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = Arc::new(std::sync::Mutex::new(String::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = body.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let text = served.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, body)
+}
+
+fn gateway_metrics(ok: u64, errors: u64) -> String {
+    format!(
+        "http_server_requests_total{{method=\"GET\",route=\"/v1/chats\",status=\"200\"}} {ok}\n\
+         http_server_requests_total{{method=\"GET\",route=\"/v1/chats\",status=\"500\"}} {errors}\n"
+    )
+}
+
+#[tokio::test]
+async fn canary_analysis_reads_the_candidate_gateway_pods_and_aborts_on_errors() {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = cluster().await;
+    let ns = namespace(&client, "analysis").await;
+    let spec = json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {"steps": [
+        {"setWeight": 10},
+        {"analysis": {"maxErrorRate": 0.05, "intervalSeconds": 1, "minRequests": 10}},
+        {"setWeight": 50}
+    ]}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let (port, body) = metrics_endpoint().await;
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Metrics::register(&mut Registry::default()),
+            Some("tests".into()),
+        )
+        .with_scraper(Arc::new(messenger_operator::scrape::PodScraper {
+            port,
+            timeout: Duration::from_secs(2),
+        })),
+    );
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.rollout.as_ref().unwrap().weight, 10);
+
+    // The candidate slot's gateway pod, "running" on this machine (no kubelet here).
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let default: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    let _ = accounts.create(&PostParams::default(), &default).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "demo-gateway-green-1", "labels": {
+            "app.kubernetes.io/name": "messenger", "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": "gateway", "messenger.dev/slot": "green"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [{"name": "gateway", "image": "gateway:2.0.0"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "demo-gateway-green-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}})),
+    )
+    .await
+    .unwrap();
+
+    *body.lock().unwrap() = gateway_metrics(100, 0);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let baseline = status
+        .rollout
+        .as_ref()
+        .unwrap()
+        .analysis_baseline
+        .clone()
+        .expect("the first scrape is the baseline");
+    assert_eq!(baseline.sample.requests, 100.0);
+
+    // Over the interval: 100 more requests, half of them 5xx.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    *body.lock().unwrap() = gateway_metrics(150, 50);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    let rollout = status.rollout.as_ref().unwrap();
+    assert_eq!(rollout.abort_reason.as_deref(), Some("AnalysisFailed"));
+    assert_eq!((rollout.analysis.failed, rollout.weight), (1, 0));
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+}
+
+#[tokio::test]
+async fn a_status_computed_from_a_stale_app_is_refused() {
+    let client = cluster().await;
+    let ns = namespace(&client, "stale").await;
+    create_app(&client, &ns, "demo", json!({"version": "1.0.0"})).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    // A cache that has not seen the latest write yet.
+    let stale = get_app(&client, &ns, "demo").await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let fresh = get_app(&client, &ns, "demo").await;
+    assert!(fresh.status.as_ref().unwrap().rollout.is_some());
+    let error = reconcile(Arc::new(stale), ctx.clone())
+        .await
+        .expect_err("the stale decision must not be written");
+    assert!(
+        error.to_string().contains("changed since it was read"),
+        "{error}"
+    );
+    let after = get_app(&client, &ns, "demo").await;
+    assert_eq!(
+        after.status, fresh.status,
+        "the rollout did not move backwards"
+    );
+    assert!(
+        selected_slot(&client, &ns, "demo-gateway-preview")
+            .await
+            .is_some(),
+        "the candidate's preview is not pruned by the stale decision"
+    );
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-chat-green").await.0,
+        "ghcr.io/messenger/messenger-chat:2.0.0"
+    );
+}
+
+#[tokio::test]
+async fn a_config_only_change_rolls_out_and_rolls_back_with_its_config() {
+    let client = cluster().await;
+    let ns = namespace(&client, "config").await;
+    let spec = json!({"version": "1.0.0", "config": {"REQUEST_TIMEOUT": "10s"}, "strategy": {"blueGreen": {"autoPromote": false}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let blue = configs.get("demo-config-blue").await.unwrap();
+
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"spec": {"config": {"REQUEST_TIMEOUT": "1s"}}}),
+    )
+    .await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert!(status.rollout.is_some(), "a config change is a rollout");
+    let green = configs.get("demo-config-green").await.unwrap();
+    assert_eq!(green.data.unwrap()["REQUEST_TIMEOUT"], "1s");
+    let blue_now = configs.get("demo-config-blue").await.unwrap();
+    assert_eq!(
+        (blue_now.resource_version(), blue_now.data.clone()),
+        (blue.resource_version(), blue.data.clone()),
+        "the serving slot keeps its config"
+    );
+
+    // GitOps revert: the config goes back; traffic never left blue, which still has it.
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"spec": {"config": {"REQUEST_TIMEOUT": "10s"}}}),
+    )
+    .await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert!(status.rollout.is_none());
+    assert_eq!(status.phase, Some(Phase::Healthy));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+    assert_eq!(
+        configs.get("demo-config-blue").await.unwrap().data.unwrap()["REQUEST_TIMEOUT"],
+        "10s"
+    );
+    assert!(
+        event_reasons(&client, &ns)
+            .await
+            .contains(&"RolledBack".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn operator_process_killed_mid_canary_resumes_with_the_same_weights() {
+    let client = cluster().await;
+    install_http_route_crd(&client).await;
+    let ns = namespace(&client, "killed").await;
+    let spec = json!({"version": "1.0.0",
+    "ingress": {"host": "messenger.local", "router": "gatewayAPI", "gatewayRef": {"name": "gw"}},
+    "strategy": {"type": "Canary", "canary": {"steps": [
+        {"setWeight": 30}, {"pause": {}}, {"setWeight": 70}, {"pause": {}}
+    ]}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let apps: Api<MessengerApp> = Api::namespaced(client.clone(), &ns);
+    let phase_is = |phase: Phase| {
+        let apps = apps.clone();
+        move || {
+            let apps = apps.clone();
+            async move {
+                let app = apps.get("demo").await.ok()?;
+                (app.status?.phase == Some(phase)).then_some(())
+            }
+        }
+    };
+    let operator = spawn_operator(&ns, "operator-a");
+    eventually("the blue slot exists", Duration::from_secs(30), || async {
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("demo-gateway-blue")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    eventually("Healthy", Duration::from_secs(30), phase_is(Phase::Healthy)).await;
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    eventually("the green slot exists", Duration::from_secs(30), || async {
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("demo-users-green")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    eventually(
+        "paused at 30",
+        Duration::from_secs(30),
+        phase_is(Phase::Paused),
+    )
+    .await;
+    assert_eq!(router_weights(&client, &ns, "gatewayAPI").await, (30, 70));
+    let before = get_app(&client, &ns, "demo").await.status.unwrap();
+
+    drop(operator); // SIGKILL mid-rollout
+    let operator = spawn_operator(&ns, "operator-b");
+    // The new process leads (lease expiry) and reconciles; nothing moves while paused.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(router_weights(&client, &ns, "gatewayAPI").await, (30, 70));
+    let after = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(
+        after.rollout, before.rollout,
+        "the rollout continues from status"
+    );
+    assert_eq!(after.slots, before.slots);
+
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"metadata": {"annotations": {"messenger.dev/promote": "1"}}}),
+    )
+    .await;
+    eventually(
+        "the restarted operator takes the next step",
+        Duration::from_secs(30),
+        || async { (router_weights(&client, &ns, "gatewayAPI").await == (70, 30)).then_some(()) },
+    )
+    .await;
+    drop(operator);
 }

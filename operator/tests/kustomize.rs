@@ -413,6 +413,10 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         ("messengerapps/status.messenger.dev", vec!["patch"]),
         ("messengerapps/finalizers.messenger.dev", vec!["update"]),
         ("events.events.k8s.io", vec!["create", "patch"]),
+        // The internal-trust key: created once, never read.
+        ("secrets", vec!["create"]),
+        // Canary analysis finds the candidate gateway pods to scrape.
+        ("pods", vec!["list"]),
     ]);
     for child in [
         "deployments.apps",
@@ -420,6 +424,7 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         "configmaps",
         "serviceaccounts",
         "ingresses.networking.k8s.io",
+        "networkpolicies.networking.k8s.io",
         "httproutes.gateway.networking.k8s.io",
         "poddisruptionbudgets.policy",
     ] {
@@ -433,9 +438,10 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         granted_view, expected,
         "the ClusterRole must grant exactly these verbs per resource"
     );
-    assert!(
-        !granted.contains_key("secrets"),
-        "the operator only references Secrets; it must not read them"
+    assert_eq!(
+        granted["secrets"],
+        BTreeSet::from(["create".to_owned()]),
+        "the operator creates the internal-trust key and must never read Secrets"
     );
 
     // Leases only in the operator's namespace, through a Role.
@@ -834,7 +840,17 @@ fn broken_messenger_apps_are_rejected_or_pruned_by_the_crd_schema() {
         .unwrap_or_else(|e| panic!("the full sample itself is rejected: {e}"));
 
     type Edit = fn(&mut Value);
-    let invalid: [(&str, Edit, &str); 5] = [
+    let invalid: [(&str, Edit, &str); 7] = [
+        (
+            "version longer than a label value",
+            |app| app["spec"]["version"] = json!("v".repeat(64)),
+            "version",
+        ),
+        (
+            "version ending in a dash (not a label value)",
+            |app| app["spec"]["version"] = json!("1.0-"),
+            "version",
+        ),
         (
             "negative replicas",
             |app| app["spec"]["components"]["gateway"]["replicas"] = json!(-1),
@@ -1131,6 +1147,8 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         ("patch", "messengerapps.messenger.dev/status"),
         ("create", "events.events.k8s.io"),
         ("patch", "events.events.k8s.io"),
+        ("create", "secrets"),
+        ("list", "pods"),
     ];
     for child in [
         "deployments.apps",
@@ -1138,6 +1156,7 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         "configmaps",
         "serviceaccounts",
         "ingresses.networking.k8s.io",
+        "networkpolicies.networking.k8s.io",
         "httproutes.gateway.networking.k8s.io",
         "poddisruptionbudgets.policy",
     ] {
@@ -1160,6 +1179,9 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
     let denied = [
         (app_namespace.as_str(), "get", "secrets"),
         (app_namespace.as_str(), "list", "secrets"),
+        (app_namespace.as_str(), "watch", "secrets"),
+        (app_namespace.as_str(), "patch", "secrets"),
+        (app_namespace.as_str(), "delete", "secrets"),
         (app_namespace.as_str(), "create", "pods"),
         (app_namespace.as_str(), "update", "deployments.apps"),
         (
