@@ -45,7 +45,7 @@ wait_port() { # port, seconds, what
   for _ in $(seq 1 $(($2 * 5))); do port_open "$1" && return 0; sleep 0.2; done
   die "$3 did not start listening on 127.0.0.1:$1 within $2s"
 }
-psql_ddb() { su postgres -c "$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -p $PG_PORT -d postgres $*"; }
+psql_ddb() { su postgres -c "PGOPTIONS='-c client_min_messages=warning' $PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -p $PG_PORT -d postgres $*"; }
 
 archive() { # glob -> the one archive that matches
   local found=("$VENDOR"/$1)
