@@ -13,7 +13,7 @@ help: ## list the targets
 build: ## build every crate
 	cargo build --workspace --locked
 
-test: ## start/install PostgreSQL, Redis, tansu and kube-apiserver, then fmt, clippy and all tests
+test: ## start/install PostgreSQL, Redis, tansu, DocumentDB and kube-apiserver, then fmt, clippy and all tests
 	scripts/test.sh
 
 test-deps: ## only start/install the components the tests need
@@ -29,11 +29,12 @@ fmt: ## format the workspace
 lint: ## clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts PostgreSQL, Redis, tansu)
+bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts PostgreSQL, Redis, tansu, DocumentDB)
 	env_file=$$(mktemp) && scripts/test-deps.sh "$$env_file" && source "$$env_file" && rm -f "$$env_file" && \
 	cargo bench --locked -p messenger-operator --bench reconcile && \
 	cargo bench --locked -p messenger-auth --bench rpc && \
-	cargo bench --locked -p messenger-common --features testing --bench outbox
+	cargo bench --locked -p messenger-common --features testing --bench outbox && \
+	cargo bench --locked -p messenger-chat --bench rpc
 
 run: ## the whole messenger in one process - arrives with the gateway; says what to run meanwhile
 	@echo "make run (gateway + all services in one process, in-memory storage) arrives with the REST gateway." >&2

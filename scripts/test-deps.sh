@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the real components the tests talk to are installed and running:
 # PostgreSQL and Redis (Debian packages), a Kafka-protocol broker (tansu from crates.io,
-# in-memory storage) and, for the operator, a real kube-apiserver + etcd.
+# in-memory storage), a MongoDB-wire server (DocumentDB, scripts/documentdb.sh, unless
+# MONGODB_URI names one) and, for the operator, a real kube-apiserver + etcd.
 # Idempotent: anything already running is reused. Prints one line per component.
 #
 # Writes the variables the tests read to the file named by $1 (sourced by scripts/test.sh).
@@ -101,13 +102,22 @@ if ! port_open "$KAFKA_PORT"; then
 fi
 log "Kafka-protocol broker (tansu) up on 127.0.0.1:$KAFKA_PORT"
 
-# --- MongoDB: not packaged here; used when MONGODB_URI reaches a server ---
+# --- MongoDB wire protocol: the user's MONGODB_URI (a real MongoDB 6+) wins; otherwise
+# DocumentDB, built once from ../shared/vendor/documentdb by scripts/documentdb.sh ---
 mongo_uri=${TEST_MONGODB_URI:-${MONGODB_URI:-}}
-mongo_reachable=false
+mongo_env=$(mktemp)
+trap 'rm -f "$mongo_env"' EXIT
 if [ -n "$mongo_uri" ]; then
   hostport=$(echo "$mongo_uri" | sed -E 's#^mongodb(\+srv)?://([^@/]*@)?([^/,?]+).*#\3#')
   host=${hostport%:*}; port=${hostport##*:}; [ "$port" = "$hostport" ] && port=27017
-  if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then mongo_reachable=true; fi
+  if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+    log "MongoDB: using MONGODB_URI ($host:$port)"
+    { echo "export TEST_MONGODB_URI='$mongo_uri'"; echo "export MONGODB_SKIP_REASON="; } >"$mongo_env"
+  else
+    echo "export MONGODB_SKIP_REASON='MONGODB_URI is set but its server is not reachable'" >"$mongo_env"
+  fi
+else
+  "$(dirname "$0")/documentdb.sh" start "$mongo_env"
 fi
 
 {
@@ -115,12 +125,5 @@ fi
   echo "export TEST_REDIS_URL=redis://127.0.0.1:6379"
   echo "export TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
   echo "export TANSU_BIN=$TANSU_BIN"
-  if [ "$mongo_reachable" = true ]; then
-    echo "export TEST_MONGODB_URI='$mongo_uri'"
-    echo "export MONGODB_SKIP_REASON="
-  elif [ -n "$mongo_uri" ]; then
-    echo "export MONGODB_SKIP_REASON='MONGODB_URI is set but its server is not reachable'"
-  else
-    echo "export MONGODB_SKIP_REASON='MONGODB_URI is not set (MongoDB is not packaged for this machine)'"
-  fi
+  cat "$mongo_env"
 } >"$ENV_OUT"

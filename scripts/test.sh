@@ -42,7 +42,7 @@ if [ -n "${MONGODB_SKIP_REASON:-}" ]; then
   filter=(-E 'not test(/mongo/)')
   skipped=$(cargo nextest list --workspace --locked -E 'test(/mongo/)' --message-format oneline 2>/dev/null | wc -l)
   echo "test: SKIPPING $skipped MongoDB test(s): $MONGODB_SKIP_REASON" >&2
-  echo "test: set MONGODB_URI to a MongoDB 6+ server to run them" >&2
+  echo "test: set MONGODB_URI to a MongoDB 6+ server, or put the DocumentDB archives in ../shared/vendor/documentdb, to run them" >&2
 fi
 
 cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}"

@@ -739,6 +739,100 @@ mod tests {
             .state
     }
 
+    /// The queries and the idempotency rest on these indexes: they must exist on the
+    /// server (not only be asked for), the unique ones must refuse a duplicate with code
+    /// 11000 while their partial filter lets documents without the key through, and a
+    /// second start-up must find them in place.
+    #[tokio::test]
+    async fn mongo_indexes_exist_and_unique_ones_refuse_duplicates() {
+        let store = test_store().await;
+        let database = store.database().clone();
+        let outcome = async move {
+            let names = |collection: &'static str| {
+                let database = store.database().clone();
+                async move {
+                    let mut names = database
+                        .collection::<Document>(collection)
+                        .list_index_names()
+                        .await
+                        .unwrap();
+                    names.sort();
+                    names
+                }
+            };
+            assert_eq!(
+                names(CHATS).await,
+                ["_id_", "direct_key_unique", "participants_activity"]
+            );
+            assert_eq!(
+                names(MESSAGES).await,
+                ["_id_", "chat_message", "client_message_id_unique"]
+            );
+            assert_eq!(names(OUTBOX).await, ["_id_", "published_ttl", "state_id"]);
+
+            let (a, b) = (UserId::new_random(), UserId::new_random());
+            let direct = ChatDraft {
+                creator_id: a,
+                other_ids: vec![b],
+            }
+            .into_chat();
+            let group = || {
+                ChatDraft {
+                    creator_id: a,
+                    other_ids: vec![b, UserId::new_random()],
+                }
+                .into_chat()
+            };
+            store
+                .chats
+                .insert_one(ChatDoc::from_chat(&direct))
+                .await
+                .unwrap();
+            let mut same_pair = ChatDoc::from_chat(&direct);
+            same_pair.id = ChatId::generate().to_string();
+            let error = store.chats.insert_one(&same_pair).await.unwrap_err();
+            assert!(is_duplicate_key(&error), "{error}");
+            // Group chats have no direct key: any number of them.
+            for _ in 0..2 {
+                store
+                    .chats
+                    .insert_one(ChatDoc::from_chat(&group()))
+                    .await
+                    .unwrap();
+            }
+
+            let message = |client_id: Option<&str>| {
+                let id = MessageId::generate();
+                MessageDoc::from_message(&Message {
+                    id,
+                    chat_id: direct.id,
+                    author_id: a,
+                    content: "hi".into(),
+                    sent_at: id.timestamp(),
+                    client_message_id: client_id.map(str::to_owned),
+                })
+            };
+            store.messages.insert_one(message(Some("k"))).await.unwrap();
+            let error = store
+                .messages
+                .insert_one(message(Some("k")))
+                .await
+                .unwrap_err();
+            assert!(is_duplicate_key(&error), "{error}");
+            for _ in 0..2 {
+                store.messages.insert_one(message(None)).await.unwrap();
+            }
+
+            // A restarted service creates the same indexes again without an error.
+            store.create_indexes().await.unwrap();
+        };
+        let outcome = tokio::spawn(outcome).await;
+        database.drop().await.ok();
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic.into_panic());
+        }
+    }
+
     #[tokio::test]
     async fn mongo_outbox_waits_for_in_flight_changes_and_abandons_orphans() {
         let store = test_store().await;
