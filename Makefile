@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
 
 # Benchmarks measure speed (numbers in docs/benchmarks.md); tests never time anything.
-.PHONY: help run build test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat
+.PHONY: help run build test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat run-gateway
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,11 +34,12 @@ bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts Pos
 	cargo bench --locked -p messenger-operator --bench reconcile && \
 	cargo bench --locked -p messenger-auth --bench rpc && \
 	cargo bench --locked -p messenger-common --features testing --bench outbox && \
-	cargo bench --locked -p messenger-chat --bench rpc
+	cargo bench --locked -p messenger-chat --bench rpc && \
+	cargo bench --locked -p messenger-gateway --bench http
 
-run: ## the whole messenger in one process - arrives with the gateway; says what to run meanwhile
-	@echo "make run (gateway + all services in one process, in-memory storage) arrives with the REST gateway." >&2
-	@echo "Meanwhile: make test-deps, then make run-auth, run-users, run-friends and run-chat (see README.md)." >&2
+run: ## the whole messenger in one process - arrives with `messenger dev`; says what to run meanwhile
+	@echo "make run (all five services in one process, in-memory storage) arrives with `messenger dev`." >&2
+	@echo "Meanwhile: make test-deps, then make run-auth, run-users, run-friends, run-chat and run-gateway (see README.md)." >&2
 	@exit 2
 
 run-auth: ## run the auth service against local PostgreSQL/Redis/Kafka
@@ -52,5 +53,8 @@ run-friends: ## run the friends service against local PostgreSQL/Redis/Kafka
 
 run-chat: ## run the chat service (CHAT_STORE=memory without MongoDB)
 	cargo run --locked -p messenger-chat
+
+run-gateway: ## run the REST gateway on :8080 in front of the four services (run-auth ... run-chat)
+	cargo run --locked -p messenger-gateway
 
 -include mk/k8s.mk
