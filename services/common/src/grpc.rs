@@ -224,7 +224,7 @@ impl GrpcServer {
             .layer(DeadlineLayer::new(request_timeout))
             .layer(CallContextLayer::new(internal_key))
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+            .serve_with_incoming_shutdown(incoming_without_nagle(listener), stop_accepting);
         tokio::pin!(server);
         // The server also ends by itself once shutdown has stopped it accepting and the
         // last call has finished; either way the stop is logged.
@@ -247,6 +247,20 @@ impl GrpcServer {
         tracing::info!("gRPC server stopped");
         Ok(())
     }
+}
+
+/// Accepted connections with `TCP_NODELAY`: `serve_with_incoming_shutdown` does not apply
+/// tonic's own setting, and without it a response larger than one segment waits ~40 ms for
+/// the client's delayed ACK (docs/benchmarks.md).
+fn incoming_without_nagle(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn set_status(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
