@@ -392,7 +392,7 @@ fn main() {
             receivers.push(tokio::spawn(async move {
                 let mut lines = tokio_util_lines(stream);
                 while let Some(line) = lines.next().await {
-                    if let Some(n) = line.strip_prefix("data: ").and_then(|d| d.split("fanout ").nth(1)).and_then(|t| t.split('"').next()).and_then(|n| n.parse().ok()) {
+                    if let Some(n) = line.strip_prefix("data:").and_then(|d| d.split("fanout ").nth(1)).and_then(|t| t.split('"').next()).and_then(|n| n.parse().ok()) {
                         let _ = sender.send((n, Instant::now()));
                     }
                 }

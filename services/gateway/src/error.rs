@@ -83,6 +83,14 @@ impl ApiError {
         }
     }
 
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than the gateway accepts",
+        )
+    }
+
     pub fn overloaded() -> Self {
         Self {
             retry_after: Some(1),

@@ -188,6 +188,33 @@ pub async fn deadline(request: Request, next: Next) -> Response {
     }
 }
 
+/// Bodies up to this size are read and dropped before a 413 is answered.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
+/// Answers 413 at once for a body whose declared length is over `limit`. The body is read
+/// and dropped first (up to [`DRAIN_LIMIT`]): closing a connection with unread data makes
+/// the kernel reset it, and the client may then lose the 413 along with it.
+pub async fn reject_oversized(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => {
+            if length <= DRAIN_LIMIT {
+                let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT as usize).await;
+            }
+            ApiError::payload_too_large().into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 /// Per-client-address budgets for one kind of request.
 #[derive(Debug)]
 pub struct AddressRateLimiter {

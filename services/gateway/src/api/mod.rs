@@ -206,6 +206,10 @@ pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
         .layer(metrics.http_layer())
         .with_state(state)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_body_bytes,
+            middleware::reject_oversized,
+        ))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
         .layer(SetSensitiveRequestHeadersLayer::new([
