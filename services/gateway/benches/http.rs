@@ -321,6 +321,30 @@ fn main() {
         }
         println!("gateway at {address}; {CONCURRENCY} concurrent clients on loopback");
 
+        // Idle streams, held by a child process, before the load phases fill the allocator.
+        let before = resident_kib();
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .args(["--hold-streams", &address.to_string(), &bob, &idle.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("child");
+        let mut ready = String::new();
+        tokio::task::block_in_place(|| {
+            std::io::BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut ready)
+        })
+        .expect("child output");
+        assert_eq!(ready.trim(), "ready");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = resident_kib();
+        println!(
+            "{idle} idle event streams: gateway process grew {} KiB, {:.1} KiB per connection",
+            after.saturating_sub(before),
+            after.saturating_sub(before) as f64 / idle as f64
+        );
+        drop(child.stdin.take());
+        let _ = child.wait();
+
         let floor = {
             let client = Arc::clone(&client);
             load("floor (404 problem)", requests, move |_| {
@@ -350,38 +374,31 @@ fn main() {
             .await
         };
         {
-            let (client, email) = (Arc::clone(&client), format!("alice{tag}@example.org"));
-            load("login (argon2id)", logins, move |_| {
-                let (client, email) = (Arc::clone(&client), email.clone());
-                async move { client.call(reqwest::Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": PASSWORD}))).await.0 }
+            // One account per login: auth counts an attempt against its account until it
+            // succeeds, so concurrent logins of one account would trip its failure limit.
+            let accounts: Vec<(String, String)> = (0..logins)
+                .map(|i| (format!("login{i}{tag}@example.org"), format!("login{i}{tag}")))
+                .collect();
+            let registering = Arc::new(accounts.clone());
+            let client_for_register = Arc::clone(&client);
+            load("register (argon2id)", logins, move |i| {
+                let (client, accounts) = (Arc::clone(&client_for_register), Arc::clone(&registering));
+                async move {
+                    let (email, nickname) = &accounts[i];
+                    let body = json!({"email": email, "password": PASSWORD, "nickname": nickname});
+                    client.call(reqwest::Method::POST, "/v1/auth/register", None, Some(body)).await.0
+                }
+            })
+            .await;
+            let accounts = Arc::new(accounts);
+            let client = Arc::clone(&client);
+            load("login (argon2id)", logins, move |i| {
+                let (client, accounts) = (Arc::clone(&client), Arc::clone(&accounts));
+                async move { client.call(reqwest::Method::POST, "/v1/auth/login", None, Some(json!({"email": accounts[i].0, "password": PASSWORD}))).await.0 }
             })
             .await;
         }
         println!("ratios to the floor: history read {:.0}%, send {:.0}%", 100.0 * history / floor, 100.0 * send / floor);
-
-        // Idle streams, held by a child process.
-        let before = resident_kib();
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
-            .args(["--hold-streams", &address.to_string(), &bob, &idle.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("child");
-        let mut ready = String::new();
-        tokio::task::block_in_place(|| {
-            std::io::BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut ready)
-        })
-        .expect("child output");
-        assert_eq!(ready.trim(), "ready");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = resident_kib();
-        println!(
-            "{idle} idle event streams: gateway process grew {} KiB, {:.1} KiB per connection",
-            after.saturating_sub(before),
-            after.saturating_sub(before) as f64 / idle as f64
-        );
-        drop(child.stdin.take());
-        let _ = child.wait();
 
         // Delivery delay of messages fanned out to `fanout` open streams.
         let mut receivers = Vec::new();

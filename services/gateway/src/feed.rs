@@ -44,6 +44,10 @@ impl KafkaFeed {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
             .set("session.timeout.ms", "10000")
+            // Events are for people watching: a fetch waits at most 100 ms for new records
+            // (librdkafka's 500 ms default is a broker that holds the fetch that long
+            // before answering; docs/benchmarks.md).
+            .set("fetch.wait.max.ms", "100")
             .create()?;
         consumer.subscribe(TOPICS)?;
         tracing::info!(%group, topics = ?TOPICS, "consuming events for the real-time streams");
