@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use messenger_common::identity::{Caller, InternalKey, attach};
 use messenger_common::testing;
-use messenger_proto::v1::GetChatHistoryRequest;
+use messenger_proto::v1::auth_service_client::AuthServiceClient;
 use messenger_proto::v1::chat_service_client::ChatServiceClient;
+use messenger_proto::v1::{CheckSessionsRequest, GetChatHistoryRequest};
 use process::{Backend, Service};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -214,18 +215,25 @@ async fn sign_up(api: &Api, nickname: &str) -> Person {
 async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
     let key = testing::test_key_secret().to_owned();
     let mut backend = Backend::start(vec![("CHAT_STORE", "memory".to_owned())]).await;
-    let mut gateway = Service::start(
-        "gateway",
-        &[
-            backend.peer_env(),
-            vec![
-                ("KAFKA_BROKERS", testing::kafka_brokers()),
-                ("GATEWAY_EVENTS_HEARTBEAT", "1s".to_owned()),
-            ],
-        ]
-        .concat(),
-    );
+    // Two replicas, as a Deployment runs them: a logout served by one ends the other's
+    // streams of that token too (it asks auth about open streams every second here).
+    let start_gateway = || {
+        Service::start(
+            "gateway",
+            &[
+                backend.peer_env(),
+                vec![
+                    ("KAFKA_BROKERS", testing::kafka_brokers()),
+                    ("GATEWAY_EVENTS_HEARTBEAT", "1s".to_owned()),
+                    ("GATEWAY_EVENTS_SESSION_RECHECK", "1s".to_owned()),
+                ],
+            ]
+            .concat(),
+        )
+    };
+    let (mut gateway, mut replica) = (start_gateway(), start_gateway());
     gateway.wait_ready();
+    replica.wait_ready();
     let api = Api::new(gateway.http_url());
 
     // --- two people sign up; profiles appear; search finds them ---
@@ -630,16 +638,37 @@ async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
     let forged = chat_client.get_chat_history(forged).await.unwrap_err();
     assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
 
-    // --- logout: the token is dead at once and its stream ends ---
+    // Which tokens are alive is for the gateway only.
+    let mut auth_client = AuthServiceClient::connect(backend.auth.url())
+        .await
+        .expect("auth gRPC");
+    let mut as_user = tonic::Request::new(CheckSessionsRequest {
+        token_digests: vec!["0".repeat(64)],
+    });
+    attach(
+        &mut as_user,
+        &InternalKey::new(&key).unwrap(),
+        &Caller::User(carol.id.parse().unwrap()),
+    );
+    let refused = auth_client.check_sessions(as_user).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // --- logout: the token is dead at once and its streams end, on every replica ---
+    let on_replica = Api::new(replica.http_url()).signed_in(&bob.token);
+    let mut bob_on_replica = EventStream::open(on_replica.request(Method::GET, "/v1/events")).await;
     bob.api
         .expect(Method::POST, "/v1/auth/logout", None, 204)
         .await;
-    loop {
-        match bob_events.next().await {
-            None => break,
-            Some(event) => assert_ne!(event.kind, "reset", "unexpected {event:?}"),
+    for stream in [&mut bob_events, &mut bob_on_replica] {
+        loop {
+            match stream.next().await {
+                None => break,
+                Some(event) => assert_ne!(event.kind, "reset", "unexpected {event:?}"),
+            }
         }
     }
+    let (status, _) = on_replica.get("/v1/users/me").await;
+    assert_eq!(status, 401, "the other replica refuses the token too");
     let (status, problem) = bob.api.get("/v1/users/me").await;
     assert_eq!(status, 401, "{problem}");
     assert_eq!(problem["code"], "unauthenticated");
@@ -652,7 +681,7 @@ async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
     );
 
     let [chat, friends, users, auth] = backend.callers_first();
-    for service in [&mut gateway, chat, friends, users, auth] {
+    for service in [&mut gateway, &mut replica, chat, friends, users, auth] {
         let status = service.terminate();
         assert!(
             status.success(),

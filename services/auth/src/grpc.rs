@@ -7,13 +7,17 @@ use chrono::{DateTime, Utc};
 use messenger_common::identity::Caller;
 use messenger_proto::v1::auth_service_server;
 use messenger_proto::v1::{
-    LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, OAuthSignInRequest,
-    RegisterRequest, RegisterResponse, ValidateTokenRequest, ValidateTokenResponse,
+    CheckSessionsRequest, CheckSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
+    LogoutResponse, OAuthSignInRequest, RegisterRequest, RegisterResponse, ValidateTokenRequest,
+    ValidateTokenResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::error::AuthError;
 use crate::service::AuthService;
+
+/// Most digests one `CheckSessions` call may ask about.
+pub const MAX_CHECKED_SESSIONS: usize = 1000;
 
 /// Metadata key the gateway sets to the end user's address.
 pub const CLIENT_IP_METADATA: &str = "x-client-ip";
@@ -116,6 +120,29 @@ impl auth_service_server::AuthService for AuthGrpc {
             user_id: session.user_id.to_string(),
             expires_at: Some(timestamp(session.expires_at)),
         }))
+    }
+
+    async fn check_sessions(
+        &self,
+        request: Request<CheckSessionsRequest>,
+    ) -> Result<Response<CheckSessionsResponse>, Status> {
+        // Which tokens are alive is the gateway's business only.
+        match messenger_common::identity::caller(&request) {
+            Some(Caller::Service(name)) if name == GATEWAY => {}
+            _ => {
+                return Err(Status::unauthenticated(
+                    "only the gateway may check sessions",
+                ));
+            }
+        }
+        let digests = request.into_inner().token_digests;
+        if digests.len() > MAX_CHECKED_SESSIONS {
+            return Err(Status::invalid_argument(format!(
+                "token_digests: at most {MAX_CHECKED_SESSIONS} per call"
+            )));
+        }
+        let ended = self.service.ended_sessions(&digests).await?;
+        Ok(Response::new(CheckSessionsResponse { ended }))
     }
 
     async fn o_auth_sign_in(

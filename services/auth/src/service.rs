@@ -144,6 +144,21 @@ impl AuthService {
         Ok(())
     }
 
+    /// The digests whose session no longer exists. Malformed digests count as ended.
+    pub async fn ended_sessions(&self, digests: &[String]) -> Result<Vec<String>, AuthError> {
+        let mut ended = Vec::new();
+        for text in digests {
+            let alive = match crate::token::TokenDigest::parse_hex(text) {
+                Some(digest) => self.stores.sessions.get(&digest).await?.is_some(),
+                None => false,
+            };
+            if !alive {
+                ended.push(text.clone());
+            }
+        }
+        Ok(ended)
+    }
+
     /// Resolves a token to its session: one session-store lookup, no password work.
     pub async fn validate(&self, token: &str) -> Result<Session, AuthError> {
         let token = AccessToken::parse(token).ok_or(AuthError::InvalidToken)?;

@@ -59,6 +59,12 @@ impl fmt::Debug for AccessToken {
 pub struct TokenDigest(String);
 
 impl TokenDigest {
+    /// A digest as another component holds it: 64 lowercase hex digits.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        (text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -90,6 +96,15 @@ mod tests {
         assert_eq!(digest.as_str().len(), 64);
         assert_ne!(digest.as_str(), token.expose());
         assert_eq!(digest, token.digest());
+    }
+
+    #[test]
+    fn digests_from_elsewhere_are_64_lowercase_hex_digits() {
+        let digest = AccessToken::generate().unwrap().digest();
+        assert_eq!(TokenDigest::parse_hex(digest.as_str()), Some(digest));
+        for bad in ["", "abc", &"g".repeat(64), &"A".repeat(64), &"a".repeat(65)] {
+            assert_eq!(TokenDigest::parse_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]

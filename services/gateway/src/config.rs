@@ -60,6 +60,10 @@ pub struct StreamConfig {
     pub heartbeat: Duration,
     /// Lifetime of a `POST /v1/events/ticket` ticket.
     pub ticket_ttl: Duration,
+    /// How often auth is asked whether open streams' tokens still exist
+    /// (`GATEWAY_EVENTS_SESSION_RECHECK`): a logout served by another replica ends this
+    /// replica's streams of that token within it.
+    pub session_recheck: Duration,
 }
 
 impl Default for StreamConfig {
@@ -71,6 +75,7 @@ impl Default for StreamConfig {
             connection_buffer: 64,
             heartbeat: Duration::from_secs(15),
             ticket_ttl: Duration::from_secs(30),
+            session_recheck: Duration::from_secs(30),
         }
     }
 }
@@ -181,6 +186,11 @@ impl Config {
                 &lookup,
                 "GATEWAY_EVENTS_HEARTBEAT",
                 defaults.heartbeat,
+            )?,
+            session_recheck: env_nonzero_duration_from(
+                &lookup,
+                "GATEWAY_EVENTS_SESSION_RECHECK",
+                defaults.session_recheck,
             )?,
             ..defaults
         };

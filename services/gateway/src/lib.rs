@@ -101,6 +101,19 @@ pub async fn run(
             }
         }
     });
+    let rechecker = tokio::spawn({
+        let (hub, peers, stop) = (hub.clone(), peers.clone(), stop.clone());
+        let period = config.stream.session_recheck;
+        async move {
+            let mut every = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => end_revoked_streams(&hub, &peers).await,
+                }
+            }
+        }
+    });
 
     let admin_task = tokio::spawn(admin::serve_with_listener(
         listeners.admin,
@@ -146,6 +159,7 @@ pub async fn run(
     stop.trigger();
     forward_shutdown.abort();
     sweeper.abort();
+    rechecker.abort();
     let _ = feed_task.await;
     let admin_result = admin_task
         .await
@@ -154,4 +168,28 @@ pub async fn run(
     admin_result?;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Asks auth which open streams' tokens are gone and ends those streams: a logout served
+/// by another replica (or an expired token) stops this replica's streams too.
+async fn end_revoked_streams(hub: &StreamHub, peers: &Peers) {
+    let tokens = hub.open_tokens();
+    for chunk in tokens.chunks(1000) {
+        let digests = chunk.iter().map(hex::encode).collect();
+        let request = peers.as_gateway(messenger_proto::v1::CheckSessionsRequest {
+            token_digests: digests,
+        });
+        match peers.auth.clone().check_sessions(request).await {
+            Ok(answer) => {
+                for ended in answer.into_inner().ended {
+                    let mut token = [0u8; 32];
+                    if hex::decode_to_slice(&ended, &mut token).is_ok() {
+                        hub.close_token(&token);
+                    }
+                }
+            }
+            // Streams stay open while auth cannot answer; the next round asks again.
+            Err(status) => tracing::warn!(%status, "could not check the sessions of open streams"),
+        }
+    }
 }

@@ -268,6 +268,17 @@ impl StreamHub {
         }
     }
 
+    /// The distinct tokens that have open streams (to ask auth which were revoked).
+    pub fn open_tokens(&self) -> Vec<TokenFingerprint> {
+        let state = self.lock();
+        let tokens: HashSet<TokenFingerprint> = state
+            .users
+            .values()
+            .flat_map(|user| user.connections.iter().map(|c| c.token))
+            .collect();
+        tokens.into_iter().collect()
+    }
+
     /// Ends every stream (shutdown: clients reconnect elsewhere with `Last-Event-ID`).
     pub fn close_all(&self) {
         for user in self.lock().users.values_mut() {
@@ -559,8 +570,10 @@ mod tests {
         let (phone, laptop) = (token_fingerprint("phone"), token_fingerprint("laptop"));
         let mut on_phone = hub.subscribe(user, phone, None).unwrap();
         let mut on_laptop = hub.subscribe(user, laptop, None).unwrap();
+        assert_eq!(hub.open_tokens().len(), 2);
         hub.close_token(&phone);
         assert!(on_phone.events.recv().await.is_none());
+        assert_eq!(hub.open_tokens(), vec![laptop]);
         hub.deliver(user, stream_event("1"));
         assert_eq!(on_laptop.events.recv().await.unwrap().id, "1");
         drop(on_laptop);
