@@ -412,12 +412,13 @@ fn needs_no_caller(path: &str) -> bool {
 }
 
 /// A request id worth keeping: 1..=128 visible ASCII characters (it is logged verbatim).
-fn valid_request_id(value: &str) -> bool {
+/// The gateway applies the same rule to a client's `x-request-id`.
+pub fn valid_request_id(value: &str) -> bool {
     (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// `version-traceid-parentid-flags` of the W3C trace context, lower-case hex.
-fn valid_traceparent(value: &str) -> bool {
+pub fn valid_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
     let hex = |s: &str, len: usize| {
         s.len() == len

@@ -14,9 +14,13 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
+use messenger_common::grpc::{TRACEPARENT_METADATA, valid_request_id, valid_traceparent};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
+
+/// The request id header, the same name as the gRPC metadata the services log.
+pub use messenger_common::grpc::REQUEST_ID_METADATA as REQUEST_ID;
 
 /// What the services need to know about the request being served.
 #[derive(Debug, Clone)]
@@ -43,28 +47,6 @@ pub fn current_request_id() -> Option<String> {
 /// The context of the request this task serves.
 pub fn current_context() -> Option<RequestContext> {
     CONTEXT.try_with(Clone::clone).ok()
-}
-
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// A client's request id is kept when it is short printable ASCII (it ends up in logs
-/// and in gRPC metadata); anything else is replaced.
-pub fn valid_request_id(value: &str) -> bool {
-    (1..=128).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
-}
-
-/// `traceparent` per W3C Trace Context: `00-<32 hex>-<16 hex>-<2 hex>`.
-pub fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
 }
 
 /// The end user's address: the TCP peer, unless the peer is a trusted proxy, in which
@@ -140,7 +122,7 @@ pub async fn request_context(
         .filter(|v| valid_request_id(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let traceparent = headers
-        .get("traceparent")
+        .get(TRACEPARENT_METADATA)
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_traceparent(v))
         .map(str::to_owned);

@@ -96,7 +96,7 @@ impl Peers {
                 metadata.insert(crate::middleware::REQUEST_ID, value);
             }
             if let Some(value) = context.traceparent.and_then(|t| t.parse().ok()) {
-                metadata.insert("traceparent", value);
+                metadata.insert(messenger_common::grpc::TRACEPARENT_METADATA, value);
             }
             if let Some(value) = context.client_ip.and_then(|ip| ip.to_string().parse().ok()) {
                 metadata.insert("x-client-ip", value);
