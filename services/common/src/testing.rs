@@ -146,8 +146,35 @@ pub fn unique_name(base: &str) -> String {
     format!("{base}.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts later
+/// (or never, to have a dead address).
+///
+/// Chosen below the kernel's ephemeral range, never from it: a port from that range can
+/// be taken in the meantime by any outgoing connection — or by a client reconnecting to
+/// the not-yet-started server, which the kernel may connect to itself — and the server
+/// then fails with "address in use".
 pub fn free_port() -> u16 {
+    use rand::Rng as _;
+    // Above the well-known servers the tests use (5432, 6379, 9092, 10260, 23790, 27017).
+    const LOWEST: u16 = 28000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_start <= LOWEST + 100 {
+        return ephemeral_free_port();
+    }
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(LOWEST..ephemeral_start);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    ephemeral_free_port()
+}
+
+fn ephemeral_free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
