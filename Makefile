@@ -37,10 +37,8 @@ bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts Pos
 	cargo bench --locked -p messenger-chat --bench rpc && \
 	cargo bench --locked -p messenger-gateway --bench http
 
-run: ## the whole messenger in one process - arrives with `messenger dev`; says what to run meanwhile
-	@echo "make run (all five services in one process, in-memory storage) arrives with `messenger dev`." >&2
-	@echo "Meanwhile: make test-deps, then make run-auth, run-users, run-friends, run-chat and run-gateway (see README.md)." >&2
-	@exit 2
+run: ## the whole messenger in one process, in memory: `messenger dev` (release build; ARGS="--seed-demo" etc.)
+	cargo run --release --locked -p messenger-cli --bin messenger -- dev $(ARGS)
 
 run-auth: ## run the auth service against local PostgreSQL/Redis/Kafka
 	cargo run --locked -p messenger-auth

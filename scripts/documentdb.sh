@@ -84,13 +84,13 @@ install_packages() {
   done
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    quiet env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    quiet env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
+    quiet env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
   fi
   # Bookworm's pg_cron (1.4) is too old for DocumentDB and would shadow the one built here.
   if dpkg-query -W -f='${Status}' postgresql-$PG_VERSION-cron 2>/dev/null | grep -q "ok installed"; then
     log "removing postgresql-$PG_VERSION-cron (too old; pg_cron is built from the archive)"
-    quiet env DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq postgresql-$PG_VERSION-cron
+    quiet env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 remove -y -qq postgresql-$PG_VERSION-cron
   fi
 }
 

@@ -53,7 +53,7 @@ apt_updated=0
 apt_update_once() {
   if [[ $apt_updated -eq 0 ]]; then
     log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
     apt_updated=1
   fi
 }
@@ -72,7 +72,7 @@ install_missing_packages() {
   log "apt-get install ${missing[*]}"
   # policy-rc.d is not touched: etcd-server's own service may start on 2379 if an init system
   # runs; we use our own ports and data dir, so it does not matter.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 # True when apt already knows a source package index for the suite (some deb-src line exists).

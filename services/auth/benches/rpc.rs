@@ -44,11 +44,11 @@ fn main() {
         let database = TestDatabase::create().await;
         let config = Config::new(
             StoreConfig::Real {
-                database_url: database.url().to_owned(),
-                redis_url: redis_url(),
-                kafka_brokers: kafka_brokers(),
+                database_url: database.url().into(),
+                redis_url: redis_url().into(),
                 redis_prefix: unique_prefix(),
             },
+            messenger_common::events::EventsConfig::kafka(kafka_brokers()),
             messenger_common::testing::test_key(),
         );
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -1,9 +1,9 @@
 //! Configuration of the auth service: the shared settings plus `AUTH_*` variables.
 
-use std::fmt;
 use std::time::Duration;
 
-use messenger_common::config::{env_nonzero_duration_from, env_or_from, mask_secret, process_env};
+use messenger_common::config::{SecretUrl, env_nonzero_duration_from, env_or_from, process_env};
+use messenger_common::events::{EventsConfig, InMemoryEventBus};
 use messenger_common::identity::InternalKey;
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
@@ -22,45 +22,38 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_REDIS_PREFIX: &str = "auth:";
 
 /// Where accounts, sessions and login counters live. `Debug` masks URL passwords.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    /// PostgreSQL (accounts + outbox), Redis (sessions, counters), Kafka (events).
+    /// PostgreSQL (accounts + outbox) and Redis (sessions, counters).
     Real {
-        database_url: String,
-        redis_url: String,
-        kafka_brokers: String,
+        database_url: SecretUrl,
+        redis_url: SecretUrl,
         /// Prepended to every Redis key (`AUTH_REDIS_PREFIX`), so several deployments or
         /// tests can share one Redis.
         redis_prefix: String,
     },
-    /// Everything in process memory; events go to an in-process bus. For `messenger dev`.
+    /// Everything in process memory. For `messenger dev` and tests.
     InMemory,
 }
 
-impl fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Real {
-                database_url,
-                redis_url,
-                kafka_brokers,
-                redis_prefix,
-            } => f
-                .debug_struct("Real")
-                .field("database_url", &mask_secret("DATABASE_URL", database_url))
-                .field("redis_url", &mask_secret("REDIS_URL", redis_url))
-                .field("kafka_brokers", kafka_brokers)
-                .field("redis_prefix", redis_prefix)
-                .finish(),
-            Self::InMemory => f.write_str("InMemory"),
+impl StoreConfig {
+    /// PostgreSQL and Redis at the given URLs, the default key prefix.
+    pub fn real(database_url: impl Into<SecretUrl>, redis_url: impl Into<SecretUrl>) -> Self {
+        Self::Real {
+            database_url: database_url.into(),
+            redis_url: redis_url.into(),
+            redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub service: ServiceConfig,
     pub store: StoreConfig,
+    /// Where `UserRegistered` goes: Kafka (`KAFKA_BROKERS`) or an in-process bus
+    /// (`AUTH_STORE=memory`: a private one; `messenger dev`: the shared one).
+    pub events: EventsConfig,
     /// Lifetime of an access token (`AUTH_TOKEN_TTL`).
     pub token_ttl: Duration,
     pub login_limits: LoginLimits,
@@ -78,18 +71,31 @@ impl Config {
         let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
         let internal_key = InternalKey::from_lookup(&lookup)?;
         let store_kind: String = env_or_from(&lookup, "AUTH_STORE", "postgres".to_owned())?;
-        let store = match store_kind.as_str() {
-            "postgres" => StoreConfig::Real {
-                database_url: env_or_from(&lookup, "DATABASE_URL", DEFAULT_DATABASE_URL.into())?,
-                redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.into())?,
-                kafka_brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.into())?,
-                redis_prefix: env_or_from(
+        let (store, events) = match store_kind.as_str() {
+            "postgres" => (
+                StoreConfig::Real {
+                    database_url: env_or_from(
+                        &lookup,
+                        "DATABASE_URL",
+                        DEFAULT_DATABASE_URL.into(),
+                    )?,
+                    redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.into())?,
+                    redis_prefix: env_or_from(
+                        &lookup,
+                        "AUTH_REDIS_PREFIX",
+                        DEFAULT_REDIS_PREFIX.into(),
+                    )?,
+                },
+                EventsConfig::kafka(env_or_from(
                     &lookup,
-                    "AUTH_REDIS_PREFIX",
-                    DEFAULT_REDIS_PREFIX.into(),
-                )?,
-            },
-            "memory" => StoreConfig::InMemory,
+                    "KAFKA_BROKERS",
+                    DEFAULT_KAFKA_BROKERS.to_owned(),
+                )?),
+            ),
+            "memory" => (
+                StoreConfig::InMemory,
+                EventsConfig::InMemory(InMemoryEventBus::new()),
+            ),
             other => {
                 return Err(ConfigError::invalid(
                     "AUTH_STORE",
@@ -120,6 +126,7 @@ impl Config {
         Ok(Self {
             service,
             store,
+            events,
             token_ttl,
             login_limits,
             internal_key,
@@ -127,13 +134,14 @@ impl Config {
     }
 
     /// A configuration built from values, not the environment (tests, dev mode): the
-    /// given stores, listen addresses from the defaults (callers pass bound listeners to
-    /// `run`), default TTL and limits, callers verified with `internal_key`.
-    pub fn new(store: StoreConfig, internal_key: InternalKey) -> Self {
+    /// given stores and events, listen addresses from the defaults (callers pass bound
+    /// listeners to `run`), default TTL and limits, callers verified with `internal_key`.
+    pub fn new(store: StoreConfig, events: EventsConfig, internal_key: InternalKey) -> Self {
         Self {
             service: ServiceConfig::from_lookup(DEFAULTS, |_| None)
                 .expect("the built-in defaults are valid"),
             store,
+            events,
             token_ttl: DEFAULT_TOKEN_TTL,
             login_limits: LoginLimits::default(),
             internal_key,
@@ -180,9 +188,11 @@ mod tests {
             StoreConfig::Real {
                 database_url: DEFAULT_DATABASE_URL.into(),
                 redis_url: DEFAULT_REDIS_URL.into(),
-                kafka_brokers: DEFAULT_KAFKA_BROKERS.into(),
                 redis_prefix: "auth:".into(),
             }
+        );
+        assert!(
+            matches!(&config.events, EventsConfig::Kafka { brokers } if brokers == DEFAULT_KAFKA_BROKERS)
         );
         assert_eq!(config.token_ttl, Duration::from_secs(86_400));
         assert_eq!(config.login_limits, LoginLimits::default());

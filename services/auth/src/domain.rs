@@ -16,8 +16,7 @@ const DOMAIN_LABEL_MAX_CHARS: usize = 63;
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_CHARS: usize = 128;
 
-pub const NICKNAME_MIN_CHARS: usize = 3;
-pub const NICKNAME_MAX_CHARS: usize = 32;
+pub use messenger_common::ids::{NICKNAME_MAX_CHARS, NICKNAME_MIN_CHARS};
 
 /// Why a registration field was refused. The message is safe to return to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +26,7 @@ pub enum ValidationError {
     #[error("password: {0}")]
     Password(&'static str),
     #[error("nickname: {0}")]
-    Nickname(&'static str),
+    Nickname(String),
 }
 
 /// A syntactically valid email address, trimmed and lower-cased.
@@ -169,35 +168,12 @@ impl fmt::Debug for Password {
     }
 }
 
-/// A nickname: 3–32 characters of `[a-z0-9_.-]`, compared case-insensitively and so
-/// stored lower-case.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Nickname(String);
+/// Nicknames follow the one rule every service shares.
+pub use messenger_common::ids::Nickname;
 
-impl Nickname {
-    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let nickname = raw.to_ascii_lowercase();
-        let chars = nickname.chars().count();
-        if !(NICKNAME_MIN_CHARS..=NICKNAME_MAX_CHARS).contains(&chars) {
-            return Err(ValidationError::Nickname("must be 3 to 32 characters"));
-        }
-        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c);
-        if !nickname.chars().all(allowed) {
-            return Err(ValidationError::Nickname(
-                "may contain only letters a-z, digits, '_', '.' and '-'",
-            ));
-        }
-        Ok(Self(nickname))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Nickname {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl From<messenger_common::ids::InvalidValue> for ValidationError {
+    fn from(error: messenger_common::ids::InvalidValue) -> Self {
+        Self::Nickname(error.reason)
     }
 }
 

@@ -3,8 +3,7 @@
 //! Register creates an account (argon2id password hash in PostgreSQL) and, in the same
 //! transaction, a `UserRegistered` event in the outbox; Login issues an opaque token
 //! stored in Redis by its SHA-256 digest; ValidateToken is one Redis lookup; Logout
-//! deletes it. [`run`] wires it all up; [`run_with_stores`] serves on stores the caller
-//! built (the dev mode passes in-memory ones sharing its event bus).
+//! deletes it. [`run`] wires it all up, on real or in-memory stores as configured.
 //!
 //! Modules: [`domain`] (input rules), [`password`] (argon2id), [`token`] (opaque
 //! tokens), [`store`] (storage traits and implementations), [`service`] (use cases),
@@ -21,12 +20,11 @@ pub mod token;
 
 use std::sync::Arc;
 
-use messenger_common::admin::{self, AdminState};
-use messenger_common::events::{InMemoryEventBus, KafkaPublisher};
+use messenger_common::admin::{self, AdminState, ReadinessCheck};
+use messenger_common::events::EventPublisher;
 use messenger_common::grpc::GrpcServer;
 use messenger_common::outbox::OutboxRelay;
-use messenger_common::{Metrics, Shutdown, kafka, postgres, redis};
-use messenger_proto::topics::AUTH_EVENTS;
+use messenger_common::{Metrics, Shutdown, postgres, redis};
 use sqlx::migrate::Migrator;
 
 pub use config::{Config, StoreConfig};
@@ -49,7 +47,7 @@ pub use messenger_common::grpc::Listeners;
 
 impl AuthStores {
     /// In-memory stores; `UserRegistered` goes straight to `events`.
-    pub fn in_memory(config: &Config, events: Arc<InMemoryEventBus>) -> Self {
+    pub fn in_memory(config: &Config, events: Arc<dyn EventPublisher>) -> Self {
         Self {
             accounts: Arc::new(InMemoryAccountStore::new(events)),
             sessions: Arc::new(InMemorySessionStore::new()),
@@ -58,35 +56,34 @@ impl AuthStores {
     }
 }
 
-/// Runs the service as configured until `shutdown` fires: connects PostgreSQL (running
-/// migrations), Redis and Kafka (creating the auth topic), starts the outbox relay, the
-/// admin server and the gRPC server. With `StoreConfig::InMemory` nothing external is
-/// touched and events go to a private in-process bus.
+/// Runs the service as configured until `shutdown` fires, then drains: accounts and
+/// sessions on PostgreSQL and Redis (migrated at start) or in memory, `UserRegistered`
+/// relayed from the outbox to Kafka or the in-process bus, the admin server and the gRPC
+/// server. A failure stops this service only, never the caller's other work.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
-    let shutdown = linked(&shutdown);
+    let shutdown = shutdown.child();
+    let metrics = Metrics::new();
+    let (publisher, kafka_readiness) = config.events.publisher()?;
+    let mut readiness: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
+    if let Some(kafka) = kafka_readiness {
+        readiness.push(Arc::new(kafka));
+    }
     match config.store.clone() {
         StoreConfig::InMemory => {
-            let stores = AuthStores::in_memory(&config, Arc::new(InMemoryEventBus::new()));
-            run_with_stores(config, stores, listeners, shutdown).await
+            tracing::warn!("auth running on in-memory storage: accounts and sessions are not kept");
+            let stores = AuthStores::in_memory(&config, publisher);
+            let admin = AdminState { metrics, readiness };
+            serve(config, stores, admin, listeners, shutdown).await
         }
         StoreConfig::Real {
             database_url,
             redis_url,
-            kafka_brokers,
             redis_prefix,
         } => {
-            let pool = postgres::connect(&database_url).await?;
+            let pool = postgres::connect(database_url.expose()).await?;
             postgres::migrate(&pool, &MIGRATOR).await?;
-            let redis = redis::connect(&redis_url).await?;
-            kafka::ensure_topics(&kafka_brokers, &[AUTH_EVENTS]).await?;
-            let producer = kafka::producer(&kafka_brokers)?;
-            let metrics = Metrics::new();
-
-            let relay = OutboxRelay::new(
-                pool.clone(),
-                Arc::new(KafkaPublisher::new(producer.clone())),
-            )
-            .with_metrics(&metrics);
+            let redis = redis::connect(redis_url.expose()).await?;
+            let relay = OutboxRelay::new(pool.clone(), publisher).with_metrics(&metrics);
             let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
             let stores = AuthStores {
@@ -98,14 +95,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                     config.login_limits,
                 )),
             };
-            let admin = AdminState {
-                metrics,
-                readiness: vec![
-                    Arc::new(pool.clone()),
+            readiness.splice(
+                0..0,
+                [
+                    Arc::new(pool.clone()) as Arc<dyn ReadinessCheck>,
                     Arc::new(redis),
-                    Arc::new(kafka::KafkaReadiness::new(producer)),
                 ],
-            };
+            );
+            let admin = AdminState { metrics, readiness };
             let served = serve(config, stores, admin, listeners, shutdown).await;
             if let Err(error) = relay_task.await {
                 tracing::error!(%error, "outbox relay task failed");
@@ -114,37 +111,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             served
         }
     }
-}
-
-/// Serves the gRPC and admin endpoints on stores the caller built (e.g.
-/// [`AuthStores::in_memory`] sharing the dev mode's event bus) until `shutdown` fires.
-/// `config.store` is not looked at; readiness has no dependencies to check.
-pub async fn run_with_stores(
-    config: Config,
-    stores: AuthStores,
-    listeners: Listeners,
-    shutdown: Shutdown,
-) -> Result<(), Error> {
-    let admin = AdminState {
-        metrics: Metrics::new(),
-        readiness: Vec::new(),
-    };
-    serve(config, stores, admin, listeners, linked(&shutdown)).await
-}
-
-/// A token of this service's own that follows `outer`, so the service can stop its own
-/// tasks when one of them fails without shutting down whatever else shares `outer`
-/// (the dev mode runs every service on one token).
-fn linked(outer: &Shutdown) -> Shutdown {
-    let own = Shutdown::new();
-    let (outer, follower) = (outer.clone(), own.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            () = outer.cancelled() => follower.trigger(),
-            () = follower.cancelled() => {}
-        }
-    });
-    own
 }
 
 async fn serve(
@@ -179,3 +145,5 @@ async fn serve(
     }
     served
 }
+
+messenger_common::grpc_service!("auth", Config, Error, run);

@@ -55,7 +55,7 @@ impl AuthService {
     ) -> Result<Uuid, AuthError> {
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
-        let nickname = Nickname::parse(nickname)?;
+        let nickname = Nickname::parse(nickname).map_err(ValidationError::from)?;
         // Saves the argon2 work for the common case; the unique index decides races.
         if self.stores.accounts.find_by_email(&email).await?.is_some() {
             return Err(AuthError::EmailTaken);

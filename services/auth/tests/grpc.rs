@@ -8,6 +8,7 @@ use messenger_auth::config::StoreConfig;
 use messenger_auth::store::LoginLimits;
 use messenger_auth::{Config, Listeners, run};
 use messenger_common::Shutdown;
+use messenger_common::events::EventsConfig;
 use messenger_common::testing::{
     self, SignedAs, TestDatabase, kafka_brokers, redis_url, unique_prefix,
 };
@@ -49,11 +50,11 @@ impl TestAuth {
         let redis_prefix = unique_prefix();
         let mut config = Config::new(
             StoreConfig::Real {
-                database_url: db.url().to_owned(),
-                redis_url: redis_url(),
-                kafka_brokers: kafka_brokers(),
+                database_url: db.url().into(),
+                redis_url: redis_url().into(),
                 redis_prefix: redis_prefix.clone(),
             },
+            EventsConfig::kafka(kafka_brokers()),
             testing::test_key(),
         );
         customise(&mut config);
@@ -658,24 +659,20 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn in_memory_stores_serve_the_same_api_and_publish_to_the_bus() {
-    use messenger_auth::{AuthStores, run_with_stores};
     use messenger_common::events::InMemoryEventBus;
-    use std::sync::Arc;
 
-    let bus = Arc::new(InMemoryEventBus::new());
+    let bus = InMemoryEventBus::new();
     let mut events = bus.subscribe(AUTH_EVENTS);
-    let config = Config::new(StoreConfig::InMemory, testing::test_key());
-    let stores = AuthStores::in_memory(&config, bus.clone());
+    let config = Config::new(
+        StoreConfig::InMemory,
+        EventsConfig::InMemory(bus.clone()),
+        testing::test_key(),
+    );
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap();
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(run_with_stores(
-        config,
-        stores,
-        Listeners { grpc, admin },
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(run(config, Listeners { grpc, admin }, shutdown.clone()));
     let mut client = connect(addr, &server).await;
 
     let user_id = client
@@ -795,9 +792,7 @@ async fn registration_works_while_kafka_is_down_and_its_event_follows() {
     let mut broker = TansuBroker::start(free_port());
     let brokers = broker.brokers();
     let auth = TestAuth::start_with(|config| {
-        if let StoreConfig::Real { kafka_brokers, .. } = &mut config.store {
-            kafka_brokers.clone_from(&brokers);
-        }
+        config.events = EventsConfig::kafka(brokers.clone());
     })
     .await;
     broker.stop();
@@ -848,28 +843,24 @@ async fn registration_works_while_kafka_is_down_and_its_event_follows() {
 /// the per-address login limit by naming a fresh address per attempt.
 #[tokio::test]
 async fn auth_needs_an_assertion_and_believes_client_addresses_only_from_the_gateway() {
-    use messenger_auth::{AuthStores, run_with_stores};
     use messenger_common::events::InMemoryEventBus;
     use messenger_common::identity::{Caller, IDENTITY_METADATA};
-    use std::sync::Arc;
 
-    let mut config = Config::new(StoreConfig::InMemory, testing::test_key());
+    let mut config = Config::new(
+        StoreConfig::InMemory,
+        EventsConfig::InMemory(InMemoryEventBus::new()),
+        testing::test_key(),
+    );
     config.login_limits = LoginLimits {
         max_failures_per_account: 100,
         max_failures_per_client: 3,
         window: Duration::from_secs(60),
     };
-    let stores = AuthStores::in_memory(&config, Arc::new(InMemoryEventBus::new()));
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = grpc.local_addr().unwrap();
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(run_with_stores(
-        config,
-        stores,
-        Listeners { grpc, admin },
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(run(config, Listeners { grpc, admin }, shutdown.clone()));
     let mut gateway = connect(addr, &server).await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()

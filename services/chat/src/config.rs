@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_common::ConfigError;
+use messenger_common::config::SecretUrl;
 use messenger_common::config::{
     ServiceConfig, ServiceDefaults, env_duration_from, env_nonzero_duration_from,
     env_optional_from, env_or_from, process_env,
 };
+pub use messenger_common::events::EventsConfig;
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
 
@@ -65,20 +67,11 @@ pub enum StoreConfig {
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// `REDIS_URL`.
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
     /// `CHAT_REDIS_PREFIX`: namespaces every key.
     pub key_prefix: String,
     /// `CHAT_CACHE_TTL`.
     pub ttl: Duration,
-}
-
-/// Where events go.
-#[derive(Clone, Debug)]
-pub enum EventsConfig {
-    /// `KAFKA_BROKERS`.
-    Kafka { brokers: String },
-    /// The in-process bus (dev mode, tests).
-    InMemory(InMemoryEventBus),
 }
 
 /// A peer service chat calls, or its in-process stand-in.
@@ -133,7 +126,7 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
         let internal_key = InternalKey::from_lookup(&lookup)?;
-        let mongodb_uri: Option<String> = env_optional_from(&lookup, "MONGODB_URI")?;
+        let mongodb_uri: Option<SecretUrl> = env_optional_from(&lookup, "MONGODB_URI")?;
         let store_kind: Option<String> = env_optional_from(&lookup, "CHAT_STORE")?;
         let store = match store_kind
             .as_deref()
@@ -142,7 +135,7 @@ impl Config {
         {
             Some("memory") => StoreConfig::Memory,
             Some("mongodb") => StoreConfig::MongoDb(MongoStoreConfig {
-                uri: mongodb_uri.unwrap_or_else(|| DEFAULT_MONGODB_URI.to_owned()),
+                uri: mongodb_uri.unwrap_or_else(|| DEFAULT_MONGODB_URI.into()),
                 database: env_optional_from(&lookup, "CHAT_MONGODB_DATABASE")?,
                 orphan_grace: env_duration_from(
                     &lookup,
@@ -174,7 +167,7 @@ impl Config {
         let cache = (!cache_ttl.is_zero())
             .then(|| -> Result<CacheConfig, ConfigError> {
                 Ok(CacheConfig {
-                    redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
+                    redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.into())?,
                     key_prefix: env_or_from(
                         &lookup,
                         "CHAT_REDIS_PREFIX",
@@ -255,6 +248,22 @@ mod tests {
     }
 
     #[test]
+    fn printing_the_configuration_shows_no_password() {
+        // Chat's configuration used to derive `Debug` over plain strings, so a logged
+        // config showed both passwords.
+        let config = config(&[
+            ("MONGODB_URI", "mongodb://chat:hunter2@db:27017/chat"),
+            ("REDIS_URL", "redis://:s3cret@cache:6379"),
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("db:27017"), "{printed}");
+        assert!(!printed.contains(KEY), "{printed}");
+    }
+
+    #[test]
     fn defaults_work_against_local_services() {
         let config = config(&[]).unwrap();
         assert!(matches!(config.store, StoreConfig::Memory));
@@ -262,7 +271,7 @@ mod tests {
         assert_eq!(config.service.admin_addr.port(), 9002);
         let cache = config.cache.unwrap();
         assert_eq!(
-            (cache.redis_url.as_str(), cache.ttl),
+            (cache.redis_url.expose(), cache.ttl),
             (DEFAULT_REDIS_URL, DEFAULT_CACHE_TTL)
         );
         assert!(
@@ -280,7 +289,7 @@ mod tests {
     fn the_default_store_follows_whether_a_database_uri_is_set() {
         let config = config(&[("MONGODB_URI", "mongodb://db:27017/chat")]).unwrap();
         assert!(
-            matches!(config.store, StoreConfig::MongoDb(ref m) if m.uri == "mongodb://db:27017/chat")
+            matches!(config.store, StoreConfig::MongoDb(ref m) if m.uri.expose() == "mongodb://db:27017/chat")
         );
         let forced = self::config(&[
             ("MONGODB_URI", "mongodb://db:27017"),
@@ -289,7 +298,9 @@ mod tests {
         .unwrap();
         assert!(matches!(forced.store, StoreConfig::Memory));
         let local = self::config(&[("CHAT_STORE", "mongodb")]).unwrap();
-        assert!(matches!(local.store, StoreConfig::MongoDb(ref m) if m.uri == DEFAULT_MONGODB_URI));
+        assert!(
+            matches!(local.store, StoreConfig::MongoDb(ref m) if m.uri.expose() == DEFAULT_MONGODB_URI)
+        );
     }
 
     #[test]

@@ -19,26 +19,8 @@ pub const MAX_HISTORY_LIMIT: usize = 100;
 /// Longest accepted client-chosen idempotency key.
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 128;
 
-/// A user, named by the UUID the auth service gave them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(Uuid);
-
-impl UserId {
-    /// Parses a request field; the error names the field.
-    pub fn parse(field: &str, value: &str) -> Result<Self, ChatError> {
-        parse_uuid(field, value).map(Self)
-    }
-
-    pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
+/// A user, named by the UUID the auth service gave them (the one type every service shares).
+pub use messenger_common::ids::UserId;
 
 /// A chat. A UUID v7, so it also says when the chat was created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,8 +80,12 @@ fn parse_uuid(field: &str, value: &str) -> Result<Uuid, ChatError> {
     if value.is_empty() {
         return Err(ChatError::InvalidArgument(format!("{field} is required")));
     }
-    Uuid::parse_str(value)
-        .map_err(|_| ChatError::InvalidArgument(format!("{field} must be a UUID, got {value:?}")))
+    Uuid::parse_str(value).map_err(|_| {
+        ChatError::InvalidArgument(format!(
+            "{field} must be a UUID, got {}",
+            messenger_common::ids::excerpt(value)
+        ))
+    })
 }
 
 /// The UNIX-millisecond timestamp embedded in a UUID v7 (the epoch for other versions,

@@ -68,6 +68,30 @@ impl From<mongodb::error::Error> for ChatError {
     }
 }
 
+/// A peer that is down or slow makes chat unavailable; any other failed call to a peer is
+/// chat's own problem, never the caller's (logged as internal).
+impl From<messenger_common::grpc::PeerError> for ChatError {
+    fn from(error: messenger_common::grpc::PeerError) -> Self {
+        use messenger_common::grpc::PeerError;
+        match error {
+            PeerError::Unavailable { .. } => {
+                tracing::warn!(%error, "a peer service is unavailable");
+                Self::Unavailable(error.to_string())
+            }
+            PeerError::NotFound { .. } | PeerError::Failed { .. } => {
+                Self::internal(anyhow::anyhow!(error))
+            }
+        }
+    }
+}
+
+/// A request field that breaks the shared rule of its identifier.
+impl From<messenger_common::ids::InvalidValue> for ChatError {
+    fn from(error: messenger_common::ids::InvalidValue) -> Self {
+        Self::InvalidArgument(error.to_string())
+    }
+}
+
 impl From<ChatError> for ServiceError {
     fn from(error: ChatError) -> Self {
         let message = error.to_string();

@@ -54,15 +54,10 @@ impl FriendshipChecker for GrpcFriendshipChecker {
             self.timeout,
         );
         let mut client = self.client.clone();
-        let response = match tokio::time::timeout(timeout, client.check_friendship(request)).await {
-            Err(_) => {
-                return Err(ChatError::Unavailable(
-                    "the friends service did not answer in time".into(),
-                ));
-            }
-            Ok(Err(status)) => return Err(friends_failure(status)),
-            Ok(Ok(response)) => response.into_inner(),
-        };
+        let response =
+            messenger_common::grpc::call_peer("friends", timeout, client.check_friendship(request))
+                .await
+                .map_err(ChatError::from)?;
         response
             .not_friends
             .iter()
@@ -74,19 +69,6 @@ impl FriendshipChecker for GrpcFriendshipChecker {
                 })
             })
             .collect()
-    }
-}
-
-fn friends_failure(status: tonic::Status) -> ChatError {
-    match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "friends service unavailable");
-            ChatError::Unavailable("the friends service is unavailable".into())
-        }
-        code => ChatError::internal(anyhow::anyhow!(
-            "the friends service refused CheckFriendship: {code:?} {}",
-            status.message()
-        )),
     }
 }
 

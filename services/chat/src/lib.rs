@@ -19,12 +19,9 @@ pub mod store;
 pub mod users;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use messenger_common::admin::{self, AdminState, ReadinessCheck};
-use messenger_common::events::{Event, EventPublisher, KafkaPublisher, PublishError};
 use messenger_common::grpc::{GrpcServer, connect_channel};
-use messenger_common::kafka::KafkaReadiness;
 use messenger_common::{Metrics, Shutdown};
 use messenger_proto::v1::chat_service_server::ChatServiceServer;
 
@@ -32,7 +29,7 @@ pub use config::Config;
 pub use error::ChatError;
 
 use crate::cache::HistoryCache;
-use crate::config::{EventsConfig, FriendsConfig, StoreConfig, UsersConfig};
+use crate::config::{FriendsConfig, StoreConfig, UsersConfig};
 use crate::friendship::{FriendshipChecker, GrpcFriendshipChecker};
 use crate::outbox::ChatOutboxRelay;
 use crate::service::ChatHandler;
@@ -72,21 +69,17 @@ pub async fn run(
         // Connected on first use and left out of readiness: the cache is optional, so
         // chat starts, and stays in its Service, while Redis is down.
         Some(cache) => Some(HistoryCache::connect_lazily(
-            &cache.redis_url,
+            cache.redis_url.expose(),
             cache.key_prefix.clone(),
             cache.ttl,
         )?),
         None => None,
     };
 
-    let publisher: Arc<dyn EventPublisher> = match &config.events {
-        EventsConfig::Kafka { brokers } => {
-            let kafka = KafkaPublisher::connect(brokers)?;
-            readiness.push(Arc::new(KafkaReadiness::new(kafka.producer().clone())));
-            Arc::new(TopicCreatingPublisher::new(kafka, brokers.clone()))
-        }
-        EventsConfig::InMemory(bus) => Arc::new(bus.clone()),
-    };
+    let (publisher, kafka_readiness) = config.events.publisher()?;
+    if let Some(kafka) = kafka_readiness {
+        readiness.push(Arc::new(kafka));
+    }
 
     let friendships: Arc<dyn FriendshipChecker> = match &config.friends {
         FriendsConfig::Grpc { url, timeout } => {
@@ -105,14 +98,7 @@ pub async fn run(
 
     // Our own token, cancelled by the caller's: stopping this service after an error
     // must not stop whatever else shares the caller's token (the all-in-one dev mode).
-    let stop = Shutdown::new();
-    let forward_shutdown = tokio::spawn({
-        let (outer, stop) = (shutdown.cancelled(), stop.clone());
-        async move {
-            outer.await;
-            stop.trigger();
-        }
-    });
+    let stop = shutdown.child();
 
     let relay = ChatOutboxRelay::new(Arc::clone(&store), publisher, config.outbox_poll_interval)
         .with_metrics(&metrics);
@@ -136,7 +122,6 @@ pub async fn run(
         .await;
     // If the gRPC server stopped on its own (an error), stop the relay and admin too.
     stop.trigger();
-    forward_shutdown.abort();
     if relay_task.await.is_err() {
         tracing::error!("the chat outbox relay panicked");
     }
@@ -167,46 +152,4 @@ impl ReadinessCheck for MongoReadiness {
     }
 }
 
-// moves to messenger-common: any service whose relay may start while Kafka is down needs it.
-/// Publishes to Kafka, creating the chat topic first. Brokers such as tansu do not
-/// auto-create topics, and the broker may be down at start-up, so the topic is created
-/// lazily by the relay (which retries with backoff) rather than blocking start-up.
-struct TopicCreatingPublisher {
-    kafka: KafkaPublisher,
-    brokers: String,
-    topic_ready: AtomicBool,
-}
-
-impl TopicCreatingPublisher {
-    fn new(kafka: KafkaPublisher, brokers: String) -> Self {
-        Self {
-            kafka,
-            brokers,
-            topic_ready: AtomicBool::new(false),
-        }
-    }
-}
-
-#[messenger_common::async_trait]
-impl EventPublisher for TopicCreatingPublisher {
-    async fn publish(&self, topic: &str, key: &str, event: &Event) -> Result<(), PublishError> {
-        if !self.topic_ready.load(Ordering::Acquire) {
-            match messenger_common::kafka::ensure_topics(
-                &self.brokers,
-                &[messenger_proto::topics::CHAT_EVENTS],
-            )
-            .await
-            {
-                Ok(()) => self.topic_ready.store(true, Ordering::Release),
-                // Publishing below fails with the broker's own reason if the topic is missing.
-                Err(error) => tracing::warn!(%error, "could not create the chat events topic yet"),
-            }
-        }
-        let result = self.kafka.publish(topic, key, event).await;
-        if result.is_err() {
-            // The broker may have come back without the topic (tansu in memory): check again.
-            self.topic_ready.store(false, Ordering::Release);
-        }
-        result
-    }
-}
+messenger_common::grpc_service!("chat", Config, ChatError, run);

@@ -108,7 +108,7 @@ impl ChatOutboxRelay {
 
     /// Relays until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = messenger_common::Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             // A pass can wait long on a broker that is down; shutdown must not. Stopping
             // mid-pass loses nothing: an event is marked published only after the broker
@@ -120,13 +120,12 @@ impl ChatOutboxRelay {
             let pause = match pass {
                 Ok(published) if published == BATCH => Duration::ZERO,
                 Ok(_) => {
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     self.poll_interval
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "chat outbox relay failed; will retry");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let pause = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?pause, "chat outbox relay failed; will retry");
                     pause
                 }
             };
@@ -138,7 +137,7 @@ impl ChatOutboxRelay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.wake.notified(), if backoff == MIN_BACKOFF => {}
+                () = self.wake.notified(), if !backoff.is_backing_off() => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }

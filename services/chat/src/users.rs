@@ -8,6 +8,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use messenger_common::grpc::PeerError;
 use messenger_proto::v1::GetUserProfileRequest;
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use tonic::transport::Channel;
@@ -52,21 +53,11 @@ impl UserDirectory for GrpcUserDirectory {
                 self.timeout,
             );
             let mut client = self.client.clone();
-            match tokio::time::timeout(timeout, client.get_user_profile(request)).await {
-                Err(_) => {
-                    return Err(ChatError::Unavailable(
-                        "the users service did not answer in time".into(),
-                    ));
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) if status.code() == tonic::Code::NotFound => unknown.push(*id),
-                Ok(Err(status)) => {
-                    return Err(ChatError::Unavailable(format!(
-                        "the users service answered {:?}: {}",
-                        status.code(),
-                        status.message()
-                    )));
-                }
+            let call = client.get_user_profile(request);
+            match messenger_common::grpc::call_peer("users", timeout, call).await {
+                Ok(_) => {}
+                Err(PeerError::NotFound { .. }) => unknown.push(*id),
+                Err(error) => return Err(error.into()),
             }
         }
         Ok(unknown)

@@ -78,7 +78,7 @@ impl MongoChat {
             ..MongoStoreConfig::new(uri)
         });
         config.cache = Some(CacheConfig {
-            redis_url: testing::redis_url(),
+            redis_url: testing::redis_url().into(),
             key_prefix: cache_prefix.clone(),
             ttl: Duration::from_secs(60),
         });

@@ -103,7 +103,7 @@ async fn start_with_redis(
     config.friends = friends;
     config.users = users;
     config.cache = Some(CacheConfig {
-        redis_url,
+        redis_url: redis_url.into(),
         key_prefix: cache_prefix.clone(),
         ttl: Duration::from_secs(60),
     });

@@ -94,6 +94,63 @@ fn mask_url_password(value: &str) -> String {
     }
 }
 
+/// A connection URL that may carry a password (`DATABASE_URL`, `REDIS_URL`,
+/// `MONGODB_URI`): `Debug` and `Display` show it with the password masked, so a config
+/// printed in a log or an error never leaks it. [`SecretUrl::expose`] gives the real text
+/// to the one place that connects.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the connector only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", mask_url_password(&self.0))
+    }
+}
+
+impl Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&mask_url_password(&self.0))
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(url))
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&String> for SecretUrl {
+    fn from(url: &String) -> Self {
+        Self::new(url.as_str())
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self::new(url)
+    }
+}
+
 /// Reads a variable through `lookup`; unset and empty count as absent.
 fn raw(lookup: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     lookup(name).filter(|v| !v.trim().is_empty())
@@ -351,6 +408,24 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn a_secret_url_prints_without_its_password_but_connects_with_it() {
+        let url: SecretUrl = env_required_from(
+            &vars(&[("MONGODB_URI", "mongodb://chat:hunter2@db:27017/chat")]),
+            "MONGODB_URI",
+        )
+        .unwrap();
+        assert_eq!(url.expose(), "mongodb://chat:hunter2@db:27017/chat");
+        for shown in [
+            format!("{url}"),
+            format!("{url:?}"),
+            format!("{:?}", Some(&url)),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("chat:***@db:27017"), "{shown}");
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ async fn handle_with_retry(
             metrics.record_consumed(topic, outcome);
         }
     };
-    let mut backoff = FIRST_RETRY;
+    let mut backoff = crate::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         match handler.handle(event).await {
             Ok(()) => {
@@ -76,12 +76,12 @@ async fn handle_with_retry(
             }
             Err(HandlerError::Retry(reason)) => {
                 record("retry");
-                tracing::warn!(%topic, event_id = %event.event_id, %reason, retry_in = ?backoff, "event handling failed; retrying");
+                let delay = backoff.next_delay();
+                tracing::warn!(%topic, event_id = %event.event_id, %reason, retry_in = ?delay, "event handling failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Outcome::Interrupted,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(MAX_RETRY);
             }
         }
     }

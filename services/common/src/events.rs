@@ -130,6 +130,59 @@ impl EventPublisher for KafkaPublisher {
     }
 }
 
+/// Where a service's events go and come from: Kafka (`KAFKA_BROKERS`) or an in-process
+/// [`InMemoryEventBus`] shared by every service of one process (`messenger dev`, tests).
+#[derive(Clone)]
+pub enum EventsConfig {
+    /// Kafka bootstrap servers, comma-separated `host:port`.
+    Kafka {
+        /// `KAFKA_BROKERS`.
+        brokers: String,
+    },
+    /// The in-process bus.
+    InMemory(InMemoryEventBus),
+}
+
+impl std::fmt::Debug for EventsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kafka { brokers } => f.debug_struct("Kafka").field("brokers", brokers).finish(),
+            Self::InMemory(_) => f.write_str("InMemory"),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Kafka at `brokers`.
+    pub fn kafka(brokers: impl Into<String>) -> Self {
+        Self::Kafka {
+            brokers: brokers.into(),
+        }
+    }
+
+    /// A publisher, plus the readiness check it needs (Kafka: the broker answers). On
+    /// Kafka a topic is created by its first publish, not at start-up, so a service
+    /// starts — and keeps its events in its outbox — while the broker is down.
+    pub fn publisher(
+        &self,
+    ) -> Result<
+        (
+            Arc<dyn EventPublisher>,
+            Option<crate::kafka::KafkaReadiness>,
+        ),
+        Error,
+    > {
+        match self {
+            Self::Kafka { brokers } => {
+                let kafka = KafkaPublisher::connect(brokers)?;
+                let readiness = crate::kafka::KafkaReadiness::new(kafka.producer().clone());
+                Ok((Arc::new(kafka), Some(readiness)))
+            }
+            Self::InMemory(bus) => Ok((Arc::new(bus.clone()), None)),
+        }
+    }
+}
+
 /// One event as delivered by the [`InMemoryEventBus`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusMessage {

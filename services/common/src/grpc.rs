@@ -38,10 +38,12 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds `GRPC_ADDR` and `ADMIN_ADDR` of the service's configuration.
-    pub async fn bind(service: &crate::config::ServiceConfig) -> std::io::Result<Self> {
+    pub async fn bind(
+        service: &crate::config::ServiceConfig,
+    ) -> Result<Self, crate::service::BindError> {
         Ok(Self {
-            grpc: TcpListener::bind(service.grpc_addr).await?,
-            admin: TcpListener::bind(service.admin_addr).await?,
+            grpc: crate::service::bind("GRPC_ADDR", service.grpc_addr).await?,
+            admin: crate::service::bind("ADMIN_ADDR", service.admin_addr).await?,
         })
     }
 }
@@ -311,6 +313,79 @@ pub fn peer_request<T>(message: T, own: Duration) -> (tonic::Request<T>, Duratio
     request.set_timeout(timeout);
     forward_call_context(&mut request);
     (request, timeout)
+}
+
+/// How a failed call to a peer service looks to the service that made it — one mapping
+/// for every service, so the same peer failure is never "unavailable" in one place and
+/// "internal" in another.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The peer says what was asked for does not exist.
+    #[error("{peer}: {message}")]
+    NotFound {
+        /// The peer's name.
+        peer: &'static str,
+        /// The peer's message.
+        message: String,
+    },
+    /// The peer is down, overloaded or too slow: the caller's own client may retry later
+    /// (report `UNAVAILABLE`).
+    #[error("the {peer} service is unavailable: {message}")]
+    Unavailable {
+        /// The peer's name.
+        peer: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Any other answer is a bug or a misconfiguration on this side (a request the peer
+    /// finds invalid, a refused identity assertion), never the end user's fault (report
+    /// `INTERNAL` and log it).
+    #[error("the {peer} service answered {code:?}: {message}")]
+    Failed {
+        /// The peer's name.
+        peer: &'static str,
+        /// The peer's status code.
+        code: tonic::Code,
+        /// The peer's message.
+        message: String,
+    },
+}
+
+impl PeerError {
+    /// Classifies a peer's error status.
+    pub fn from_status(peer: &'static str, status: &tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::NotFound => Self::NotFound { peer, message },
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::ResourceExhausted => Self::Unavailable { peer, message },
+            code => Self::Failed {
+                peer,
+                code,
+                message,
+            },
+        }
+    }
+}
+
+/// Awaits `call` to the peer `peer` for at most `timeout` (the one [`peer_request`] gave)
+/// and classifies a failure with [`PeerError::from_status`]; no answer in time is
+/// [`PeerError::Unavailable`].
+pub async fn call_peer<T>(
+    peer: &'static str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, PeerError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(PeerError::Unavailable {
+            peer,
+            message: format!("no answer within {timeout:?}"),
+        }),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(PeerError::from_status(peer, &status)),
+    }
 }
 
 /// Metadata key of the request id (set by the gateway, forwarded by every service).
@@ -596,6 +671,31 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peer_failures_are_classified_one_way() {
+        use tonic::Code;
+        for (code, expected) in [
+            (Code::NotFound, "not found"),
+            (Code::Unavailable, "unavailable"),
+            (Code::DeadlineExceeded, "unavailable"),
+            (Code::Cancelled, "unavailable"),
+            (Code::ResourceExhausted, "unavailable"),
+            (Code::InvalidArgument, "failed"),
+            (Code::PermissionDenied, "failed"),
+            (Code::Unauthenticated, "failed"),
+            (Code::Internal, "failed"),
+            (Code::Unknown, "failed"),
+        ] {
+            let kind = match super::PeerError::from_status("users", &tonic::Status::new(code, "x"))
+            {
+                super::PeerError::NotFound { .. } => "not found",
+                super::PeerError::Unavailable { .. } => "unavailable",
+                super::PeerError::Failed { .. } => "failed",
+            };
+            assert_eq!(kind, expected, "{code:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -59,17 +59,20 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod identity;
+pub mod ids;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;
 pub mod postgres;
 pub mod redis;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
@@ -78,8 +81,10 @@ pub mod testing;
 /// Re-exported so services implement [`admin::ReadinessCheck`], [`events::EventPublisher`]
 /// and [`events::EventHandler`] without adding the dependency themselves.
 pub use async_trait::async_trait;
+pub use backoff::Backoff;
 pub use config::{ConfigError, LogFormat, ServiceConfig, ServiceDefaults};
 pub use error::{Error, ServiceError};
 pub use events::{EventHandler, EventPublisher, HandlerError, PublishError};
 pub use metrics::Metrics;
+pub use service::Service;
 pub use shutdown::Shutdown;

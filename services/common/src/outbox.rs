@@ -199,7 +199,7 @@ impl OutboxRelay {
     /// and backs off exponentially while publishing or the database fails.
     pub async fn run(self, shutdown: Shutdown) {
         let mut listener = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::Backoff::new(Duration::from_millis(100), self.max_backoff);
         // Purge at the first healthy round, then every PURGE_INTERVAL.
         let mut next_purge = tokio::time::Instant::now();
         tracing::info!("outbox relay started");
@@ -219,7 +219,7 @@ impl OutboxRelay {
             }
             let wait = match outcome {
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     if tokio::time::Instant::now() >= next_purge {
                         next_purge = tokio::time::Instant::now() + PURGE_INTERVAL;
                         match self.purge_sent().await {
@@ -233,9 +233,8 @@ impl OutboxRelay {
                     self.poll_interval
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "outbox relay failed; will retry");
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(self.max_backoff);
+                    let wait = backoff.next_delay();
+                    tracing::warn!(%error, retry_in = ?wait, "outbox relay failed; will retry");
                     wait
                 }
             };

@@ -30,6 +30,15 @@ impl Shutdown {
         shutdown
     }
 
+    /// A token for one part (a service among several in one process): it fires when this
+    /// one does, but triggering it — when that part fails and stops its own tasks — never
+    /// fires this one, so the rest keeps running.
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+        }
+    }
+
     /// Starts shutdown: every waiter of [`Shutdown::cancelled`] wakes up.
     pub fn trigger(&self) {
         self.token.cancel();
@@ -93,6 +102,23 @@ mod tests {
             .expect("waiter woke up")
             .unwrap();
         assert!(shutdown.is_triggered());
+    }
+
+    #[tokio::test]
+    async fn a_child_follows_its_parent_but_never_stops_it() {
+        let parent = Shutdown::new();
+        let (first, second) = (parent.child(), parent.child());
+        first.trigger();
+        assert!(first.is_triggered());
+        assert!(
+            !parent.is_triggered(),
+            "a child stopping must not stop the parent"
+        );
+        assert!(!second.is_triggered(), "nor its siblings");
+        parent.trigger();
+        tokio::time::timeout(Duration::from_secs(1), second.cancelled())
+            .await
+            .expect("the parent's shutdown reaches every child");
     }
 
     #[tokio::test]

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use messenger_common::config::{
-    ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_or_from, mask_secret,
+    ConfigError, SecretUrl, ServiceConfig, ServiceDefaults, env_duration_from, env_or_from,
     process_env,
 };
+use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
 
 /// Ports of the friends service (gRPC 8003, admin 9003).
@@ -17,14 +18,14 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 };
 
 /// Everything the friends service needs to start. `Debug` masks passwords in URLs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// `GRPC_ADDR`, `ADMIN_ADDR`, `LOG_FORMAT`, `REQUEST_TIMEOUT`.
     pub service: ServiceConfig,
     /// `DATABASE_URL`.
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// `REDIS_URL`.
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
     /// `KAFKA_BROKERS`, comma-separated `host:port`.
     pub kafka_brokers: String,
     /// `USERS_URL`: the users service, which resolves nicknames.
@@ -43,27 +44,9 @@ pub struct Config {
     /// `INTERNAL_AUTH_KEY` (required): verifies every call's identity assertion and signs
     /// the calls to the users service.
     pub internal_key: InternalKey,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("service", &self.service)
-            .field(
-                "database_url",
-                &mask_secret("DATABASE_URL", &self.database_url),
-            )
-            .field("redis_url", &mask_secret("REDIS_URL", &self.redis_url))
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("users_url", &self.users_url)
-            .field("users_timeout", &self.users_timeout)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("cache_timeout", &self.cache_timeout)
-            .field("redis_prefix", &self.redis_prefix)
-            .field("outbox_max_backoff", &self.outbox_max_backoff)
-            .field("internal_key", &self.internal_key)
-            .finish()
-    }
+    /// `Some(bus)`: friendships and cache in memory, events published on `bus` (`messenger
+    /// dev`); the database, Redis and Kafka settings are then not used.
+    pub in_memory: Option<InMemoryEventBus>,
 }
 
 impl Config {
@@ -102,6 +85,7 @@ impl Config {
             outbox_max_backoff: defaults.outbox_max_backoff,
             internal_key: defaults.internal_key,
             service: defaults.service,
+            in_memory: None,
         };
         for (name, value) in [
             ("FRIENDS_USERS_TIMEOUT", config.users_timeout),
@@ -126,8 +110,8 @@ impl Config {
     /// else (tests, dev mode); no environment is read.
     pub fn new(
         service: ServiceConfig,
-        database_url: impl Into<String>,
-        redis_url: impl Into<String>,
+        database_url: impl Into<SecretUrl>,
+        redis_url: impl Into<SecretUrl>,
         kafka_brokers: impl Into<String>,
         internal_key: InternalKey,
     ) -> Self {
@@ -143,6 +127,7 @@ impl Config {
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             outbox_max_backoff: DEFAULT_OUTBOX_MAX_BACKOFF,
             internal_key,
+            in_memory: None,
         }
     }
 
@@ -200,7 +185,7 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.service.grpc_addr.port(), 8003);
         assert_eq!(config.service.admin_addr.port(), 9003);
-        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(config.users_url, "http://127.0.0.1:8004");
         assert_eq!(config.cache_ttl, Duration::from_secs(300));
     }
@@ -224,7 +209,7 @@ mod tests {
     fn debug_output_hides_passwords() {
         let config = config(&[("DATABASE_URL", "postgres://app:hunter2@db:5432/friends")]).unwrap();
         assert_eq!(
-            config.database_url,
+            config.database_url.expose(),
             "postgres://app:hunter2@db:5432/friends"
         );
         assert!(!format!("{config:?}").contains("hunter2"));

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use messenger_common::grpc;
+use messenger_common::grpc::{self, PeerError};
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use messenger_proto::v1::{GetUserProfileByNicknameRequest, GetUserProfileRequest};
 use tonic::transport::Channel;
@@ -50,28 +50,13 @@ impl GrpcUserDirectory {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(FriendsError::Unavailable(format!(
-                "users service did not answer within {timeout:?}"
-            ))),
-            Ok(Ok(response)) => Ok(Some(response.into_inner())),
-            Ok(Err(status)) => match status.code() {
-                tonic::Code::NotFound => Ok(None),
-                tonic::Code::InvalidArgument => {
-                    Err(FriendsError::InvalidArgument(status.message().to_owned()))
-                }
-                tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled
-                | tonic::Code::ResourceExhausted => Err(FriendsError::Unavailable(format!(
-                    "users service: {}",
-                    status.message()
-                ))),
-                code => Err(FriendsError::Internal(format!(
-                    "users service answered {code:?}: {}",
-                    status.message()
-                ))),
-            },
+        match grpc::call_peer("users", timeout, call).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(PeerError::NotFound { .. }) => Ok(None),
+            Err(error @ PeerError::Unavailable { .. }) => {
+                Err(FriendsError::Unavailable(error.to_string()))
+            }
+            Err(error @ PeerError::Failed { .. }) => Err(FriendsError::Internal(error.to_string())),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::error::FriendsError;
 pub type UserId = Uuid;
 
 /// Longest nickname we pass on to the users service; longer input is refused here.
-pub const MAX_NICKNAME_CHARS: usize = 64;
+pub use messenger_common::ids::{NICKNAME_MAX_CHARS, Nickname};
 /// Most ids one `CheckFriendship` call may ask about (a group chat has at most 100).
 pub const MAX_CHECKED_IDS: usize = 1000;
 
@@ -379,18 +379,10 @@ pub fn not_friends(user: UserId, others: &[UserId], rows: &[Friendship]) -> Vec<
         .collect()
 }
 
-/// Trims a nickname from a request and checks it is usable.
-pub fn parse_nickname(raw: &str) -> Result<&str, FriendsError> {
-    let nickname = raw.trim();
-    if nickname.is_empty() {
-        return Err(FriendsError::InvalidArgument("nickname is required".into()));
-    }
-    if nickname.chars().count() > MAX_NICKNAME_CHARS {
-        return Err(FriendsError::InvalidArgument(format!(
-            "nickname is longer than {MAX_NICKNAME_CHARS} characters"
-        )));
-    }
-    Ok(nickname)
+/// Trims a nickname from a request and checks it follows the one nickname rule every
+/// service shares (so a nickname that can never exist is refused here, not by users).
+pub fn parse_nickname(raw: &str) -> Result<Nickname, FriendsError> {
+    Nickname::parse(raw.trim()).map_err(|error| FriendsError::InvalidArgument(error.to_string()))
 }
 
 /// Parses a user id from a request; `field` names it in the error.
@@ -656,9 +648,13 @@ mod tests {
 
     #[test]
     fn request_fields_are_validated() {
-        assert!(parse_nickname("  alice ").is_ok_and(|n| n == "alice"));
+        assert!(parse_nickname("  Alice ").is_ok_and(|n| n.as_str() == "alice"));
         assert!(parse_nickname("   ").is_err());
-        assert!(parse_nickname(&"x".repeat(MAX_NICKNAME_CHARS + 1)).is_err());
+        // The users service never accepts a nickname over 32 characters: neither do we
+        // (this was 64 here, so such a request reached users only to fail there).
+        let error = parse_nickname(&"x".repeat(NICKNAME_MAX_CHARS + 1)).unwrap_err();
+        assert!(error.to_string().contains("3-32 characters"), "{error}");
+        assert!(parse_nickname(&"x".repeat(40)).is_err());
         assert!(parse_user_id("user_id", "").is_err());
         assert!(parse_user_id("user_id", "not-a-uuid").is_err());
         assert!(parse_user_id("user_id", &Uuid::from_u128(9).to_string()).is_ok());

@@ -10,9 +10,8 @@
 //!   service, or in memory).
 //! - [`service`]: the gRPC `FriendsService`.
 //!
-//! Start it with [`run`] (real stores, users over gRPC), [`run_with_directory`] (real
-//! stores, a given directory — tests) or [`run_in_memory`] (everything in process — the
-//! all-in-one dev mode).
+//! Start it with [`run`] (users over gRPC; real or in-memory stores as configured) or
+//! [`run_with_directory`] (a given directory — tests).
 
 pub mod cache;
 pub mod config;
@@ -26,10 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_common::admin::{self, AdminState, ReadinessCheck};
-use messenger_common::events::{EventPublisher, KafkaPublisher};
+use messenger_common::events::KafkaPublisher;
 use messenger_common::grpc::{self, GrpcServer};
 use messenger_common::outbox::OutboxRelay;
-use messenger_common::{Metrics, Shutdown, kafka, postgres};
+use messenger_common::{Backoff, Metrics, Shutdown, kafka, postgres};
 use messenger_proto::topics;
 use messenger_proto::v1::friends_service_server::FriendsServiceServer;
 
@@ -51,8 +50,9 @@ const TOPIC_RETRY_MAX: Duration = Duration::from_secs(10);
 
 pub use messenger_common::grpc::Listeners;
 
-/// Runs the service on PostgreSQL, Redis and Kafka, resolving nicknames through the users
-/// service at `USERS_URL`, until `shutdown` fires.
+/// Runs the service until `shutdown` fires, resolving nicknames through the users service
+/// at `USERS_URL`: on PostgreSQL, Redis and Kafka, or in memory when
+/// [`Config::in_memory`] is set. A failure stops this service only.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
     let channel = grpc::connect_channel(&config.users_url, config.users_timeout)?;
     let directory = Arc::new(GrpcUserDirectory::new(channel, config.users_timeout));
@@ -61,9 +61,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
 
 /// [`run`] with a given user directory (tests use an in-memory one).
 ///
-/// Connects PostgreSQL (creating the database if needed) and runs the migrations, sets up
-/// the Redis cache (connected on first use; until Redis answers, reads go to the
-/// database), starts the outbox relay to Kafka (creating the events topic in the
+/// On real stores: connects PostgreSQL (creating the database if needed) and runs the
+/// migrations, sets up the Redis cache (connected on first use; until Redis answers, reads
+/// go to the database), starts the outbox relay to Kafka (creating the events topic in the
 /// background, so the service starts and keeps accepting changes while Kafka is down),
 /// then serves gRPC and the admin endpoints. `/readyz` checks PostgreSQL only: Redis and
 /// Kafka outages degrade the service (no cache, delayed events) without stopping it.
@@ -73,11 +73,30 @@ pub async fn run_with_directory(
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
-    let pool = postgres::connect(&config.database_url).await?;
+    let shutdown = shutdown.child();
+    if let Some(bus) = &config.in_memory {
+        tracing::warn!("friends running on in-memory storage: friendships are not kept");
+        let service = FriendsService::new(
+            Arc::new(InMemoryFriendshipStore::new(Arc::new(bus.clone()))),
+            Arc::new(InMemoryRelationshipCache::new(config.cache_ttl)),
+            directory,
+            config.cache_timeout,
+        );
+        return serve(
+            service,
+            &config,
+            Metrics::new(),
+            Vec::new(),
+            listeners,
+            shutdown,
+        )
+        .await;
+    }
+    let pool = postgres::connect(config.database_url.expose()).await?;
     postgres::migrate(&pool, &MIGRATOR).await?;
     // Connected on first use: the cache is optional, so Redis need not be up at start-up.
     let cache = RedisRelationshipCache::connect_lazily(
-        &config.redis_url,
+        config.redis_url.expose(),
         config.redis_prefix.clone(),
         config.cache_ttl,
     )?;
@@ -110,37 +129,11 @@ pub async fn run_with_directory(
         shutdown.clone(),
     )
     .await;
-    // The relay and topic task stop on the same shutdown; wait so no relay write is cut off.
+    // The relay and topic task stop on this service's own shutdown (a child of the
+    // caller's, which stays untouched); wait so no relay write is cut off.
     shutdown.trigger();
     let _ = tokio::join!(relay_task, topic_task);
     served
-}
-
-/// Runs the service entirely in process: friendships and cache in memory, events published
-/// to `events` (e.g. the dev mode's `InMemoryEventBus`). Keeps nothing across restarts.
-pub async fn run_in_memory(
-    config: Config,
-    directory: Arc<dyn UserDirectory>,
-    events: Arc<dyn EventPublisher>,
-    listeners: Listeners,
-    shutdown: Shutdown,
-) -> Result<(), Error> {
-    tracing::warn!("friends service running on in-memory storage: nothing is kept");
-    let service = FriendsService::new(
-        Arc::new(InMemoryFriendshipStore::new(events)),
-        Arc::new(InMemoryRelationshipCache::new(config.cache_ttl)),
-        directory,
-        config.cache_timeout,
-    );
-    serve(
-        service,
-        &config,
-        Metrics::new(),
-        Vec::new(),
-        listeners,
-        shutdown,
-    )
-    .await
 }
 
 /// Serves gRPC and the admin endpoints until `shutdown`; if either fails, the other is
@@ -179,12 +172,13 @@ async fn serve(
 /// Creates the events topic, retrying with backoff until it exists or shutdown (the relay
 /// keeps its events until then).
 async fn create_events_topic(brokers: String, shutdown: Shutdown) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), TOPIC_RETRY_MAX);
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
             attempt = kafka::ensure_topics(&brokers, &[topics::FRIENDS_EVENTS]) => attempt,
         };
+        let delay = backoff.next_delay();
         match attempt {
             Ok(()) => return,
             Err(error) => {
@@ -195,6 +189,7 @@ async fn create_events_topic(brokers: String, shutdown: Shutdown) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(TOPIC_RETRY_MAX);
     }
 }
+
+messenger_common::grpc_service!("friends", Config, Error, run);

@@ -119,6 +119,7 @@ impl FriendsService {
         action: PairAction,
     ) -> Result<Outcome, FriendsError> {
         let nickname = domain::parse_nickname(nickname)?;
+        let nickname = nickname.as_str();
         let other = self.directory.user_id_by_nickname(nickname).await?;
         let mut command = PairCommand::new(actor, other, action)?;
         if matches!(action, PairAction::SendRequest | PairAction::AcceptRequest) {

@@ -1,4 +1,4 @@
-//! The all-in-one dev mode: `run_in_memory` serves the same gRPC API with friendships,
+//! The all-in-one dev mode: `Config::in_memory` set, the service serves the same gRPC API with friendships,
 //! cache and events kept in process.
 
 mod support;
@@ -23,19 +23,19 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
     let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
     directory.insert(alice, "alice");
     directory.insert(bob, "bob");
-    let config = Config::new(
+    let mut config = Config::new(
         Config::default_service(),
         "unused",
         "unused",
         "unused",
         testing::test_key(),
     );
+    config.in_memory = Some(bus);
     let (listeners, grpc_addr, _) = support::bind().await;
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(messenger_friends::run_in_memory(
+    let server = tokio::spawn(messenger_friends::run_with_directory(
         config,
         directory,
-        Arc::new(bus),
         listeners,
         shutdown.clone(),
     ));

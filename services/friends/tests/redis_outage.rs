@@ -102,7 +102,7 @@ async fn lists_stay_correct_while_redis_is_down_and_the_cache_returns_with_it() 
     let mut redis = PrivateRedis::stopped(testing::free_port());
     let database = TestDatabase::create().await;
     let mut config = support::test_config(&database, testing::kafka_brokers());
-    config.redis_url = redis.url();
+    config.redis_url = redis.url().into();
     let directory = Arc::new(InMemoryUserDirectory::new());
     let (listeners, grpc_addr, admin_addr) = support::bind().await;
     let shutdown = Shutdown::new();

@@ -1,7 +1,6 @@
 //! Configuration of the gateway: listen addresses, peers, the internal key, and the
 //! `GATEWAY_*` variables. Every value is validated at start-up; an error names the variable.
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -18,23 +17,9 @@ pub const DEFAULT_HTTP_PORT: u16 = 8080;
 pub const DEFAULT_ADMIN_PORT: u16 = 9080;
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 
-/// Where the gateway learns about events to push to connected clients.
-#[derive(Clone)]
-pub enum EventsConfig {
-    /// Every replica consumes every event from Kafka (`KAFKA_BROKERS`).
-    Kafka { brokers: String },
-    /// The all-in-one mode's in-process bus.
-    InMemory(InMemoryEventBus),
-}
-
-impl fmt::Debug for EventsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Kafka { brokers } => f.debug_struct("Kafka").field("brokers", brokers).finish(),
-            Self::InMemory(_) => f.write_str("InMemory"),
-        }
-    }
-}
+/// Where the gateway learns about events to push to connected clients: every replica
+/// consumes every event from Kafka, or the all-in-one mode's in-process bus.
+pub use messenger_common::events::EventsConfig;
 
 /// The gRPC services the gateway calls.
 #[derive(Debug, Clone, PartialEq, Eq)]

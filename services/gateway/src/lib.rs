@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use messenger_common::admin::{self, AdminState};
+use messenger_common::service::{self, BindError};
 use messenger_common::{Metrics, Shutdown};
 use tokio::net::TcpListener;
 
@@ -40,11 +41,43 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+    /// Binds `HTTP_ADDR` and `ADMIN_ADDR`.
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
         Ok(Self {
-            http: TcpListener::bind(config.http_addr).await?,
-            admin: TcpListener::bind(config.admin_addr).await?,
+            http: service::bind("HTTP_ADDR", config.http_addr).await?,
+            admin: service::bind("ADMIN_ADDR", config.admin_addr).await?,
         })
+    }
+}
+
+/// The gateway, started by its binary and by `messenger dev` through
+/// [`messenger_common::Service`].
+pub struct Service;
+
+impl messenger_common::Service for Service {
+    const NAME: &'static str = "gateway";
+    type Config = Config;
+    type Listeners = Listeners;
+    type Error = messenger_common::Error;
+
+    fn config_from_env() -> Result<Config, messenger_common::ConfigError> {
+        Config::from_env()
+    }
+
+    fn log_format(config: &Config) -> messenger_common::LogFormat {
+        config.log_format
+    }
+
+    async fn bind(config: &Config) -> Result<Listeners, BindError> {
+        Listeners::bind(config).await
+    }
+
+    async fn run(
+        config: Config,
+        listeners: Listeners,
+        shutdown: Shutdown,
+    ) -> Result<(), messenger_common::Error> {
+        run(config, listeners, shutdown).await
     }
 }
 
@@ -70,14 +103,7 @@ pub async fn run(
     let mut readiness = peers.readiness();
 
     // Our own token: stopping after an error must not stop whatever shares the caller's.
-    let stop = Shutdown::new();
-    let forward_shutdown = tokio::spawn({
-        let (outer, stop) = (shutdown.cancelled(), stop.clone());
-        async move {
-            outer.await;
-            stop.trigger();
-        }
-    });
+    let stop = shutdown.child();
 
     let feed_task = match &config.events {
         EventsConfig::Kafka { brokers } => {
@@ -157,7 +183,6 @@ pub async fn run(
         }
     };
     stop.trigger();
-    forward_shutdown.abort();
     sweeper.abort();
     rechecker.abort();
     let _ = feed_task.await;

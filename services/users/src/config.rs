@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use messenger_common::config::{
-    ConfigError, ServiceConfig, ServiceDefaults, env_duration_from, env_nonzero_duration_from,
-    env_or_from, mask_secret, process_env,
+    ConfigError, SecretUrl, ServiceConfig, ServiceDefaults, env_duration_from,
+    env_nonzero_duration_from, env_or_from, process_env,
 };
+use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
@@ -24,13 +25,14 @@ pub const DEFAULT_CACHE_TIMEOUT: Duration = Duration::from_millis(250);
 pub const DEFAULT_CACHE_PREFIX: &str = "users:";
 pub const DEFAULT_CONSUMER_GROUP: &str = "users";
 
-/// Where profiles, the cache and events come from.
-#[derive(Clone, PartialEq, Eq)]
+/// PostgreSQL, Redis and Kafka: where profiles, the cache and events live in production.
+/// `Debug` masks the URLs' passwords.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     /// PostgreSQL holding the profiles (`DATABASE_URL`); created on first start if missing.
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Redis caching profiles and search pages (`REDIS_URL`).
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
     /// Prefix of every Redis key this service writes (`USERS_REDIS_PREFIX`).
     pub redis_key_prefix: String,
     /// Kafka bootstrap servers (`KAFKA_BROKERS`).
@@ -39,25 +41,18 @@ pub struct StorageConfig {
     pub kafka_consumer_group: String,
 }
 
-impl std::fmt::Debug for StorageConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StorageConfig")
-            .field(
-                "database_url",
-                &mask_secret("DATABASE_URL", &self.database_url),
-            )
-            .field("redis_url", &mask_secret("REDIS_URL", &self.redis_url))
-            .field("redis_key_prefix", &self.redis_key_prefix)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("kafka_consumer_group", &self.kafka_consumer_group)
-            .finish()
-    }
+/// Real stores, or everything in memory with `UserRegistered` read from an in-process bus
+/// (`messenger dev`).
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Real(StorageConfig),
+    InMemory(InMemoryEventBus),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub service: ServiceConfig,
-    pub storage: StorageConfig,
+    pub storage: Storage,
     /// How long cached profiles and search pages live (`USERS_CACHE_TTL`).
     pub cache_ttl: Duration,
     /// How long one cache call may take before the database answers instead
@@ -77,8 +72,8 @@ impl Config {
         let service = ServiceConfig::from_lookup(DEFAULTS, &lookup)?;
         let internal_key = InternalKey::from_lookup(&lookup)?;
         let storage = StorageConfig {
-            database_url: env_or_from(&lookup, "DATABASE_URL", DEFAULT_DATABASE_URL.to_owned())?,
-            redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
+            database_url: env_or_from(&lookup, "DATABASE_URL", DEFAULT_DATABASE_URL.into())?,
+            redis_url: env_or_from(&lookup, "REDIS_URL", DEFAULT_REDIS_URL.into())?,
             redis_key_prefix: env_or_from(
                 &lookup,
                 "USERS_REDIS_PREFIX",
@@ -103,7 +98,7 @@ impl Config {
             env_nonzero_duration_from(&lookup, "USERS_CACHE_TIMEOUT", DEFAULT_CACHE_TIMEOUT)?;
         Ok(Self {
             service,
-            storage,
+            storage: Storage::Real(storage),
             cache_ttl,
             cache_timeout,
             internal_key,
@@ -113,6 +108,15 @@ impl Config {
     /// PostgreSQL/Redis/Kafka at the given places, callers verified with `internal_key`,
     /// every other setting at its default.
     pub fn new(storage: StorageConfig, internal_key: InternalKey) -> Self {
+        Self::with_storage(Storage::Real(storage), internal_key)
+    }
+
+    /// Everything in memory, profiles created from `UserRegistered` on `bus`.
+    pub fn in_memory(bus: InMemoryEventBus, internal_key: InternalKey) -> Self {
+        Self::with_storage(Storage::InMemory(bus), internal_key)
+    }
+
+    fn with_storage(storage: Storage, internal_key: InternalKey) -> Self {
         let service = ServiceConfig::from_lookup(DEFAULTS, |_| None)
             .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
         Self {
@@ -159,8 +163,11 @@ mod tests {
         assert_eq!(config.service.admin_addr.port(), 9004);
         assert_eq!(config.cache_ttl, Duration::from_secs(300));
         assert_eq!(config.cache_timeout, Duration::from_millis(250));
+        let Storage::Real(storage) = config.storage else {
+            panic!("real storage by default")
+        };
         assert_eq!(
-            config.storage,
+            storage,
             StorageConfig {
                 database_url: DEFAULT_DATABASE_URL.into(),
                 redis_url: DEFAULT_REDIS_URL.into(),
@@ -182,8 +189,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.cache_ttl, Duration::from_secs(30));
         assert_eq!(config.cache_timeout, Duration::from_millis(100));
-        assert_eq!(config.storage.database_url, "postgres://db/users");
-        assert_eq!(config.storage.kafka_consumer_group, "users-blue");
+        let Storage::Real(storage) = config.storage else {
+            panic!("real storage by default")
+        };
+        assert_eq!(storage.database_url.expose(), "postgres://db/users");
+        assert_eq!(storage.kafka_consumer_group, "users-blue");
     }
 
     #[test]

@@ -7,8 +7,7 @@ use uuid::Uuid;
 
 use crate::error::UsersError;
 
-pub const NICKNAME_MIN_CHARS: usize = 3;
-pub const NICKNAME_MAX_CHARS: usize = 32;
+pub use messenger_common::ids::{NICKNAME_MAX_CHARS, NICKNAME_MIN_CHARS};
 pub const BIO_MAX_CHARS: usize = 500;
 pub const AVATAR_URL_MAX_CHARS: usize = 2048;
 pub const SEARCH_DEFAULT_PAGE_SIZE: u32 = 20;
@@ -31,54 +30,9 @@ pub struct Profile {
     pub updated_at: DateTime<Utc>,
 }
 
-fn is_nickname_char(c: char) -> bool {
-    matches!(c, 'a'..='z' | '0'..='9' | '_' | '.' | '-')
-}
-
-/// A valid nickname, always lower-case: 3–32 characters of `[a-z0-9_.-]`.
-/// Input is accepted in any case (nicknames are case-insensitive) and stored lower-case.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Nickname(String);
-
-impl Nickname {
-    pub fn parse(raw: &str) -> Result<Self, UsersError> {
-        Self::parse_field("nickname", raw)
-    }
-
-    fn parse_field(field: &'static str, raw: &str) -> Result<Self, UsersError> {
-        let chars = raw.chars().count();
-        if !(NICKNAME_MIN_CHARS..=NICKNAME_MAX_CHARS).contains(&chars) {
-            return Err(UsersError::invalid(
-                field,
-                format!(
-                    "must be {NICKNAME_MIN_CHARS}-{NICKNAME_MAX_CHARS} characters, got {chars}"
-                ),
-            ));
-        }
-        let lower = raw.to_ascii_lowercase();
-        if let Some(bad) = lower.chars().find(|c| !is_nickname_char(*c)) {
-            return Err(UsersError::invalid(
-                field,
-                format!("may only contain a-z, 0-9, '_', '.' and '-', found {bad:?}"),
-            ));
-        }
-        Ok(Self(lower))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
-}
-
-impl std::fmt::Display for Nickname {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// Nicknames follow the one rule every service shares.
+pub use messenger_common::ids::Nickname;
+use messenger_common::ids::is_nickname_char;
 
 /// Parses a user id (a UUID in any standard textual form).
 pub fn parse_user_id(raw: &str) -> Result<Uuid, UsersError> {
@@ -101,12 +55,10 @@ pub fn registration_nickname_candidates(requested: &Nickname, user_id: Uuid) -> 
             .len()
             .min(NICKNAME_MAX_CHARS - 1 - digits);
         // Nicknames are ASCII, so byte truncation is character truncation.
-        candidates.push(Nickname(format!(
-            "{}-{suffix}",
-            &requested.as_str()[..keep]
-        )));
+        candidates
+            .extend(Nickname::parse(&format!("{}-{suffix}", &requested.as_str()[..keep])).ok());
     }
-    candidates.push(Nickname(hex));
+    candidates.extend(Nickname::parse(&hex).ok());
     candidates.dedup();
     candidates
 }
@@ -396,7 +348,7 @@ mod tests {
                 Some(expected) => {
                     assert_eq!(parsed.expect(raw).as_str(), *expected, "input {raw:?}")
                 }
-                None => assert_eq!(field_of(parsed.expect_err(raw)), "nickname"),
+                None => assert_eq!(field_of(parsed.expect_err(raw).into()), "nickname"),
             }
         }
     }

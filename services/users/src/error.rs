@@ -41,6 +41,12 @@ impl UsersError {
     }
 }
 
+impl From<messenger_common::ids::InvalidValue> for UsersError {
+    fn from(error: messenger_common::ids::InvalidValue) -> Self {
+        Self::invalid(error.field, error.reason)
+    }
+}
+
 impl From<UsersError> for ServiceError {
     fn from(error: UsersError) -> Self {
         match error {

@@ -3,8 +3,8 @@
 //! nickname prefix over gRPC (`messenger.v1.UsersService`). PostgreSQL is the source of
 //! truth; Redis caches profiles and search pages.
 //!
-//! [`run`] serves on PostgreSQL, Redis and Kafka; [`run_in_memory`] serves on in-memory
-//! stores and an in-process event bus (the all-in-one dev mode).
+//! [`run`] serves on PostgreSQL, Redis and Kafka, or on in-memory stores and an
+//! in-process event bus (the all-in-one dev mode), as [`Config::storage`] says.
 
 pub mod cache;
 pub mod cached_store;
@@ -34,7 +34,7 @@ use crate::registration_consumer::UserRegisteredHandler;
 use crate::service::UsersGrpcService;
 use crate::store::{InMemoryProfileStore, PgProfileStore};
 
-pub use config::{Config, StorageConfig};
+pub use config::{Config, Storage, StorageConfig};
 pub use error::UsersError;
 
 /// This crate's migrations (the `profiles` table); run with `messenger_common::postgres::migrate`.
@@ -42,20 +42,27 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use messenger_common::grpc::Listeners;
 
-/// Serves the users service on PostgreSQL (migrated at start), Redis (connected lazily: the
-/// service works without it) and Kafka (consumes `UserRegistered`) until `shutdown` fires,
-/// then drains in-flight RPCs and stops the consumer.
+/// Serves the users service until `shutdown` fires, then drains in-flight RPCs and stops
+/// the consumer. On real storage: PostgreSQL (migrated at start), Redis (connected lazily:
+/// the service works without it) and Kafka (consumes `UserRegistered`); in memory: profiles
+/// created from `UserRegistered` on the in-process bus. A failure stops this service only.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> Result<(), UsersError> {
-    let (shutdown, _linked) = local_shutdown(&shutdown);
-    let storage = &config.storage;
-    let pool = messenger_common::postgres::connect(&storage.database_url).await?;
+    let shutdown = shutdown.child();
+    let storage = match &config.storage {
+        Storage::Real(storage) => storage.clone(),
+        Storage::InMemory(bus) => {
+            let bus = bus.clone();
+            return run_in_memory(config, listeners, bus, shutdown).await;
+        }
+    };
+    let pool = messenger_common::postgres::connect(storage.database_url.expose()).await?;
     messenger_common::postgres::migrate(&pool, &MIGRATOR).await?;
     let cache = RedisProfileCache::connect_lazily(
-        &storage.redis_url,
+        storage.redis_url.expose(),
         storage.redis_key_prefix.clone(),
         config.cache_ttl,
     )?;
@@ -107,15 +114,14 @@ pub async fn run(
     consumed.and(served)
 }
 
-/// Serves the users service on in-memory stores, creating profiles from `UserRegistered`
-/// events published on `bus` (the all-in-one dev mode). `config.storage` is not used.
-pub async fn run_in_memory(
+/// In-memory stores, profiles created from `UserRegistered` events published on `bus`.
+async fn run_in_memory(
     config: Config,
     listeners: Listeners,
-    bus: &InMemoryEventBus,
+    bus: InMemoryEventBus,
     shutdown: Shutdown,
 ) -> Result<(), UsersError> {
-    let (shutdown, _linked) = local_shutdown(&shutdown);
+    tracing::warn!("users running on in-memory storage: profiles are not kept");
     let metrics = Metrics::new();
     let profiles = Arc::new(
         CachedProfileStore::new(
@@ -126,7 +132,7 @@ pub async fn run_in_memory(
         .with_metrics(CacheMetrics::register(&metrics)),
     );
     let consumer = run_in_memory_consumer(
-        bus,
+        &bus,
         &[AUTH_EVENTS],
         Arc::new(UserRegisteredHandler::new(profiles.clone())),
         shutdown.clone(),
@@ -146,30 +152,6 @@ pub async fn run_in_memory(
         tracing::error!(%error, "in-memory consumer task failed");
     }
     served
-}
-
-/// A shutdown token for this service alone: it fires with `outer`, and this service may
-/// fire it when one of its parts fails without stopping the caller's other services (the
-/// dev mode runs all services in one process). Dropping the guard ends the link.
-fn local_shutdown(outer: &Shutdown) -> (Shutdown, AbortOnDrop) {
-    let local = Shutdown::new();
-    let link = tokio::spawn({
-        let outer = outer.cancelled();
-        let local = local.clone();
-        async move {
-            outer.await;
-            local.trigger();
-        }
-    });
-    (local, AbortOnDrop(link))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Runs the gRPC and admin servers until `shutdown`.
@@ -195,3 +177,5 @@ async fn serve(
     tokio::try_join!(grpc, admin)?;
     Ok(())
 }
+
+messenger_common::grpc_service!("users", Config, UsersError, run);

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cached_store::CachedProfileStore;
 use crate::domain::{Nickname, Profile, ProfileUpdate, SearchQuery, parse_user_id};
+use crate::error::UsersError;
 
 pub struct UsersGrpcService {
     profiles: Arc<CachedProfileStore>,
@@ -59,7 +60,7 @@ impl UsersService for UsersGrpcService {
         &self,
         request: Request<GetUserProfileByNicknameRequest>,
     ) -> Result<Response<UserProfile>, Status> {
-        let nickname = Nickname::parse(&request.get_ref().nickname)?;
+        let nickname = Nickname::parse(&request.get_ref().nickname).map_err(UsersError::from)?;
         let profile = self.profiles.get_by_nickname(&nickname).await?;
         Ok(Response::new(profile.into()))
     }

@@ -1,4 +1,4 @@
-//! The dev-mode service (`run_in_memory`): in-memory stores fed by an in-process event bus,
+//! The dev-mode service (`run` with `Config::in_memory`): in-memory stores fed by an in-process event bus,
 //! the same gRPC API.
 
 use std::time::Duration;
@@ -55,16 +55,9 @@ async fn dev_mode_creates_profiles_from_bus_events_and_serves_the_api() {
         let bus = bus.clone();
         let shutdown = shutdown.clone();
         async move {
-            messenger_users::run_in_memory(
-                Config {
-                    internal_key: testing::test_key(),
-                    ..Config::from_lookup(|name| {
-                        (name == "INTERNAL_AUTH_KEY").then(|| "k".repeat(32))
-                    })
-                    .unwrap()
-                },
+            messenger_users::run(
+                Config::in_memory(bus, testing::test_key()),
                 Listeners { grpc, admin },
-                &bus,
                 shutdown,
             )
             .await

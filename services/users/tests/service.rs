@@ -57,8 +57,8 @@ impl TestService {
         let redis_key_prefix = unique_prefix();
         let config = Config::new(
             StorageConfig {
-                database_url: database.url().to_owned(),
-                redis_url,
+                database_url: database.url().into(),
+                redis_url: redis_url.into(),
                 redis_key_prefix: redis_key_prefix.clone(),
                 kafka_brokers: brokers.clone(),
                 kafka_consumer_group: unique_name("users-test"),
@@ -934,8 +934,8 @@ async fn on_a_fresh_broker_the_service_creates_its_topic_and_consumes_it() {
     let database = TestDatabase::create().await;
     let config = Config::new(
         StorageConfig {
-            database_url: database.url().to_owned(),
-            redis_url: redis_url(),
+            database_url: database.url().into(),
+            redis_url: redis_url().into(),
             redis_key_prefix: unique_prefix(),
             kafka_brokers: brokers.clone(),
             kafka_consumer_group: unique_name("users-test"),

@@ -41,7 +41,7 @@ const PUBLISHED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Clone, Debug)]
 pub struct MongoStoreConfig {
     /// `MONGODB_URI`.
-    pub uri: String,
+    pub uri: messenger_common::config::SecretUrl,
     /// The database; `None` means the one named in the URI, else `messenger_chat`.
     pub database: Option<String>,
     /// How long an outbox event may wait for its subject before it is abandoned. Must be
@@ -50,7 +50,7 @@ pub struct MongoStoreConfig {
 }
 
 impl MongoStoreConfig {
-    pub fn new(uri: impl Into<String>) -> Self {
+    pub fn new(uri: impl Into<messenger_common::config::SecretUrl>) -> Self {
         Self {
             uri: uri.into(),
             database: None,
@@ -72,10 +72,12 @@ pub struct MongoChatStore {
 impl MongoChatStore {
     /// Connects, checks the server answers, and creates the indexes.
     pub async fn connect(config: &MongoStoreConfig) -> Result<Self, ChatError> {
-        let shown_uri = messenger_common::config::mask_secret("MONGODB_URI", &config.uri);
-        let mut options = ClientOptions::parse(&config.uri).await.map_err(|error| {
-            messenger_common::ConfigError::invalid("MONGODB_URI", &config.uri, error)
-        })?;
+        let shown_uri = config.uri.to_string();
+        let mut options = ClientOptions::parse(config.uri.expose())
+            .await
+            .map_err(|error| {
+                messenger_common::ConfigError::invalid("MONGODB_URI", config.uri.expose(), error)
+            })?;
         options
             .app_name
             .get_or_insert_with(|| "messenger-chat".to_owned());
@@ -608,7 +610,8 @@ impl MessageDoc {
         Ok(Message {
             id: MessageId::parse("_id", &self.id).map_err(bad)?,
             chat_id: ChatId::parse("chat_id", &self.chat_id).map_err(bad)?,
-            author_id: UserId::parse("author_id", &self.author_id).map_err(bad)?,
+            author_id: UserId::parse("author_id", &self.author_id)
+                .map_err(|error| bad(error.into()))?,
             content: self.content,
             sent_at: from_bson_time(self.sent_at),
             client_message_id: self.client_message_id,

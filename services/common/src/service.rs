@@ -1,0 +1,139 @@
+//! [`Service`]: the one shape every messenger service has — configuration from the
+//! environment, listeners bound before start, and `run(config, listeners, shutdown)` that
+//! serves until `shutdown` fires and then drains. [`main`] is a service binary's whole
+//! `main`; `messenger dev` starts all five through the same trait in one process.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+
+use crate::config::{ConfigError, LogFormat};
+use crate::shutdown::Shutdown;
+
+/// A service: what its binary and the all-in-one mode need to start it.
+pub trait Service: 'static {
+    /// Its name in logs and messages (`auth`, `gateway`, ...).
+    const NAME: &'static str;
+    /// Everything it needs to start, read by [`Service::config_from_env`].
+    type Config: Send + 'static;
+    /// Its sockets, bound before it starts (so a busy port fails start-up at once, and
+    /// tests can bind port 0).
+    type Listeners: Send + 'static;
+    /// What running fails with.
+    type Error: Display + Send + 'static;
+
+    /// Reads the configuration from the process environment.
+    fn config_from_env() -> Result<Self::Config, ConfigError>;
+
+    /// How it logs (`LOG_FORMAT`).
+    fn log_format(config: &Self::Config) -> LogFormat;
+
+    /// Binds its listeners; the error names the variable and address that failed.
+    fn bind(
+        config: &Self::Config,
+    ) -> impl Future<Output = Result<Self::Listeners, BindError>> + Send;
+
+    /// Serves until `shutdown` fires, then drains in-flight work. A failure stops this
+    /// service's own tasks only: it must never trigger `shutdown` (others may share it).
+    fn run(
+        config: Self::Config,
+        listeners: Self::Listeners,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// A listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({variable}): {source}")]
+pub struct BindError {
+    /// The variable that sets the address (`GRPC_ADDR`, `ADMIN_ADDR`, `HTTP_ADDR`).
+    pub variable: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why (e.g. address already in use).
+    pub source: std::io::Error,
+}
+
+/// Binds `addr`, the value of `variable`.
+pub async fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        variable,
+        addr,
+        source,
+    })
+}
+
+/// A service binary's `main`: reads the configuration, starts logging, binds the
+/// listeners and runs until SIGTERM/SIGINT. Any failure ends with one line naming it and
+/// exit status 1.
+pub async fn main<S: Service>() -> ExitCode {
+    let config = match S::config_from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("messenger-{}: {error}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::telemetry::init(S::NAME, S::log_format(&config));
+    let listeners = match S::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match S::run(config, listeners, Shutdown::on_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "{} service failed", S::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Declares `pub struct Service` implementing [`Service`] for a gRPC service crate whose
+/// `Config` has the shared settings in `config.service`, whose listeners are
+/// [`crate::grpc::Listeners`], and whose `run(config, listeners, shutdown)` serves it:
+///
+/// ```ignore
+/// messenger_common::grpc_service!("friends", Config, Error, run);
+/// ```
+#[macro_export]
+macro_rules! grpc_service {
+    ($name:literal, $config:ty, $error:ty, $run:path) => {
+        #[doc = concat!("The ", $name, " service, started by its binary and by `messenger dev` through [`messenger_common::Service`].")]
+        pub struct Service;
+
+        impl $crate::Service for Service {
+            const NAME: &'static str = $name;
+            type Config = $config;
+            type Listeners = $crate::grpc::Listeners;
+            type Error = $error;
+
+            fn config_from_env() -> Result<$config, $crate::ConfigError> {
+                <$config>::from_env()
+            }
+
+            fn log_format(config: &$config) -> $crate::LogFormat {
+                config.service.log_format
+            }
+
+            async fn bind(
+                config: &$config,
+            ) -> Result<$crate::grpc::Listeners, $crate::service::BindError> {
+                $crate::grpc::Listeners::bind(&config.service).await
+            }
+
+            async fn run(
+                config: $config,
+                listeners: $crate::grpc::Listeners,
+                shutdown: $crate::Shutdown,
+            ) -> Result<(), $error> {
+                $run(config, listeners, shutdown).await
+            }
+        }
+    };
+}

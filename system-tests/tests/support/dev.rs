@@ -1,0 +1,163 @@
+//! `messenger dev` as a separate process, as a newcomer runs it: started with flags,
+//! read until its banner, stopped with SIGINT (Ctrl-C).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::process::binary;
+
+/// A running `messenger dev` and what it printed at start-up.
+pub struct DevProcess {
+    child: Child,
+    /// Every default port plus this.
+    pub port_offset: u16,
+    /// Everything printed on stdout up to and including "Stop with Ctrl-C.".
+    pub banner: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+/// A port offset no other test of this run uses: the ports stay below the range that
+/// `testing::free_port` hands out and away from the components' fixed ports.
+pub fn port_offset() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Different test processes run at once: spread them by process id as well.
+    let slot = (std::process::id() as u16 % 25) * 4 + NEXT.fetch_add(1, Ordering::Relaxed) % 4;
+    11_000 + slot * 30
+}
+
+impl DevProcess {
+    /// Starts `messenger dev <args> --port-offset <offset>` and waits for its banner.
+    pub fn start(args: &[&str]) -> Self {
+        let port_offset = port_offset();
+        Self::start_with_offset(args, port_offset).unwrap_or_else(|output| {
+            panic!("messenger dev did not start:\n{output}");
+        })
+    }
+
+    /// Like [`DevProcess::start`] with a given offset; `Err` holds what it printed when it
+    /// exited instead of starting.
+    pub fn start_with_offset(args: &[&str], port_offset: u16) -> Result<Self, String> {
+        let mut child = Command::new(binary("messenger"))
+            .arg("dev")
+            .args(args)
+            .args(["--port-offset", &port_offset.to_string()])
+            // The stores come from the flags only, never from the test's environment.
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("MONGODB_URI")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start messenger dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines, banner_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let (errors, stderr_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = errors.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut banner = String::new();
+        loop {
+            match banner_lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    banner.push_str(&line);
+                    banner.push('\n');
+                    if line.starts_with("Stop with Ctrl-C") {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().expect("wait for messenger dev");
+                    let errors: Vec<String> = stderr_lines.try_iter().collect();
+                    return Err(format!(
+                        "exited with {status}\nstdout:\n{banner}stderr:\n{}",
+                        errors.join("\n")
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("no banner within 60 s; stdout so far:\n{banner}"));
+            }
+        }
+        // Keep reading stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || banner_lines.iter().for_each(drop));
+        Ok(Self {
+            child,
+            port_offset,
+            banner,
+            stderr: stderr_lines,
+        })
+    }
+
+    /// The gateway's base URL.
+    pub fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", 8080 + self.port_offset)
+    }
+
+    /// The admin (`/readyz`) address of each component.
+    pub fn admin_urls(&self) -> Vec<(&'static str, String)> {
+        [
+            ("auth", 9001),
+            ("chat", 9002),
+            ("friends", 9003),
+            ("users", 9004),
+            ("gateway", 9080),
+        ]
+        .into_iter()
+        .map(|(name, port)| {
+            (
+                name,
+                format!("http://127.0.0.1:{}", port + self.port_offset),
+            )
+        })
+        .collect()
+    }
+
+    /// Sends SIGINT (what Ctrl-C does) and waits for the exit; `None` if it did not exit
+    /// within `patience`.
+    pub fn interrupt(&mut self, patience: Duration) -> Option<ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT {pid} failed");
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
