@@ -323,7 +323,10 @@ async fn the_web_client_is_served_at_the_root_under_a_strict_content_security_po
     assert!(page.contains("<title>Messenger</title>"), "{page}");
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.starts_with("default-src 'self'"), "{csp}");
-    assert!(csp.contains("script-src 'self';"), "scripts from elsewhere: {csp}");
+    assert!(
+        csp.contains("script-src 'self';"),
+        "scripts from elsewhere: {csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["x-frame-options"], "DENY");
@@ -370,7 +373,10 @@ async fn unknown_web_files_are_404_problems_and_not_part_of_the_api_document() {
     ] {
         let (status, headers, _) = get_raw(&path, &[]).await;
         assert_eq!(status, 404, "{path}");
-        assert_eq!(headers["content-type"], "application/problem+json", "{path}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{path}"
+        );
     }
     let paths = api::openapi().paths.paths;
     assert!(
@@ -433,5 +439,8 @@ async fn a_browser_resumes_its_event_stream_with_a_fresh_ticket_and_the_last_eve
     }
     assert!(text.contains("id: e2"), "{text}");
     assert!(text.contains("missed"), "{text}");
-    assert!(!text.contains("seen"), "already seen events are not sent again: {text}");
+    assert!(
+        !text.contains("seen"),
+        "already seen events are not sent again: {text}"
+    );
 }

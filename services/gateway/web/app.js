@@ -266,6 +266,9 @@ function nicknameOf(userId) {
           remember(profile);
           renderChats();
           renderChatTitle();
+          for (const author of document.querySelectorAll(`[data-author-id="${CSS.escape(userId)}"] .author`)) {
+            author.textContent = profile.nickname;
+          }
         })
         .catch(() => {})
         .finally(() => pendingLookups.delete(userId)),
@@ -603,6 +606,7 @@ function messageItem(message, { pending = false } = {}) {
     {
       class: "message " + (mine ? "mine" : "theirs") + (pending ? " pending" : ""),
       "data-message-id": message.message_id,
+      "data-author-id": message.author_id,
       "data-testid": "message",
     },
     h("span", { class: "author", text: author }),

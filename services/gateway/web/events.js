@@ -26,6 +26,9 @@ export class LiveEvents {
     this.failures = 0;
     this.timer = null;
     this.running = false;
+    // Bumped by stop(): a connect() still waiting for its ticket from an earlier
+    // session must not open a stream for the next one.
+    this.generation = 0;
     this.wakeUp = () => this.reconnectNow();
   }
 
@@ -38,6 +41,7 @@ export class LiveEvents {
 
   stop() {
     this.running = false;
+    this.generation += 1;
     window.removeEventListener("online", this.wakeUp);
     clearTimeout(this.timer);
     this.source?.close();
@@ -46,20 +50,23 @@ export class LiveEvents {
     this.failures = 0;
   }
 
+  /** Skips the wait when the network is back. */
   reconnectNow() {
-    if (!this.running || this.source) return;
+    if (!this.running || this.timer === null) return;
     clearTimeout(this.timer);
     this.connect();
   }
 
   async connect() {
     this.timer = null;
+    const generation = this.generation;
+    const current = () => this.running && generation === this.generation;
     this.onState("connecting");
     let ticket;
     try {
       ({ ticket } = await api.ticket());
     } catch (error) {
-      if (!this.running) return;
+      if (!current()) return;
       if (error.status === 401) {
         this.running = false;
         this.onAuthLost(error);
@@ -68,7 +75,7 @@ export class LiveEvents {
       this.retryLater();
       return;
     }
-    if (!this.running) return;
+    if (!current()) return;
     let url = `/v1/events?ticket=${encodeURIComponent(ticket)}`;
     if (this.lastId) url += `&last_event_id=${encodeURIComponent(this.lastId)}`;
     const resumed = Boolean(this.lastId);
@@ -86,8 +93,9 @@ export class LiveEvents {
       // Also the end of a stream the server closed (restart, logout elsewhere): start
       // over with a new ticket either way.
       source.close();
-      if (this.source === source) this.source = null;
-      if (this.running) this.retryLater();
+      if (this.source !== source) return;
+      this.source = null;
+      if (current()) this.retryLater();
     };
     for (const kind of KINDS) {
       source.addEventListener(kind, (event) => {
