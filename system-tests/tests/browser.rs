@@ -298,7 +298,7 @@ async fn two_people_befriend_and_chat_live_in_two_browsers() {
     let driver = ChromeDriver::start();
     let messenger = start_messenger().await;
     // Ada on a desktop, Bob on a phone-width screen.
-    let ada_browser = driver.session(1100, 700).await;
+    let ada_browser = driver.session(1200, 800).await;
     let bob_browser = driver.session(390, 760).await;
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..4];
     let ada = Person {

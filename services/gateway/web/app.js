@@ -62,7 +62,12 @@ let noticeTimer = null;
 function notice(text) {
   clearTimeout(noticeTimer);
   $("notice").textContent = text;
-  noticeTimer = setTimeout(() => ($("notice").textContent = ""), 8000);
+  noticeTimer = setTimeout(clearNotice, 8000);
+}
+
+function clearNotice() {
+  clearTimeout(noticeTimer);
+  $("notice").textContent = "";
 }
 
 function showError(text) {
@@ -554,6 +559,7 @@ function renderChatTitle() {
 
 async function openChat(chatId) {
   clearError();
+  clearNotice(); // about something else, now that this chat has the attention
   state.open = { id: chatId, nextBefore: null, shown: new Set(), pending: new Map() };
   state.unread.delete(chatId);
   if (!state.chats.has(chatId)) state.chats.set(chatId, await api.chat(chatId));
