@@ -323,10 +323,20 @@ async fn two_people_befriend_and_chat_live_in_two_browsers() {
             ada.register().await;
             bob.register().await;
 
-            // --- Bob finds Ada by nickname and asks her ---
+            // --- Ada says who she is; Bob finds her by nickname, sees it, and asks her ---
+            ada.click("#tab-profile").await;
+            ada.type_into("#profile-bio", "Writes the first programs.")
+                .await;
+            ada.click("#profile-save").await;
+            ada.sees("#notice", "Profile saved.").await;
             bob.click("#tab-people").await;
             bob.type_into("#search-input", &ada.nickname).await;
             bob.click("#search-submit").await;
+            bob.sees(
+                &format!("#search-results li[data-nickname='{}']", ada.nickname),
+                "Writes the first programs.",
+            )
+            .await;
             let add = format!(
                 "#search-results li[data-nickname='{}'] button[data-action='add']",
                 ada.nickname
