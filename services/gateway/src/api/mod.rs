@@ -149,10 +149,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
 
-/// The whole HTTP application: routes, OpenAPI, problem+json for unknown routes and
-/// methods, the web client at `/` ([`web`]), and the middleware stack (outermost first): request id + trace context +
-/// client address, panic → 500 problem, tracing without credentials, metrics, CORS,
-/// body limit; and for request routes also load shedding and the deadline.
+/// The whole HTTP application: routes, OpenAPI, the web client at `/` ([`web`]),
+/// problem+json for unknown routes and methods, and the middleware stack (outermost
+/// first): request id + trace context + client address, panic → 500 problem, tracing
+/// without credentials, metrics, CORS, body limit; and for request routes also load
+/// shedding and the deadline.
 pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
     let (requests, streams) = api_routes();
     let document = Arc::new(openapi());
