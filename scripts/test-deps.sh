@@ -2,7 +2,8 @@
 # Makes sure the real components the tests talk to are installed and running:
 # PostgreSQL and Redis (Debian packages), a Kafka-protocol broker (tansu from crates.io,
 # in-memory storage), a MongoDB-wire server (DocumentDB, scripts/documentdb.sh, unless
-# MONGODB_URI names one) and, for the operator, a real kube-apiserver + etcd.
+# MONGODB_URI names one), headless Chromium + chromedriver for the browser test (Debian) and,
+# for the operator, a real kube-apiserver + etcd.
 # Idempotent: anything already running is reused. Prints one line per component.
 #
 # Writes the variables the tests read to the file named by $1 (sourced by scripts/test.sh).
@@ -120,10 +121,24 @@ else
   "$(dirname "$0")/documentdb.sh" start "$mongo_env"
 fi
 
+# --- Chromium + chromedriver (Debian) for the web client's browser test ---
+# An install failure does not stop the other components: the browser test is then reported
+# as skipped with the reason (scripts/test.sh), and fails if run on its own.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  apt_install chromium chromium-driver || log "Chromium could not be installed"
+fi
+if command -v chromedriver >/dev/null && command -v chromium >/dev/null; then
+  log "Chromium up: $(chromium --version 2>/dev/null | head -1), chromedriver $(command -v chromedriver)"
+  browser_env="export CHROMEDRIVER=$(command -v chromedriver) CHROMIUM=$(command -v chromium) BROWSER_SKIP_REASON="
+else
+  browser_env="export BROWSER_SKIP_REASON='chromium or chromedriver is not installed (apt-get install chromium chromium-driver)'"
+fi
+
 {
   echo "export TEST_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres"
   echo "export TEST_REDIS_URL=redis://127.0.0.1:6379"
   echo "export TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
   echo "export TANSU_BIN=$TANSU_BIN"
+  echo "$browser_env"
   cat "$mongo_env"
 } >"$ENV_OUT"

@@ -37,12 +37,28 @@ cargo test --workspace --doc --locked --quiet
 echo "test: cargo build --bins" >&2
 cargo build --workspace --bins --locked
 
-filter=()
+# Tests whose component is missing are counted and reported as skipped, never run to
+# pass silently; everything else runs.
+excluded=()
+report_skip() { # filterset, what, reason, how to get it
+  local count
+  count=$(cargo nextest list --workspace --locked -E "$1" --message-format oneline 2>/dev/null | wc -l)
+  echo "test: SKIPPING $count $2 test(s): $3" >&2
+  echo "test: $4" >&2
+  excluded+=("$1")
+}
 if [ -n "${MONGODB_SKIP_REASON:-}" ]; then
-  filter=(-E 'not test(/mongo/)')
-  skipped=$(cargo nextest list --workspace --locked -E 'test(/mongo/)' --message-format oneline 2>/dev/null | wc -l)
-  echo "test: SKIPPING $skipped MongoDB test(s): $MONGODB_SKIP_REASON" >&2
-  echo "test: set MONGODB_URI to a MongoDB 6+ server, or put the DocumentDB archives in ../shared/vendor/documentdb, to run them" >&2
+  report_skip 'test(/mongo/)' MongoDB "$MONGODB_SKIP_REASON" \
+    "set MONGODB_URI to a MongoDB 6+ server, or put the DocumentDB archives in ../shared/vendor/documentdb, to run them"
+fi
+if [ -n "${BROWSER_SKIP_REASON:-}" ]; then
+  report_skip 'binary_id(messenger-system-tests::browser)' browser "$BROWSER_SKIP_REASON" \
+    "install Debian's chromium and chromium-driver to run them"
+fi
+filter=()
+if [ ${#excluded[@]} -gt 0 ]; then
+  joined=$(printf ' or %s' "${excluded[@]}")
+  filter=(-E "not (${joined# or })")
 fi
 
 cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}"

@@ -296,3 +296,151 @@ async fn services_that_are_down_give_503_not_500() {
     assert_eq!(problem["code"], "unavailable");
     assert!(headers.contains_key("retry-after"));
 }
+
+async fn get_raw(path: &str, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, String) {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .expect("infallible");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_web_client_is_served_at_the_root_under_a_strict_content_security_policy() {
+    let (status, headers, page) = get_raw("/", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(page.contains("<title>Messenger</title>"), "{page}");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self';"),
+        "scripts from elsewhere: {csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    // The page is always revalidated, so a new release shows at the next load...
+    assert_eq!(headers["cache-control"], "no-cache");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let (status, _, body) = get_raw("/", &[("if-none-match", &etag)]).await;
+    assert_eq!(status, 304);
+    assert!(body.is_empty());
+
+    // ...and everything it loads is named by version, so it may be kept for good.
+    let version = messenger_gateway::api::web::version();
+    for (file, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("api.js", "text/javascript; charset=utf-8"),
+        ("events.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ] {
+        let path = format!("/assets/{version}/{file}");
+        assert!(page.contains(&path) || file.ends_with(".js"), "{path}");
+        let (status, headers, body) = get_raw(&path, &[]).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(headers["content-type"], content_type, "{path}");
+        assert_eq!(
+            headers["cache-control"], "public, max-age=31536000, immutable",
+            "{path}"
+        );
+        assert!(!body.is_empty(), "{path}");
+    }
+    // A page of another release still gets the file, but not for keeps.
+    let (status, headers, _) = get_raw("/assets/0123456789ab/app.js", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["cache-control"], "no-cache");
+}
+
+#[tokio::test]
+async fn unknown_web_files_are_404_problems_and_not_part_of_the_api_document() {
+    let version = messenger_gateway::api::web::version();
+    for path in [
+        format!("/assets/{version}/secret.txt"),
+        format!("/assets/{version}/../Cargo.toml"),
+        "/index.php".to_owned(),
+    ] {
+        let (status, headers, _) = get_raw(&path, &[]).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{path}"
+        );
+    }
+    let paths = api::openapi().paths.paths;
+    assert!(
+        paths.keys().all(|path| path.starts_with("/v1/")),
+        "the web client's routes are not API routes: {:?}",
+        paths.keys()
+    );
+}
+
+#[tokio::test]
+async fn a_browser_resumes_its_event_stream_with_a_fresh_ticket_and_the_last_event_id() {
+    use messenger_gateway::stream::{StreamEvent, token_fingerprint};
+    let config = config();
+    let hub = StreamHub::new(config.stream.clone());
+    let peers = Peers::connect(
+        &config.peers,
+        config.internal_key.clone(),
+        config.request_timeout,
+    )
+    .expect("peers");
+    let app = api::app(
+        &config,
+        AppState::new(&config, peers, hub.clone()),
+        &Metrics::new(),
+    );
+    let user = uuid::Uuid::new_v4();
+    let event = |id: &str, content: &str| StreamEvent {
+        id: id.to_owned(),
+        kind: "message",
+        data: serde_json::json!({ "content": content }).to_string().into(),
+    };
+    // Two events reached the user; the browser had seen the first when it lost the stream.
+    hub.deliver(user, event("e1", "seen"));
+    hub.deliver(user, event("e2", "missed"));
+    let (ticket, _) = config.ticket_key.issue(
+        user,
+        &token_fingerprint("token"),
+        std::time::Duration::from_secs(30),
+    );
+    let response = app
+        .oneshot(
+            Request::get(format!("/v1/events?ticket={ticket}&last_event_id=e1"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("the replay arrives at once")
+            .expect("the stream is open")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(text.contains("id: e2"), "{text}");
+    assert!(text.contains("missed"), "{text}");
+    assert!(
+        !text.contains("seen"),
+        "already seen events are not sent again: {text}"
+    );
+}

@@ -87,9 +87,9 @@ impl FromRequestParts<AppState> for StreamOwner {
 /// Your real-time events: `message` (a new message in one of your chats),
 /// `chat_created` (you were added to a chat), `friend_request` (someone asked you),
 /// `friend_request_accepted` (someone accepted your request). Each has an `id`; reconnect
-/// with `Last-Event-ID` to get what you missed in the last minutes, or a `reset` event
-/// when that is too long ago (refetch your chats). Heartbeat comments keep the connection
-/// open; logging out ends it.
+/// with `Last-Event-ID` (or `?last_event_id=`) to get what you missed in the last minutes,
+/// or a `reset` event when that is too long ago (refetch your chats). Heartbeat comments
+/// keep the connection open; logging out ends it.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     security(("bearer" = [])),
@@ -103,13 +103,16 @@ impl FromRequestParts<AppState> for StreamOwner {
 pub async fn events(
     State(state): State<AppState>,
     owner: StreamOwner,
+    ApiQuery(query): ApiQuery<EventsQuery>,
     headers: http::HeaderMap,
 ) -> Response {
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64)
-        .map(str::to_owned);
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or(query.last_event_id)
+        .filter(|v| !v.is_empty() && v.len() <= 64);
     let subscription =
         match state
             .hub

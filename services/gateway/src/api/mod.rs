@@ -8,6 +8,10 @@ pub mod extract;
 pub mod friends;
 pub mod types;
 pub mod users;
+// The web client lives beside the API (`src/web.rs`); declared here so the crate root
+// stays as it is.
+#[path = "../web.rs"]
+pub mod web;
 
 use std::sync::Arc;
 
@@ -145,10 +149,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
 
-/// The whole HTTP application: routes, OpenAPI, problem+json for unknown routes and
-/// methods, and the middleware stack (outermost first): request id + trace context +
-/// client address, panic → 500 problem, tracing without credentials, metrics, CORS,
-/// body limit; and for request routes also load shedding and the deadline.
+/// The whole HTTP application: routes, OpenAPI, the web client at `/` ([`web`]),
+/// problem+json for unknown routes and methods, and the middleware stack (outermost
+/// first): request id + trace context + client address, panic → 500 problem, tracing
+/// without credentials, metrics, CORS, body limit; and for request routes also load
+/// shedding and the deadline.
 pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
     let (requests, streams) = api_routes();
     let document = Arc::new(openapi());
@@ -195,6 +200,7 @@ pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
     };
     requests
         .merge(Router::from(streams))
+        .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -270,4 +270,7 @@ pub struct TicketView {
 pub struct EventsQuery {
     /// A ticket from `POST /v1/events/ticket`, for clients that cannot send headers.
     pub ticket: Option<String>,
+    /// The last event id received, as `Last-Event-ID` (the header wins): a browser that
+    /// reconnects with a fresh ticket opens a new `EventSource`, which cannot send it.
+    pub last_event_id: Option<String>,
 }
