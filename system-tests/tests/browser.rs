@@ -1,6 +1,6 @@
 //! The web client in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, installed by `scripts/test-deps.sh`) driven over WebDriver, against
-//! the real backend. Two people in two independent browser sessions register, find each
+//! `messenger dev`, as a newcomer runs it. Two people in two independent browser sessions register, find each
 //! other, become friends and chat, each seeing the other's request and messages arrive
 //! without reloading; a wrong password shows the error; logging out returns to sign-in.
 //!
@@ -11,6 +11,10 @@
 //! Without chromedriver and Chromium this test fails and says so; `scripts/test.sh`
 //! reports it as skipped with the reason (`BROWSER_SKIP_REASON`) instead of running it.
 
+// Only `binary` is used here; the rest serves the other system tests.
+#[path = "support/dev.rs"]
+mod dev_process;
+#[allow(dead_code)]
 #[path = "support/process.rs"]
 mod process;
 
@@ -19,11 +23,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dev_process::DevProcess;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
 use messenger_common::testing;
-use process::{Backend, Service};
 use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -32,30 +36,19 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Messages Bob sends while Ada is away: more than the client's first page of 30.
 const FILLER: usize = 31;
 
-/// The backend, running until dropped.
+/// `messenger dev`, running until dropped.
 struct Messenger {
     base_url: String,
-    gateway: Service,
-    _backend: Backend,
+    dev: DevProcess,
 }
 
-/// Starts the whole backend and returns where the web client is served. The one place
-/// that knows how the messenger is started for this test.
+/// Starts `messenger dev` and returns where the web client is served. The one place that
+/// knows how the messenger is started for this test.
 async fn start_messenger() -> Messenger {
-    let backend = Backend::start(vec![("CHAT_STORE", "memory".to_owned())]).await;
-    let mut gateway = Service::start(
-        "gateway",
-        &[
-            backend.peer_env(),
-            vec![("KAFKA_BROKERS", testing::kafka_brokers())],
-        ]
-        .concat(),
-    );
-    gateway.wait_ready();
+    let dev = DevProcess::start(&[]);
     Messenger {
-        base_url: format!("{}/", gateway.http_url()),
-        gateway,
-        _backend: backend,
+        base_url: format!("{}/", dev.gateway_url()),
+        dev,
     }
 }
 
@@ -277,10 +270,10 @@ impl Person<'_> {
     }
 }
 
-/// Runs `scenario`; if it fails, keeps both windows as screenshots and the gateway's log.
+/// Runs `scenario`; if it fails, keeps both windows as screenshots and the messenger's log.
 async fn with_evidence(
     browsers: [(&Client, &str); 2],
-    gateway: &Service,
+    messenger: &DevProcess,
     scenario: impl Future<Output = ()>,
 ) {
     if let Err(panic) = std::panic::AssertUnwindSafe(scenario).catch_unwind().await {
@@ -288,7 +281,7 @@ async fn with_evidence(
             let path = save_screenshot(browser, &format!("failed-{name}.png")).await;
             eprintln!("{name}'s window when the test failed: {}", path.display());
         }
-        eprintln!("gateway log:\n{}", gateway.logs());
+        eprintln!("messenger dev log:\n{}", messenger.stderr());
         std::panic::resume_unwind(panic);
     }
 }
@@ -315,7 +308,7 @@ async fn two_people_befriend_and_chat_live_in_two_browsers() {
 
     with_evidence(
         [(&ada_browser, "ada"), (&bob_browser, "bob")],
-        &messenger.gateway,
+        &messenger.dev,
         async {
             // --- both register (and are signed in by it) ---
             ada.open(&url).await;
@@ -533,12 +526,15 @@ async fn two_people_befriend_and_chat_live_in_two_browsers() {
     )
     .await;
 
-    // Bob's event stream is still open: it must not hold the gateway up.
-    let mut gateway = messenger.gateway;
-    let stopped = gateway.terminate();
+    // Bob's event stream is still open: it must not hold Ctrl-C up.
+    let mut dev = messenger.dev;
+    let stopped = dev
+        .interrupt(Duration::from_secs(30))
+        .expect("messenger dev exits after Ctrl-C with a browser connected");
     assert!(
         stopped.success(),
-        "gateway exit with a browser connected: {stopped}"
+        "messenger dev exit with a browser connected: {stopped}; {}",
+        dev.stderr()
     );
     for browser in [ada_browser, bob_browser] {
         browser.close().await.expect("close the browser");

@@ -6,7 +6,7 @@
 //! Modules: [`api`] (routes, OpenAPI, middleware stack), [`stream`] (event fan-out,
 //! per-user streams, tickets), [`feed`] (events from Kafka or the in-process bus),
 //! [`peers`] (the gRPC clients), [`middleware`] (request context, deadline, rate limits),
-//! [`error`] (problem+json), [`config`]. [`run`] wires them.
+//! [`error`] (problem+json), [`web`] (the web client's files), [`config`]. [`run`] wires them.
 
 pub mod api;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod feed;
 pub mod middleware;
 pub mod peers;
 pub mod stream;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;

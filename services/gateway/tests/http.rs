@@ -338,7 +338,7 @@ async fn the_web_client_is_served_at_the_root_under_a_strict_content_security_po
     assert!(body.is_empty());
 
     // ...and everything it loads is named by version, so it may be kept for good.
-    let version = messenger_gateway::api::web::version();
+    let version = messenger_gateway::web::version();
     for (file, content_type) in [
         ("app.js", "text/javascript; charset=utf-8"),
         ("api.js", "text/javascript; charset=utf-8"),
@@ -365,7 +365,7 @@ async fn the_web_client_is_served_at_the_root_under_a_strict_content_security_po
 
 #[tokio::test]
 async fn unknown_web_files_are_404_problems_and_not_part_of_the_api_document() {
-    let version = messenger_gateway::api::web::version();
+    let version = messenger_gateway::web::version();
     for path in [
         format!("/assets/{version}/secret.txt"),
         format!("/assets/{version}/../Cargo.toml"),

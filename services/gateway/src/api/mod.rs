@@ -8,10 +8,6 @@ pub mod extract;
 pub mod friends;
 pub mod types;
 pub mod users;
-// The web client lives beside the API (`src/web.rs`); declared here so the crate root
-// stays as it is.
-#[path = "../web.rs"]
-pub mod web;
 
 use std::sync::Arc;
 
@@ -200,7 +196,7 @@ pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
     };
     requests
         .merge(Router::from(streams))
-        .merge(web::routes())
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
