@@ -261,6 +261,12 @@ stop() {
   fi
 }
 
+# One run at a time (make test and make bench, or two clones, may start together): a second
+# run waits here and then finds everything built and running.
+mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.lock"
+flock 9
+
 case "${1:-}" in
   start) start "${2:-/dev/stdout}" ;;
   stop) stop ;;

@@ -14,6 +14,10 @@ CACHE_DIR=${MESSENGER_CACHE_DIR:-$HOME/.cache/messenger}
 TANSU_VERSION=0.6.0
 KAFKA_PORT=${TEST_KAFKA_PORT:-9092}
 mkdir -p "$CACHE_DIR"
+# One run at a time: two at once (make test beside make bench, two clones) would install
+# the same packages and build the same binaries over each other.
+exec 8>"$CACHE_DIR/test-deps.lock"
+flock 8
 
 log() { echo "test-deps: $*" >&2; }
 

@@ -12,6 +12,8 @@
 //! reports it as skipped with the reason (`BROWSER_SKIP_REASON`) instead of running it.
 
 // Only `binary` is used here; the rest serves the other system tests.
+// The banner and admin addresses serve the dev test.
+#[allow(dead_code)]
 #[path = "support/dev.rs"]
 mod dev_process;
 #[allow(dead_code)]
