@@ -11,6 +11,11 @@ SQLX_CLI_VERSION=0.8.6
 ADMIN_URL=${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
 SCRATCH_URL="${ADMIN_URL%/*}/messenger_sqlx_prepare"
 
+# One run at a time: runs share the scratch database and the copy of the tree below.
+mkdir -p "$HOME/.cache/messenger-sqlx-prepare"
+exec 7>"$HOME/.cache/messenger-sqlx-prepare/lock"
+flock 7
+
 if ! cargo sqlx --version 2>/dev/null | grep -q "$SQLX_CLI_VERSION"; then
   echo "sqlx-prepare: installing sqlx-cli $SQLX_CLI_VERSION (first run only)" >&2
   CARGO_TARGET_DIR="$HOME/.cache/sqlx-cli-build" cargo install --locked sqlx-cli \
