@@ -82,7 +82,11 @@ impl DevProcess {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = child.wait().expect("wait for messenger dev");
-                    let errors: Vec<String> = stderr_lines.try_iter().collect();
+                    // Everything it wrote: the reader ends at the pipe's end, soon after exit.
+                    let mut errors = Vec::new();
+                    while let Ok(line) = stderr_lines.recv_timeout(Duration::from_secs(5)) {
+                        errors.push(line);
+                    }
                     return Err(format!(
                         "exited with {status}\nstdout:\n{banner}stderr:\n{}",
                         errors.join("\n")
