@@ -37,12 +37,34 @@ cargo test --workspace --doc --locked --quiet
 echo "test: cargo build --bins" >&2
 cargo build --workspace --bins --locked
 
-filter=()
+# The six component images and the compose stack's stand-ins, from the binaries just built
+# (system-tests/tests/images.rs runs them); podman and docker-compose are installed if missing.
+echo "test: container images (scripts/images.sh)" >&2
+images_env=$(mktemp)
+trap 'rm -f "$env_file" "$images_env"' EXIT
+scripts/images.sh test "$images_env"
+# shellcheck disable=SC1090
+source "$images_env"
+
+# Tests whose component is unavailable are left out and reported as skipped, with the reason.
+excluded=()
+skip() { # filterset, what, reason
+  local count
+  count=$(cargo nextest list --workspace --locked -E "$1" --message-format oneline 2>/dev/null | wc -l)
+  echo "test: SKIPPING $count $2 test(s): $3" >&2
+  excluded+=("$1")
+}
 if [ -n "${MONGODB_SKIP_REASON:-}" ]; then
-  filter=(-E 'not test(/mongo/)')
-  skipped=$(cargo nextest list --workspace --locked -E 'test(/mongo/)' --message-format oneline 2>/dev/null | wc -l)
-  echo "test: SKIPPING $skipped MongoDB test(s): $MONGODB_SKIP_REASON" >&2
+  skip 'test(/mongo/)' MongoDB "$MONGODB_SKIP_REASON"
   echo "test: set MONGODB_URI to a MongoDB 6+ server, or put the DocumentDB archives in ../shared/vendor/documentdb, to run them" >&2
+fi
+if [ -n "${IMAGES_SKIP_REASON:-}" ]; then
+  skip 'binary(images)' "container image and compose" "$IMAGES_SKIP_REASON"
+fi
+filter=()
+if [ ${#excluded[@]} -gt 0 ]; then
+  joined=$(printf ' or %s' "${excluded[@]}")
+  filter=(-E "not (${joined# or })")
 fi
 
 cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}"
