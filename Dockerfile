@@ -63,7 +63,7 @@ RUN missing=""; \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
     && groupadd --gid 65532 messenger \
-    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin messenger \
+    && useradd -K UID_MAX=65532 --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin messenger \
     && printf '%s\n' '#!/bin/bash' \
       'port=${ADMIN_ADDR##*:}; port=${port:-$1}' \
       'exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1' \

@@ -99,7 +99,8 @@ start_socket() {
   if socket_up; then log "Docker-API socket up at $SOCKET"; return; fi
   rm -f "$SOCKET"
   log "starting podman system service on $SOCKET"
-  nohup podman system service --time=0 "unix://$SOCKET" >"$PODMAN_DIR/service.log" 2>&1 &
+  # fd 9 (the setup lock) closed: the service outlives this script.
+  nohup podman system service --time=0 "unix://$SOCKET" >"$PODMAN_DIR/service.log" 2>&1 9>&- &
   echo $! >"$PODMAN_DIR/service.pid"
   for _ in $(seq 1 50); do socket_up && return; sleep 0.2; done
   tail -5 "$PODMAN_DIR/service.log" >&2
@@ -112,7 +113,7 @@ setup_podman() {
   # Debian's 1.29, which drives podman's Docker API.
   if ! ensure_packages podman runc containernetworking-plugins \
     golang-github-containernetworking-plugin-dnsname docker-compose debootstrap binutils; then
-    skip_reason="podman, docker-compose or debootstrap is missing and cannot be installed (not root?)"
+    skip_reason="podman, docker-compose or debootstrap is missing and could not be installed (root and apt-get are needed)"
     return 1
   fi
   write_containers_conf
@@ -179,7 +180,7 @@ build_component_images() {
 # PostgreSQL and Redis from Debian's packages, Kafka as tansu: what docker-compose.yml runs
 # in the test instead of the public images.
 build_standin_images() {
-  local context=$IMAGES_CACHE/standins-context tansu=${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
+  local context=$IMAGES_CACHE/standins-context-$TAG tansu=${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
   [ -x "$tansu" ] || die "tansu is missing ($tansu): run scripts/test-deps.sh first"
   rm -rf "$context"
   mkdir -p "$context"
@@ -212,6 +213,10 @@ command=${1:-}
 case "$command" in
   setup | test)
     out=${2:?usage: scripts/images.sh $command FILE}
+    # Other clones on this machine share the socket and the base image: one at a time here.
+    mkdir -p "$IMAGES_CACHE"
+    exec 9>"$IMAGES_CACHE/setup.lock"
+    flock 9
     if ! setup_podman; then
       log "SKIPPING images: $skip_reason"
       echo "export IMAGES_SKIP_REASON='$skip_reason'" >"$out"
@@ -220,13 +225,20 @@ case "$command" in
     if [ "$command" = test ]; then
       started=$(date +%s)
       ensure_base_image
+      flock -u 9
       build_component_images
       build_standin_images
+      # Earlier builds' layers that no tag uses any more (an hour old, so no build that is
+      # still running loses its intermediate images).
+      podman image prune --force --filter until=1h >/dev/null
       log "images built in $(( $(date +%s) - started ))s"
     fi
     write_env "$out"
     ;;
   base)
+    mkdir -p "$IMAGES_CACHE"
+    exec 9>"$IMAGES_CACHE/setup.lock"
+    flock 9
     setup_podman || die "$skip_reason"
     ensure_base_image
     ;;

@@ -300,7 +300,8 @@ fn service_env(database: Option<&TestDatabase>) -> Vec<(&'static str, String)> {
     env
 }
 
-/// A peer address nobody listens on: readiness does not depend on peers.
+/// A peer address nobody listens on: the readiness of friends and chat does not depend on
+/// their peers.
 fn absent_peer() -> String {
     format!("http://127.0.0.1:{}", testing::free_port())
 }
@@ -343,19 +344,71 @@ fn the_chat_image_runs_unprivileged_and_stops_on_sigterm() {
     check_image("chat", &[], &env);
 }
 
-#[test]
-fn the_gateway_image_runs_unprivileged_and_stops_on_sigterm() {
+/// The gateway is ready only when its four peers answer, so they run too, from their own
+/// images: auth and chat on their in-memory stores, users and friends on fresh databases.
+#[tokio::test]
+async fn the_gateway_image_runs_unprivileged_and_stops_on_sigterm() {
+    let images = Images::from_env();
+    let databases = [TestDatabase::create().await, TestDatabase::create().await];
+    let prefix = testing::unique_prefix();
+    let peer = |component: &str, mut env: Vec<(&'static str, String)>| {
+        env.push(("GRPC_ADDR", format!("127.0.0.1:{}", testing::free_port())));
+        let url = format!("http://{}", env.last().unwrap().1);
+        let container = Container::run(
+            component,
+            &images.component(component),
+            testing::free_port(),
+            &[],
+            &env,
+        );
+        (container, url)
+    };
+    let key = || ("INTERNAL_AUTH_KEY", testing::test_key_secret().to_owned());
+    let stores = |database: &TestDatabase, prefix_variable: &'static str| {
+        vec![
+            key(),
+            ("DATABASE_URL", database.url().to_owned()),
+            ("REDIS_URL", testing::redis_url()),
+            ("KAFKA_BROKERS", testing::kafka_brokers()),
+            (prefix_variable, prefix.clone()),
+        ]
+    };
+    let (users, users_url) = peer("users", {
+        let mut env = stores(&databases[0], "USERS_REDIS_PREFIX");
+        env.push(("USERS_CONSUMER_GROUP", testing::unique_name("users-image")));
+        env
+    });
+    let (friends, friends_url) = peer("friends", {
+        let mut env = stores(&databases[1], "FRIENDS_REDIS_PREFIX");
+        env.push(("USERS_URL", users_url.clone()));
+        env
+    });
+    let (auth, auth_url) = peer("auth", vec![key(), ("AUTH_STORE", "memory".to_owned())]);
+    let (chat, chat_url) = peer(
+        "chat",
+        vec![
+            key(),
+            ("CHAT_STORE", "memory".to_owned()),
+            ("CHAT_CACHE_TTL", "0s".to_owned()),
+            ("KAFKA_BROKERS", testing::kafka_brokers()),
+            ("USERS_URL", users_url.clone()),
+            ("FRIENDS_URL", friends_url.clone()),
+        ],
+    );
+    for container in [&users, &friends, &auth, &chat] {
+        container.wait_ready();
+    }
     check_image(
         "gateway",
         &[],
         &[
             ("HTTP_ADDR", format!("127.0.0.1:{}", testing::free_port())),
-            ("INTERNAL_AUTH_KEY", testing::test_key_secret().to_owned()),
+            key(),
             ("KAFKA_BROKERS", testing::kafka_brokers()),
-            ("AUTH_URL", absent_peer()),
-            ("USERS_URL", absent_peer()),
-            ("FRIENDS_URL", absent_peer()),
-            ("CHAT_URL", absent_peer()),
+            ("AUTH_URL", auth_url),
+            ("USERS_URL", users_url),
+            ("FRIENDS_URL", friends_url),
+            ("CHAT_URL", chat_url),
         ],
     );
 }
