@@ -46,7 +46,7 @@ K8S_CANARY_APP ?= messenger-canary-nginx
 ROLLOUT ?= cargo run -q --locked -p messenger-operator --bin kubectl-messenger -- rollout
 
 .PHONY: k8s-deploy-all k8s-undeploy k8s-cluster k8s-cluster-delete k8s-ingress k8s-images \
-        k8s-images-build k8s-images-load \
+        k8s-images-build k8s-images-load k8s-render-operator k8s-render-sample \
         k8s-operator k8s-dependencies k8s-sample k8s-hosts k8s-urls k8s-check-tools \
         k8s-blue-green k8s-apply-green k8s-apply-blue k8s-canary k8s-canary-migrate \
         k8s-canary-apply k8s-canary-rollback
@@ -129,7 +129,8 @@ k8s-images-load:
 
 # config/default with the operator image pinned to the tag just built (a throw-away overlay,
 # so the checked-in kustomization stays generic; kustomize wants a relative path to it).
-k8s-operator:
+# Printed by k8s-render-operator, which operator/tests/kustomize.rs submits to its API server.
+k8s-render-operator:
 	@set -e; overlay=$$(mktemp -d); trap 'rm -rf "$$overlay"' EXIT; \
 	base=$$(realpath --relative-to="$$overlay" "$(CURDIR)/config/default"); \
 	printf '%s\n' \
@@ -141,7 +142,10 @@ k8s-operator:
 	  '  - name: ghcr.io/messenger/messenger-operator' \
 	  '    newName: $(IMAGE_REGISTRY)/messenger-operator' \
 	  '    newTag: "$(K8S_VERSION)"' >"$$overlay/kustomization.yaml"; \
-	$(KUBECTL) apply -k "$$overlay"
+	$(KUBECTL) kustomize "$$overlay"
+
+k8s-operator:
+	@set -eo pipefail; $(MAKE) -s --no-print-directory k8s-render-operator | $(KUBECTL) apply -f -
 	$(KUBECTL) wait --for=condition=Established crd/messengerapps.messenger.dev --timeout=60s
 	$(KUBECTL) -n messenger-system rollout status deployment/messenger-operator --timeout=$(K8S_WAIT_TIMEOUT)
 
@@ -152,11 +156,14 @@ k8s-dependencies:
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/mongodb --timeout=$(K8S_WAIT_TIMEOUT)
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/kafka --timeout=$(K8S_WAIT_TIMEOUT)
 
-# The sample with spec.version and spec.image.registry set to what k8s-images built.
+# The sample with spec.version and spec.image.registry set to what k8s-images built (printed
+# by k8s-render-sample, which operator/tests/kustomize.rs submits to its API server).
+k8s-render-sample:
+	@$(KUBECTL) patch --local -f $(K8S_SAMPLE) -o yaml --type merge \
+	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}'
+
 k8s-sample:
-	$(KUBECTL) patch --local -f $(K8S_SAMPLE) -o yaml --type merge \
-	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}' \
-	  | $(KUBECTL) apply -f -
+	@set -eo pipefail; $(MAKE) -s --no-print-directory k8s-render-sample | $(KUBECTL) apply -f -
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) wait messengerapp/$(K8S_APP_NAME) \
 	  --for=jsonpath='{.status.phase}'=Healthy --timeout=$(K8S_WAIT_TIMEOUT)
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(K8S_APP_NAME)
