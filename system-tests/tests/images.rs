@@ -413,9 +413,51 @@ async fn the_gateway_image_runs_unprivileged_and_stops_on_sigterm() {
     );
 }
 
+/// Installs the checked-in CRD on the test API server, as `config/default` does before the
+/// operator starts (other tests may apply it at the same moment: conflicts are retried).
+fn install_crd(kubeconfig: &str) {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
+    let crd = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/messengerapps.messenger.dev.yaml"
+    );
+    let mut last = String::new();
+    for attempt in 1..=5 {
+        // --validate=false: the v1.20 test server does not know the CRD's CEL fields.
+        let applied = Command::new(&kubectl)
+            .args([
+                "--kubeconfig",
+                kubeconfig,
+                "apply",
+                "--validate=false",
+                "-f",
+                crd,
+            ])
+            .output()
+            .expect("run kubectl");
+        let established = applied.status.success()
+            && Command::new(&kubectl)
+                .args(["--kubeconfig", kubeconfig, "wait", "--timeout=60s"])
+                .args([
+                    "--for=condition=Established",
+                    "crd/messengerapps.messenger.dev",
+                ])
+                .status()
+                .expect("run kubectl")
+                .success();
+        if established {
+            return;
+        }
+        last = text(&applied.stderr);
+        std::thread::sleep(Duration::from_millis(300 * attempt));
+    }
+    panic!("cannot install the MessengerApp CRD: {last}");
+}
+
 /// The operator is ready once it reached the API server: the test kube-apiserver
-/// (`scripts/kube-test-env.sh`), its kubeconfig mounted read-only. It watches a namespace
-/// of its own and holds its own Lease, so it never touches other tests' objects.
+/// (`scripts/kube-test-env.sh`), with the CRD installed, its kubeconfig mounted read-only.
+/// It watches a namespace of its own and holds its own Lease, so it never touches other
+/// tests' objects.
 #[test]
 fn the_operator_image_runs_unprivileged_and_stops_on_sigterm() {
     let kubeconfig = std::env::var("TEST_KUBECONFIG")
@@ -425,6 +467,7 @@ fn the_operator_image_runs_unprivileged_and_stops_on_sigterm() {
             "TEST_KUBECONFIG names no kubeconfig: start the test API server with \
              scripts/kube-test-env.sh start (make test does)",
         );
+    install_crd(&kubeconfig);
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     // A kubeconfig the container's user can read, whatever the original's mode.
     let copy = std::env::temp_dir().join(format!("kubeconfig-{suffix}"));
