@@ -10,14 +10,24 @@
 #   docker build --target operator -t ghcr.io/messenger/messenger-operator:0.1.0 .
 #
 # or, equivalently, `--target component --build-arg COMPONENT=auth`. BuildKit builds the
-# `builder` stage once and reuses it for every target (`make k8s-images` does all six).
-# The runtime is debian-slim, non-root (uid 65532), with only the CA bundle and the shared
-# libraries the binaries link (glibc, libgcc, libstdc++, zlib, OpenSSL).
+# `builder` stage once and reuses it for every target (`make build` and `make k8s-images`
+# do all of them). The runtime is debian-slim, non-root (uid 65532), with only the CA
+# bundle and the shared libraries the binaries link (glibc, libgcc, zlib; TLS is rustls);
+# each image's HEALTHCHECK asks the component's /readyz.
+#
+# Build arguments:
+#   RUST_IMAGE     the builder's image (default rust:1.95.0-bookworm)
+#   RUNTIME_IMAGE  the runtime's base (default debian:bookworm-slim); a base that already
+#                  has ca-certificates and zlib1g needs no network
+#   BINARIES       `builder` (default): compile the workspace in the `builder` stage;
+#                  `prebuilt`: take messenger-* from prebuilt/ in the build context instead
+#                  (scripts/images.sh builds the test images so, from `make test`'s binaries)
 
-ARG RUST_VERSION=1.95.0
-ARG DEBIAN_RELEASE=bookworm
+ARG RUST_IMAGE=rust:1.95.0-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG BINARIES=builder
 
-FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 # librdkafka (bundled, built by rdkafka-sys) needs a C/C++ toolchain, make and zlib headers,
 # all in the rust image already; protoc is vendored by the proto crate.
@@ -33,52 +43,80 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && find target/release -maxdepth 1 -type f -name 'messenger*' -perm -u+x -exec cp {} /out/ \; \
     && ls -l /out
 
-FROM debian:${DEBIAN_RELEASE}-slim AS runtime
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
-    && rm -rf /var/lib/apt/lists/* \
+# Binaries built elsewhere: `--build-arg BINARIES=prebuilt` with prebuilt/messenger-* in the
+# context. Unused (and never built) by default.
+FROM scratch AS prebuilt
+COPY prebuilt/ /out/
+
+FROM ${BINARIES} AS binaries
+
+FROM ${RUNTIME_IMAGE} AS runtime
+# Installs only what the base lacks. messenger-healthcheck PORT: GET /readyz on the admin
+# port (ADMIN_ADDR's, else PORT) with bash's /dev/tcp, as the image has no HTTP client.
+RUN missing=""; \
+    for package in ca-certificates zlib1g; do \
+      dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing="$missing $package"; \
+    done; \
+    if [ -n "$missing" ]; then \
+      apt-get update \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
     && groupadd --gid 65532 messenger \
-    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin messenger
+    && useradd -K UID_MAX=65532 --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin messenger \
+    && printf '%s\n' '#!/bin/bash' \
+      'port=${ADMIN_ADDR##*:}; port=${port:-$1}' \
+      'exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1' \
+      "printf 'GET /readyz HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3" \
+      'read -r _ status _ <&3; [ "$status" = 200 ]' \
+      >/usr/local/bin/messenger-healthcheck \
+    && chmod 755 /usr/local/bin/messenger-healthcheck
 USER 65532:65532
 WORKDIR /
-# JSON logs by default in containers; every service reads LOG_FORMAT.
+# JSON logs by default in containers; every component reads LOG_FORMAT.
 ENV LOG_FORMAT=json
 
 FROM runtime AS auth
-COPY --from=builder /out/messenger-auth /usr/local/bin/messenger-auth
-EXPOSE 8001
+COPY --from=binaries /out/messenger-auth /usr/local/bin/messenger-auth
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["messenger-healthcheck", "9001"]
+EXPOSE 8001 9001
 ENTRYPOINT ["/usr/local/bin/messenger-auth"]
 
 FROM runtime AS chat
-COPY --from=builder /out/messenger-chat /usr/local/bin/messenger-chat
-EXPOSE 8002
+COPY --from=binaries /out/messenger-chat /usr/local/bin/messenger-chat
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["messenger-healthcheck", "9002"]
+EXPOSE 8002 9002
 ENTRYPOINT ["/usr/local/bin/messenger-chat"]
 
 FROM runtime AS friends
-COPY --from=builder /out/messenger-friends /usr/local/bin/messenger-friends
-EXPOSE 8003
+COPY --from=binaries /out/messenger-friends /usr/local/bin/messenger-friends
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["messenger-healthcheck", "9003"]
+EXPOSE 8003 9003
 ENTRYPOINT ["/usr/local/bin/messenger-friends"]
 
 FROM runtime AS users
-COPY --from=builder /out/messenger-users /usr/local/bin/messenger-users
-EXPOSE 8004
+COPY --from=binaries /out/messenger-users /usr/local/bin/messenger-users
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["messenger-healthcheck", "9004"]
+EXPOSE 8004 9004
 ENTRYPOINT ["/usr/local/bin/messenger-users"]
 
 FROM runtime AS gateway
-COPY --from=builder /out/messenger-gateway /usr/local/bin/messenger-gateway
-EXPOSE 8080
+COPY --from=binaries /out/messenger-gateway /usr/local/bin/messenger-gateway
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["messenger-healthcheck", "9080"]
+EXPOSE 8080 9080
 ENTRYPOINT ["/usr/local/bin/messenger-gateway"]
 
 FROM runtime AS operator
-COPY --from=builder /out/messenger-operator /usr/local/bin/messenger-operator
-EXPOSE 8080
+COPY --from=binaries /out/messenger-operator /usr/local/bin/messenger-operator
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["messenger-healthcheck", "9090"]
+EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/messenger-operator"]
 
 # Generic target: `--target component --build-arg COMPONENT=<name>`; the binary is linked to
 # a fixed path because ENTRYPOINT's exec form does not expand build arguments.
 FROM runtime AS component
-ARG COMPONENT
-COPY --from=builder /out/ /opt/messenger/bin/
+ARG COMPONENT=""
+COPY --from=binaries /out/ /opt/messenger/bin/
 USER 0:0
 RUN test -n "${COMPONENT}" || { echo "build with --build-arg COMPONENT=auth|users|friends|chat|gateway|operator" >&2; exit 1; } \
     && test -x "/opt/messenger/bin/messenger-${COMPONENT}" || { echo "no binary messenger-${COMPONENT} in the workspace" >&2; exit 1; } \

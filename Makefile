@@ -5,12 +5,32 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
 
 # Benchmarks measure speed (numbers in docs/benchmarks.md); tests never time anything.
-.PHONY: help run build test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat run-gateway
+.PHONY: help run build up down compose-env build-crates test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat run-gateway
+
+# docker compose v2, else docker-compose (v1, also what drives podman's Docker API:
+# DOCKER_HOST=unix:///run/podman/podman.sock make up).
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-build: ## build every crate
+build: compose-env ## build the images of the compose stack (docker-compose.yml) from source
+	DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 $(COMPOSE) build
+
+up: compose-env ## start the compose stack: dependencies + five services; gateway on http://localhost:8080
+	$(COMPOSE) up -d
+	@echo "up: REST API on http://localhost:8080/v1/ (gRPC: auth 8001, chat 8002, friends 8003, users 8004); make down stops it"
+
+# Every service needs the same INTERNAL_AUTH_KEY; compose reads it from .env (gitignored).
+compose-env:
+	@grep -qs '^INTERNAL_AUTH_KEY=' .env || { \
+	  echo "INTERNAL_AUTH_KEY=$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>.env; \
+	  echo "compose: wrote a random INTERNAL_AUTH_KEY to .env"; }
+
+down: compose-env ## stop and remove the compose stack's containers (data volumes stay; docker compose down -v drops them)
+	$(COMPOSE) down
+
+build-crates: ## build every crate
 	cargo build --workspace --locked
 
 test: ## start/install PostgreSQL, Redis, tansu, DocumentDB and kube-apiserver, then fmt, clippy and all tests

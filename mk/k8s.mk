@@ -15,12 +15,17 @@
 #   make k8s-canary-apply     promote the canary fully now
 #   make k8s-canary-rollback  abort: all traffic back at once, spec back to K8S_VERSION
 #
-# Needs: docker, kubectl (>= 1.23), and kind or minikube. See docs/deploy.md.
+# Needs: docker or podman, kubectl (>= 1.23), and kind or minikube. See docs/deploy.md.
 
 K8S_CLUSTER_TOOL ?= $(shell if command -v kind >/dev/null 2>&1; then echo kind; elif command -v minikube >/dev/null 2>&1; then echo minikube; else echo none; fi)
 KIND_CLUSTER_NAME ?= messenger
 KUBECTL ?= kubectl
-DOCKER ?= docker
+# What builds the images: docker if present, else podman (CONTAINER_TOOL=podman to choose).
+CONTAINER_TOOL ?= $(shell if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; elif command -v podman >/dev/null 2>&1; then echo podman; else echo docker; fi)
+# Extra `build` arguments, e.g. `--build-arg RUNTIME_IMAGE=...` (scripts/images.sh passes the
+# local base image and BINARIES=prebuilt), and the build context.
+K8S_BUILD_ARGS ?=
+K8S_BUILD_CONTEXT ?= .
 # Image tag of every component and of the operator; the samples use 0.1.0.
 K8S_VERSION ?= 0.1.0
 IMAGE_REGISTRY ?= ghcr.io/messenger
@@ -41,6 +46,7 @@ K8S_CANARY_APP ?= messenger-canary-nginx
 ROLLOUT ?= cargo run -q --locked -p messenger-operator --bin kubectl-messenger -- rollout
 
 .PHONY: k8s-deploy-all k8s-undeploy k8s-cluster k8s-cluster-delete k8s-ingress k8s-images \
+        k8s-images-build k8s-images-load k8s-render-operator k8s-render-sample \
         k8s-operator k8s-dependencies k8s-sample k8s-hosts k8s-urls k8s-check-tools \
         k8s-blue-green k8s-apply-green k8s-apply-blue k8s-canary k8s-canary-migrate \
         k8s-canary-apply k8s-canary-rollback
@@ -58,9 +64,9 @@ k8s-deploy-all: ## kind/minikube cluster (if absent), ingress, images, CRD, oper
 
 k8s-check-tools:
 	@command -v $(KUBECTL) >/dev/null || { echo "k8s: kubectl not found" >&2; exit 1; }
-	@command -v $(DOCKER) >/dev/null || { echo "k8s: docker not found (needed to build the images)" >&2; exit 1; }
+	@command -v $(CONTAINER_TOOL) >/dev/null || { echo "k8s: neither docker nor podman found (needed to build the images)" >&2; exit 1; }
 	@[ "$(K8S_CLUSTER_TOOL)" != none ] || { echo "k8s: neither kind nor minikube is installed" >&2; exit 1; }
-	@echo "k8s: using $(K8S_CLUSTER_TOOL)"
+	@echo "k8s: using $(K8S_CLUSTER_TOOL), images built with $(CONTAINER_TOOL)"
 
 k8s-cluster:
 ifeq ($(K8S_CLUSTER_TOOL),kind)
@@ -90,19 +96,41 @@ else
 endif
 	$(KUBECTL) -n ingress-nginx wait --for=condition=Available deployment/ingress-nginx-controller --timeout=$(K8S_WAIT_TIMEOUT)
 
-# One BuildKit build; each --target reuses the cached builder stage.
 k8s-images:
+	@$(MAKE) --no-print-directory k8s-images-build
+	@$(MAKE) --no-print-directory k8s-images-load
+
+# One BuildKit build (docker) or one layer cache (podman); each --target reuses the builder
+# stage. podman keeps HEALTHCHECK only in the docker image format.
+k8s-images-build:
 	@set -e; for c in $(K8S_COMPONENTS) operator; do \
 	  image=$(IMAGE_REGISTRY)/messenger-$$c:$(K8S_VERSION); \
-	  echo "k8s: building $$image"; \
-	  DOCKER_BUILDKIT=1 $(DOCKER) build --target $$c -t $$image . ; \
-	  if [ "$(K8S_CLUSTER_TOOL)" = kind ]; then kind load docker-image $$image --name $(KIND_CLUSTER_NAME); \
+	  echo "k8s: building $$image with $(CONTAINER_TOOL)"; \
+	  if [ "$(CONTAINER_TOOL)" = podman ]; then \
+	    podman build --format docker $(K8S_BUILD_ARGS) --target $$c -t $$image -f $(CURDIR)/Dockerfile $(K8S_BUILD_CONTEXT); \
+	  else \
+	    DOCKER_BUILDKIT=1 $(CONTAINER_TOOL) build $(K8S_BUILD_ARGS) --target $$c -t $$image -f $(CURDIR)/Dockerfile $(K8S_BUILD_CONTEXT); \
+	  fi; \
+	done
+
+# kind and minikube take docker's images by name; podman's go through an image archive.
+k8s-images-load:
+	@set -e; archive=$$(mktemp --suffix=.tar); trap 'rm -f "$$archive"' EXIT; \
+	for c in $(K8S_COMPONENTS) operator; do \
+	  image=$(IMAGE_REGISTRY)/messenger-$$c:$(K8S_VERSION); \
+	  echo "k8s: loading $$image into $(K8S_CLUSTER_TOOL)"; \
+	  if [ "$(CONTAINER_TOOL)" = podman ]; then \
+	    rm -f "$$archive"; podman save --format docker-archive -o "$$archive" $$image >/dev/null; \
+	    if [ "$(K8S_CLUSTER_TOOL)" = kind ]; then kind load image-archive "$$archive" --name $(KIND_CLUSTER_NAME); \
+	    else minikube image load "$$archive"; fi; \
+	  elif [ "$(K8S_CLUSTER_TOOL)" = kind ]; then kind load docker-image $$image --name $(KIND_CLUSTER_NAME); \
 	  else minikube image load $$image; fi; \
 	done
 
 # config/default with the operator image pinned to the tag just built (a throw-away overlay,
 # so the checked-in kustomization stays generic; kustomize wants a relative path to it).
-k8s-operator:
+# Printed by k8s-render-operator, which operator/tests/kustomize.rs submits to its API server.
+k8s-render-operator:
 	@set -e; overlay=$$(mktemp -d); trap 'rm -rf "$$overlay"' EXIT; \
 	base=$$(realpath --relative-to="$$overlay" "$(CURDIR)/config/default"); \
 	printf '%s\n' \
@@ -114,7 +142,10 @@ k8s-operator:
 	  '  - name: ghcr.io/messenger/messenger-operator' \
 	  '    newName: $(IMAGE_REGISTRY)/messenger-operator' \
 	  '    newTag: "$(K8S_VERSION)"' >"$$overlay/kustomization.yaml"; \
-	$(KUBECTL) apply -k "$$overlay"
+	$(KUBECTL) kustomize "$$overlay"
+
+k8s-operator:
+	@set -eo pipefail; $(MAKE) -s --no-print-directory k8s-render-operator | $(KUBECTL) apply -f -
 	$(KUBECTL) wait --for=condition=Established crd/messengerapps.messenger.dev --timeout=60s
 	$(KUBECTL) -n messenger-system rollout status deployment/messenger-operator --timeout=$(K8S_WAIT_TIMEOUT)
 
@@ -125,11 +156,14 @@ k8s-dependencies:
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/mongodb --timeout=$(K8S_WAIT_TIMEOUT)
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) rollout status statefulset/kafka --timeout=$(K8S_WAIT_TIMEOUT)
 
-# The sample with spec.version and spec.image.registry set to what k8s-images built.
+# The sample with spec.version and spec.image.registry set to what k8s-images built (printed
+# by k8s-render-sample, which operator/tests/kustomize.rs submits to its API server).
+k8s-render-sample:
+	@$(KUBECTL) patch --local -f $(K8S_SAMPLE) -o yaml --type merge \
+	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}'
+
 k8s-sample:
-	$(KUBECTL) patch --local -f $(K8S_SAMPLE) -o yaml --type merge \
-	  -p '{"spec":{"version":"$(K8S_VERSION)","image":{"registry":"$(IMAGE_REGISTRY)"}}}' \
-	  | $(KUBECTL) apply -f -
+	@set -eo pipefail; $(MAKE) -s --no-print-directory k8s-render-sample | $(KUBECTL) apply -f -
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) wait messengerapp/$(K8S_APP_NAME) \
 	  --for=jsonpath='{.status.phase}'=Healthy --timeout=$(K8S_WAIT_TIMEOUT)
 	$(KUBECTL) -n $(K8S_APP_NAMESPACE) get messengerapp $(K8S_APP_NAME)

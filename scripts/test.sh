@@ -37,6 +37,15 @@ cargo test --workspace --doc --locked --quiet
 echo "test: cargo build --bins" >&2
 cargo build --workspace --bins --locked
 
+# The six component images and the compose stack's stand-ins, from the binaries just built
+# (system-tests/tests/images.rs runs them); podman and docker-compose are installed if missing.
+echo "test: container images (scripts/images.sh)" >&2
+images_env=$(mktemp)
+trap 'rm -f "$env_file" "$images_env"' EXIT
+scripts/images.sh test "$images_env"
+# shellcheck disable=SC1090
+source "$images_env"
+
 # Tests whose component is missing are counted and reported as skipped, never run to
 # pass silently; everything else runs.
 excluded=()
@@ -54,6 +63,10 @@ fi
 if [ -n "${BROWSER_SKIP_REASON:-}" ]; then
   report_skip 'binary_id(messenger-system-tests::browser)' browser "$BROWSER_SKIP_REASON" \
     "install Debian's chromium and chromium-driver to run them"
+fi
+if [ -n "${IMAGES_SKIP_REASON:-}" ]; then
+  report_skip 'binary_id(messenger-system-tests::images)' "container image and compose" \
+    "$IMAGES_SKIP_REASON" "install Debian's podman and docker-compose to run them"
 fi
 filter=()
 if [ ${#excluded[@]} -gt 0 ]; then

@@ -978,10 +978,10 @@ fn as_isolated_list(objects: Vec<Value>, namespace: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-#[test]
-fn operator_and_dependency_manifests_pass_server_side_validation() {
-    let cluster = TestCluster::connect();
-    let namespace = cluster.create_namespace();
+/// The operator's objects as the test server can check them: without the CRD (the sample
+/// tests check it; a v1.20 server does not know its CEL rules), and with a v1beta1
+/// PodDisruptionBudget where the server has no policy/v1 (same fields; it arrived in 1.21).
+fn operator_objects_for(cluster: &TestCluster, objects: Vec<Value>) -> Vec<Value> {
     let served = cluster.kubectl(&["api-versions"], None);
     assert!(
         served.status.success(),
@@ -991,15 +991,11 @@ fn operator_and_dependency_manifests_pass_server_side_validation() {
     let policy_v1 = text(&served.stdout)
         .lines()
         .any(|l| l.trim() == "policy/v1");
-
-    // The CRD is checked by the sample tests (a v1.20 server does not know its CEL rules).
-    let mut operator: Vec<Value> = kustomize("default")
+    let mut operator: Vec<Value> = objects
         .into_iter()
         .filter(|o| kind(o) != "CustomResourceDefinition")
         .collect();
     if !policy_v1 {
-        // policy/v1 arrived in Kubernetes 1.21; the v1beta1 PodDisruptionBudget has the same
-        // fields, so the test server can still validate ours.
         for object in operator
             .iter_mut()
             .filter(|o| kind(o) == "PodDisruptionBudget")
@@ -1007,28 +1003,97 @@ fn operator_and_dependency_manifests_pass_server_side_validation() {
             object["apiVersion"] = json!("policy/v1beta1");
         }
     }
-    for (what, objects) in [
-        ("config/default", operator),
-        ("config/dependencies", kustomize("dependencies")),
-    ] {
-        let list = as_isolated_list(objects, &namespace);
-        let count = list["items"].as_array().map_or(0, Vec::len);
-        let body = serde_json::to_string(&list).expect("serialize list");
-        let output = cluster.kubectl(
-            &["create", "--dry-run=server", "-o", "name", "-f", "-"],
-            Some(&body),
-        );
-        assert!(
-            output.status.success(),
-            "{what} rejected by the API server: {}",
-            text(&output.stderr)
-        );
-        let created = text(&output.stdout).lines().count();
-        assert_eq!(
-            created, count,
-            "{what}: the server accepted {created} of {count} objects"
-        );
-    }
+    operator
+}
+
+/// Every object passes the server's validation (server-side dry run, isolated in
+/// `namespace`).
+fn assert_accepted(cluster: &TestCluster, what: &str, objects: Vec<Value>, namespace: &str) {
+    let list = as_isolated_list(objects, namespace);
+    let count = list["items"].as_array().map_or(0, Vec::len);
+    let body = serde_json::to_string(&list).expect("serialize list");
+    let output = cluster.kubectl(
+        &["create", "--dry-run=server", "-o", "name", "-f", "-"],
+        Some(&body),
+    );
+    assert!(
+        output.status.success(),
+        "{what} rejected by the API server: {}",
+        text(&output.stderr)
+    );
+    let created = text(&output.stdout).lines().count();
+    assert_eq!(
+        created, count,
+        "{what}: the server accepted {created} of {count} objects"
+    );
+}
+
+#[test]
+fn operator_and_dependency_manifests_pass_server_side_validation() {
+    let cluster = TestCluster::connect();
+    let namespace = cluster.create_namespace();
+    let operator = operator_objects_for(&cluster, kustomize("default"));
+    assert_accepted(&cluster, "config/default", operator, &namespace);
+    let dependencies = kustomize("dependencies");
+    assert_accepted(&cluster, "config/dependencies", dependencies, &namespace);
+    cluster.delete_namespace(&namespace);
+}
+
+/// `make k8s-render-<what>` with the images of a made-up registry and version, as
+/// `make k8s-deploy-all` renders what it applies.
+fn make_render(what: &str) -> Vec<Value> {
+    let output = run(
+        Command::new("make")
+            .arg("-C")
+            .arg(repo_root())
+            .args(["-s", "--no-print-directory", &format!("k8s-render-{what}")])
+            .arg(format!("KUBECTL={}", kubectl_binary().display()))
+            .args([
+                "IMAGE_REGISTRY=registry.test/messenger",
+                "K8S_VERSION=9.9.9",
+            ]),
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "make k8s-render-{what}: {}",
+        text(&output.stderr)
+    );
+    parse_documents(&text(&output.stdout))
+}
+
+/// What `make k8s-deploy-all` applies after building the images, short of a cluster that
+/// runs them: the operator with its image pinned to the built tag (`k8s-operator`), and the
+/// sample app pointed at the built images (`k8s-sample`), both accepted by the API server.
+#[test]
+fn make_k8s_deploy_all_applies_what_the_api_server_accepts_with_the_built_images() {
+    let cluster = TestCluster::connect();
+    let namespace = cluster.create_namespace();
+
+    let operator = make_render("operator");
+    let deployment = find(&operator, "Deployment", "messenger-operator");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.test/messenger/messenger-operator:9.9.9",
+        "k8s-operator runs the operator image k8s-images built"
+    );
+    let operator = operator_objects_for(&cluster, operator);
+    assert_accepted(&cluster, "make k8s-render-operator", operator, &namespace);
+
+    let sample = make_render("sample");
+    assert_eq!(sample.len(), 1, "one MessengerApp");
+    let app = in_namespace(&sample[0], &namespace);
+    assert_eq!(app["spec"]["version"], "9.9.9");
+    assert_eq!(app["spec"]["image"]["registry"], "registry.test/messenger");
+    cluster.install_crd();
+    let stored = cluster
+        .dry_run_create(&app)
+        .unwrap_or_else(|e| panic!("make k8s-render-sample rejected by the API server: {e}"));
+    assert_eq!(stored["spec"]["version"], "9.9.9");
+    assert_eq!(
+        stored["spec"]["image"]["registry"],
+        "registry.test/messenger"
+    );
     cluster.delete_namespace(&namespace);
 }
 
