@@ -44,8 +44,12 @@ pub fn excerpt(value: &str) -> String {
     }
 }
 
-/// A user: the UUID the auth service gave them at registration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A user: the UUID the auth service gave them at registration. Serialized as the UUID
+/// itself, so stored and cached values read the same as before the type existed.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct UserId(Uuid);
 
 impl UserId {

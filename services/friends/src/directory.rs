@@ -75,7 +75,7 @@ impl UserDirectory for GrpcUserDirectory {
             .call(timeout, client.get_user_profile_by_nickname(request))
             .await?
             .ok_or_else(|| FriendsError::UnknownNickname(nickname.to_owned()))?;
-        UserId::parse_str(&profile.user_id).map_err(|_| {
+        UserId::parse("user_id", &profile.user_id).map_err(|_| {
             FriendsError::Internal(format!(
                 "users service returned an invalid user id {:?}",
                 profile.user_id
@@ -111,7 +111,8 @@ impl InMemoryUserDirectory {
     }
 
     /// Adds (or renames) a user.
-    pub fn insert(&self, user: UserId, nickname: impl Into<String>) {
+    pub fn insert(&self, user: impl Into<UserId>, nickname: impl Into<String>) {
+        let user = user.into();
         self.nicknames
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

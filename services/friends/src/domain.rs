@@ -10,12 +10,11 @@ use messenger_proto::v1::{
     FriendRemoved, FriendRequestAccepted, FriendRequestRejected, FriendRequestSent, event,
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::error::FriendsError;
 
-/// A user's id (the id the auth service assigned, a UUID).
-pub type UserId = Uuid;
+/// A user: the one id type every service shares.
+pub use messenger_common::ids::UserId;
 
 /// Longest nickname we pass on to the users service; longer input is refused here.
 pub use messenger_common::ids::{NICKNAME_MAX_CHARS, Nickname};
@@ -386,23 +385,17 @@ pub fn parse_nickname(raw: &str) -> Result<Nickname, FriendsError> {
 }
 
 /// Parses a user id from a request; `field` names it in the error.
-pub fn parse_user_id(field: &str, raw: &str) -> Result<UserId, FriendsError> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err(FriendsError::InvalidArgument(format!(
-            "{field} is required"
-        )));
-    }
-    Uuid::parse_str(raw)
-        .map_err(|_| FriendsError::InvalidArgument(format!("{field} is not a valid user id")))
+pub fn parse_user_id(field: &'static str, raw: &str) -> Result<UserId, FriendsError> {
+    UserId::parse(field, raw).map_err(|error| FriendsError::InvalidArgument(error.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     fn users() -> (UserId, UserId) {
-        (Uuid::from_u128(1), Uuid::from_u128(2))
+        (Uuid::from_u128(1).into(), Uuid::from_u128(2).into())
     }
 
     fn row(requester: UserId, addressee: UserId, status: FriendshipStatus) -> Friendship {
@@ -609,7 +602,7 @@ mod tests {
     #[test]
     fn reads_are_symmetric() {
         let (a, b) = users();
-        let c = Uuid::from_u128(3);
+        let c = UserId::from(Uuid::from_u128(3));
         let rows = vec![
             row(a, b, FriendshipStatus::Accepted),
             row(c, a, FriendshipStatus::Requested),
@@ -637,7 +630,10 @@ mod tests {
     #[test]
     fn not_friends_keeps_order_drops_duplicates_and_self() {
         let (a, b) = users();
-        let (c, d) = (Uuid::from_u128(3), Uuid::from_u128(4));
+        let (c, d) = (
+            UserId::from(Uuid::from_u128(3)),
+            UserId::from(Uuid::from_u128(4)),
+        );
         let rows = vec![
             row(a, b, FriendshipStatus::Accepted),
             row(a, c, FriendshipStatus::Requested),

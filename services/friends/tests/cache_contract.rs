@@ -8,8 +8,7 @@ use messenger_common::testing;
 use messenger_friends::cache::{
     InMemoryRelationshipCache, RedisRelationshipCache, RelationshipCache,
 };
-use messenger_friends::domain::{Friendship, FriendshipStatus, now};
-use uuid::Uuid;
+use messenger_friends::domain::{Friendship, FriendshipStatus, UserId, now};
 
 async fn in_memory(ttl: Duration) -> Arc<dyn RelationshipCache> {
     Arc::new(InMemoryRelationshipCache::new(ttl))
@@ -26,7 +25,7 @@ async fn redis(ttl: Duration) -> Arc<dyn RelationshipCache> {
     ))
 }
 
-fn rows(a: Uuid, b: Uuid) -> Vec<Friendship> {
+fn rows(a: UserId, b: UserId) -> Vec<Friendship> {
     let at = now();
     vec![Friendship {
         requester: a,
@@ -39,7 +38,7 @@ fn rows(a: Uuid, b: Uuid) -> Vec<Friendship> {
 
 /// A stored read is returned until the user is invalidated.
 async fn stores_until_invalidated(cache: Arc<dyn RelationshipCache>) {
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (UserId::new_random(), UserId::new_random());
     let first = cache.lookup(a).await.unwrap();
     assert_eq!(first.rows, None);
     let stored = rows(a, b);
@@ -56,7 +55,7 @@ async fn stores_until_invalidated(cache: Arc<dyn RelationshipCache>) {
 
 /// A read that started before an invalidation cannot put its stale result back.
 async fn stale_reads_are_not_served(cache: Arc<dyn RelationshipCache>) {
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (UserId::new_random(), UserId::new_random());
     let before_change = cache.lookup(a).await.unwrap();
     cache.invalidate(&[a]).await.unwrap();
     cache
@@ -68,7 +67,11 @@ async fn stale_reads_are_not_served(cache: Arc<dyn RelationshipCache>) {
 
 /// Invalidating one user leaves others cached.
 async fn invalidation_is_per_user(cache: Arc<dyn RelationshipCache>) {
-    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (a, b, c) = (
+        UserId::new_random(),
+        UserId::new_random(),
+        UserId::new_random(),
+    );
     for user in [a, c] {
         let lookup = cache.lookup(user).await.unwrap();
         cache
@@ -83,7 +86,7 @@ async fn invalidation_is_per_user(cache: Arc<dyn RelationshipCache>) {
 
 /// Entries expire after the TTL.
 async fn entries_expire(cache: Arc<dyn RelationshipCache>) {
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (UserId::new_random(), UserId::new_random());
     let lookup = cache.lookup(a).await.unwrap();
     cache
         .store(a, lookup.generation, &rows(a, b))
@@ -124,7 +127,7 @@ async fn redis_generation_keys_expire_after_the_entries_written_under_them() {
     let prefix = testing::unique_prefix();
     let ttl = Duration::from_secs(60);
     let cache = RedisRelationshipCache::new(connection.clone(), prefix.clone(), ttl);
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (UserId::new_random(), UserId::new_random());
     cache.invalidate(&[a]).await.unwrap();
     let generation = cache.lookup(a).await.unwrap().generation;
     cache.store(a, generation, &rows(a, b)).await.unwrap();

@@ -13,7 +13,6 @@ use messenger_friends::domain::{Direction, Friendship, Outcome, PairAction, User
 use messenger_friends::error::FriendsError;
 use messenger_friends::service::FriendsService;
 use messenger_friends::store::InMemoryFriendshipStore;
-use uuid::Uuid;
 
 /// A cache whose every call fails (Redis down) or never answers (Redis hung).
 struct FailingCache {
@@ -46,7 +45,7 @@ impl RelationshipCache for FailingCache {
 
 async fn works_without_the_cache(hang: bool) {
     let directory = Arc::new(InMemoryUserDirectory::new());
-    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let (alice, bob) = (UserId::new_random(), UserId::new_random());
     directory.insert(alice, "alice");
     directory.insert(bob, "bob");
     let service = FriendsService::new(
@@ -139,7 +138,7 @@ impl RelationshipCache for FlakyCache {
 #[tokio::test]
 async fn a_failed_invalidation_never_lets_a_stale_list_be_served() {
     let directory = Arc::new(InMemoryUserDirectory::new());
-    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let (alice, bob) = (UserId::new_random(), UserId::new_random());
     directory.insert(alice, "alice");
     directory.insert(bob, "bob");
     let cache = Arc::new(FlakyCache {

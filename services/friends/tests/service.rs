@@ -599,7 +599,7 @@ async fn only_the_user_the_call_is_signed_for_can_act() {
     let mut expired = tonic::Request::new(send_as_alice());
     expired.metadata_mut().insert(
         IDENTITY_METADATA,
-        testing::expired_assertion(&testing::test_key(), &Caller::User(alice.id))
+        testing::expired_assertion(&testing::test_key(), &Caller::User(alice.id.as_uuid()))
             .parse()
             .unwrap(),
     );
@@ -608,7 +608,7 @@ async fn only_the_user_the_call_is_signed_for_can_act() {
     identity::attach(
         &mut forged,
         &InternalKey::generate(),
-        &Caller::User(alice.id),
+        &Caller::User(alice.id.as_uuid()),
     );
     attempts.push(("forged", client.send_friend_request(forged).await));
     for (what, result) in attempts {

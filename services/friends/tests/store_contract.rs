@@ -17,7 +17,6 @@ use messenger_proto::v1::{
     FriendRemoved, FriendRequestAccepted, FriendRequestRejected, FriendRequestSent,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
-use uuid::Uuid;
 
 /// A store under test and the events it published.
 struct Subject {
@@ -133,7 +132,11 @@ fn removed(user: UserId, friend: UserId) -> Payload {
 }
 
 fn ids() -> (UserId, UserId, UserId) {
-    (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7())
+    (
+        UserId::new_random(),
+        UserId::new_random(),
+        UserId::new_random(),
+    )
 }
 
 /// Each change writes its row and its event; refusals write neither (the next event seen
@@ -225,7 +228,7 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
 async fn relationships_are_symmetric(subject: Subject) {
     use PairAction::*;
     let (a, b, c) = ids();
-    let d = Uuid::now_v7();
+    let d = UserId::new_random();
     subject.apply(a, b, SendRequest).await.unwrap();
     subject.apply(b, a, AcceptRequest).await.unwrap();
     subject.apply(c, a, SendRequest).await.unwrap();
@@ -259,7 +262,9 @@ async fn relationships_are_symmetric(subject: Subject) {
 /// identical requests at once end as one pending request.
 async fn concurrent_requests_end_consistently(subject: Subject) {
     let store = subject.store.clone();
-    let pairs: Vec<(UserId, UserId)> = (0..40).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+    let pairs: Vec<(UserId, UserId)> = (0..40)
+        .map(|_| (UserId::new_random(), UserId::new_random()))
+        .collect();
     let mut tasks = Vec::new();
     for (a, b) in &pairs {
         for (actor, other) in [(*a, *b), (*b, *a)] {

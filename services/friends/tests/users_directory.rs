@@ -143,7 +143,7 @@ async fn unresponsive_users_service() -> (TcpListener, String) {
 
 fn person(name: &str) -> Person {
     Person {
-        id: Uuid::now_v7(),
+        id: Uuid::now_v7().into(),
         nickname: format!("{name}_{}", &Uuid::new_v4().simple().to_string()[..8]),
     }
 }
@@ -167,7 +167,10 @@ async fn directory_resolves_nicknames_both_ways(directory: &dyn UserDirectory, a
         directory.nickname_of(alice.id).await.unwrap(),
         Some(alice.nickname.clone())
     );
-    assert_eq!(directory.nickname_of(Uuid::now_v7()).await.unwrap(), None);
+    assert_eq!(
+        directory.nickname_of(Uuid::now_v7().into()).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -316,8 +319,8 @@ async fn the_callers_deadline_travels_on_to_the_users_service() {
     assert_eq!(
         callers,
         vec![
-            Some(identity::Caller::User(alice.id)),
-            Some(identity::Caller::User(bob.id))
+            Some(identity::Caller::User(alice.id.as_uuid())),
+            Some(identity::Caller::User(bob.id.as_uuid()))
         ]
     );
     let deadlines = deadlines.lock().unwrap().clone();

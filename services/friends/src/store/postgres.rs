@@ -39,8 +39,8 @@ impl PostgresFriendshipStore {
 }
 
 struct FriendshipRow {
-    user_id: UserId,
-    friend_id: UserId,
+    user_id: uuid::Uuid,
+    friend_id: uuid::Uuid,
     status: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -54,8 +54,8 @@ impl TryFrom<FriendshipRow> for Friendship {
             FriendsError::Internal(format!("unknown friendship status {:?}", row.status))
         })?;
         Ok(Friendship {
-            requester: row.user_id,
-            addressee: row.friend_id,
+            requester: row.user_id.into(),
+            addressee: row.friend_id.into(),
             status,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -72,8 +72,8 @@ async fn lock_pair(
         FriendshipRow,
         "SELECT user_id, friend_id, status, created_at, updated_at FROM friendships \
          WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2 FOR UPDATE",
-        low,
-        high
+        low.as_uuid(),
+        high.as_uuid()
     )
     .fetch_optional(&mut *connection)
     .await?;
@@ -94,8 +94,8 @@ async fn write_pair(
                 "INSERT INTO friendships (user_id, friend_id, status, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT ((LEAST(user_id, friend_id)), (GREATEST(user_id, friend_id))) DO NOTHING",
-                row.requester,
-                row.addressee,
+                row.requester.as_uuid(),
+                row.addressee.as_uuid(),
                 row.status.as_str(),
                 row.created_at,
                 row.updated_at
@@ -108,10 +108,10 @@ async fn write_pair(
                 "UPDATE friendships SET user_id = $3, friend_id = $4, status = $5, \
                  created_at = $6, updated_at = $7 \
                  WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2",
-                low,
-                high,
-                row.requester,
-                row.addressee,
+                low.as_uuid(),
+                high.as_uuid(),
+                row.requester.as_uuid(),
+                row.addressee.as_uuid(),
                 row.status.as_str(),
                 row.created_at,
                 row.updated_at
@@ -123,8 +123,8 @@ async fn write_pair(
             sqlx::query!(
                 "DELETE FROM friendships \
                  WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2",
-                low,
-                high
+                low.as_uuid(),
+                high.as_uuid()
             )
             .execute(&mut *connection)
             .await?
@@ -169,7 +169,7 @@ impl FriendshipStore for PostgresFriendshipStore {
             FriendshipRow,
             "SELECT user_id, friend_id, status, created_at, updated_at FROM friendships \
              WHERE (user_id = $1 OR friend_id = $1) AND status <> 'rejected'",
-            user
+            user.as_uuid()
         )
         .fetch_all(&self.pool)
         .await?;
@@ -182,8 +182,8 @@ impl FriendshipStore for PostgresFriendshipStore {
             FriendshipRow,
             "SELECT user_id, friend_id, status, created_at, updated_at FROM friendships \
              WHERE LEAST(user_id, friend_id) = $1 AND GREATEST(user_id, friend_id) = $2",
-            low,
-            high
+            low.as_uuid(),
+            high.as_uuid()
         )
         .fetch_optional(&self.pool)
         .await?;

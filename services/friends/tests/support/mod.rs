@@ -10,6 +10,7 @@ use std::time::Duration;
 use messenger_common::Shutdown;
 use messenger_common::testing::{self, TestDatabase};
 use messenger_friends::directory::InMemoryUserDirectory;
+use messenger_friends::domain::UserId;
 use messenger_friends::{Config, Listeners};
 use messenger_proto::v1::friends_service_client::FriendsServiceClient;
 use messenger_proto::v1::*;
@@ -32,7 +33,7 @@ pub struct TestService {
 /// A person known to the directory.
 #[derive(Clone, Debug)]
 pub struct Person {
-    pub id: Uuid,
+    pub id: UserId,
     pub nickname: String,
 }
 
@@ -116,7 +117,7 @@ impl TestService {
     /// Registers a person with a unique nickname starting with `name`.
     pub fn person(&self, name: &str) -> Person {
         let person = Person {
-            id: Uuid::now_v7(),
+            id: Uuid::now_v7().into(),
             nickname: format!("{name}_{}", &Uuid::new_v4().simple().to_string()[..8]),
         };
         self.directory.insert(person.id, person.nickname.clone());
@@ -266,8 +267,8 @@ impl TestService {
             "SELECT count(*) FROM friendships WHERE (user_id = $1 AND friend_id = $2) \
              OR (user_id = $2 AND friend_id = $1)",
         )
-        .bind(a.id)
-        .bind(b.id)
+        .bind(a.id.as_uuid())
+        .bind(b.id.as_uuid())
         .fetch_one(self.database.pool())
         .await
         .expect("counting friendship rows")
