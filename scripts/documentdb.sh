@@ -262,10 +262,12 @@ stop() {
 }
 
 # One run at a time (make test and make bench, or two clones, may start together): a second
-# run waits here and then finds everything built and running.
+# run waits here and then finds everything built and running. `flock -o`: the servers it
+# starts must not inherit the lock.
 mkdir -p "$CACHE_DIR"
-exec 9>"$CACHE_DIR/.lock"
-flock 9
+if [ "${MESSENGER_DOCUMENTDB_LOCKED:-}" != 1 ]; then
+  MESSENGER_DOCUMENTDB_LOCKED=1 exec flock -o "$CACHE_DIR/.lock" "$0" "$@"
+fi
 
 case "${1:-}" in
   start) start "${2:-/dev/stdout}" ;;

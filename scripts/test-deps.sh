@@ -15,9 +15,11 @@ TANSU_VERSION=0.6.0
 KAFKA_PORT=${TEST_KAFKA_PORT:-9092}
 mkdir -p "$CACHE_DIR"
 # One run at a time: two at once (make test beside make bench, two clones) would install
-# the same packages and build the same binaries over each other.
-exec 8>"$CACHE_DIR/test-deps.lock"
-flock 8
+# the same packages and build the same binaries over each other. `flock -o` keeps the lock
+# in flock itself, so the servers started below do not inherit it and hold it forever.
+if [ "${MESSENGER_TEST_DEPS_LOCKED:-}" != 1 ]; then
+  MESSENGER_TEST_DEPS_LOCKED=1 exec flock -o "$CACHE_DIR/test-deps.lock" "$0" "$@"
+fi
 
 log() { echo "test-deps: $*" >&2; }
 
