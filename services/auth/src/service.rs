@@ -8,7 +8,9 @@ use chrono::Utc;
 use messenger_proto::v1::{UserRegistered, event::Payload};
 use uuid::Uuid;
 
-use crate::domain::{Email, Nickname, Password, ValidationError};
+use crate::domain::{
+    Email, Nickname, PASSWORD_MAX_CHARS, PASSWORD_TOO_LONG, Password, ValidationError,
+};
 use crate::error::AuthError;
 use crate::password::PasswordHasher;
 use crate::store::{Account, AccountStore, LoginAttemptLimiter, Session, SessionStore};
@@ -93,6 +95,11 @@ impl AuthService {
         if password.is_empty() {
             return Err(ValidationError::Password("is required").into());
         }
+        // No account has a longer password, and hashing megabytes costs real CPU: refuse
+        // before the limiter counts it or the hasher sees it.
+        if exceeds_password_cap(password) {
+            return Err(ValidationError::Password(PASSWORD_TOO_LONG).into());
+        }
         self.stores
             .login_attempts
             .begin_attempt(&email, client)
@@ -168,6 +175,12 @@ impl AuthService {
             .await?
             .ok_or(AuthError::InvalidToken)
     }
+}
+
+/// Longer than any password [`Password::parse`] accepts. The byte length answers first
+/// (a char is at most 4 bytes), so a huge value is not walked char by char.
+fn exceeds_password_cap(password: &str) -> bool {
+    password.len() > PASSWORD_MAX_CHARS * 4 || password.chars().count() > PASSWORD_MAX_CHARS
 }
 
 #[cfg(test)]
@@ -246,5 +259,39 @@ mod tests {
             matches!(error, AuthError::TooManyAttempts { .. }),
             "{error:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_overlong_login_password_is_refused_before_it_is_hashed_or_counted() {
+        let auth = service(LoginLimits {
+            max_failures_per_account: 1,
+            max_failures_per_client: 1,
+            window: Duration::from_secs(60),
+        });
+        auth.register("long@example.com", PASSWORD, "long_pw")
+            .await
+            .unwrap();
+        // Just under gRPC's 4 MiB message limit, and one character over the cap.
+        for huge in ["x".repeat(4 * 1024 * 1024 - 64), "é".repeat(129)] {
+            let error = auth
+                .login("long@example.com", &huge, "192.0.2.1")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &error,
+                    AuthError::Invalid(ValidationError::Password(m)) if *m == PASSWORD_TOO_LONG
+                ),
+                "{error:?}"
+            );
+            assert_eq!(
+                tonic::Status::from(error).message(),
+                "password: must be at most 128 characters"
+            );
+        }
+        // Neither refusal used up the single failure the account and client may have.
+        auth.login("long@example.com", PASSWORD, "192.0.2.1")
+            .await
+            .unwrap();
     }
 }
