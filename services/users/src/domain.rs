@@ -141,7 +141,7 @@ impl ProfileUpdate {
 }
 
 /// Up to 500 characters; line breaks and tabs are fine, other control characters are not
-/// (PostgreSQL cannot even store NUL).
+/// (PostgreSQL cannot even store NUL), nor are bidi overrides and isolates.
 pub fn parse_bio(raw: &str) -> Result<String, UsersError> {
     let chars = raw.chars().count();
     if chars > BIO_MAX_CHARS {
@@ -157,6 +157,12 @@ pub fn parse_bio(raw: &str) -> Result<String, UsersError> {
         return Err(UsersError::invalid(
             "bio",
             format!("must not contain control character {bad:?}"),
+        ));
+    }
+    if let Some(found) = messenger_common::ids::find_bidi_control(raw) {
+        return Err(UsersError::invalid(
+            "bio",
+            messenger_common::ids::bidi_control_reason(found),
         ));
     }
     Ok(raw.to_owned())
@@ -366,6 +372,13 @@ mod tests {
         );
         assert_eq!(field_of(parse_bio(&"a".repeat(501)).unwrap_err()), "bio");
         assert_eq!(field_of(parse_bio("nul\0byte").unwrap_err()), "bio");
+        for bidi in ["mirror \u{202E}olleh", "\u{2067}rtl isolate\u{2069}"] {
+            let error = parse_bio(bidi).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("bidirectional override"), "{message}");
+            assert_eq!(field_of(error), "bio");
+        }
+        assert!(parse_bio("עברית בסדר").is_ok());
     }
 
     #[test]
