@@ -187,17 +187,22 @@ fn exceeds_password_cap(password: &str) -> bool {
 mod tests {
     use super::*;
     use crate::store::{
-        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, LoginLimits,
+        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, LimiterClock,
+        LoginLimits,
     };
     use messenger_common::events::InMemoryEventBus;
 
     const PASSWORD: &str = "correct horse battery";
 
     fn service(limits: LoginLimits) -> AuthService {
+        service_with(InMemoryLoginAttemptLimiter::new(limits))
+    }
+
+    fn service_with(limiter: InMemoryLoginAttemptLimiter) -> AuthService {
         let stores = AuthStores {
             accounts: Arc::new(InMemoryAccountStore::new(Arc::new(InMemoryEventBus::new()))),
             sessions: Arc::new(InMemorySessionStore::new()),
-            login_attempts: Arc::new(InMemoryLoginAttemptLimiter::new(limits)),
+            login_attempts: Arc::new(limiter),
         };
         AuthService::new(
             stores,
@@ -229,44 +234,93 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_successful_login_clears_the_account_failures() {
-        let auth = service(LoginLimits {
-            max_failures_per_account: 2,
-            max_failures_per_client: 100,
-            window: Duration::from_secs(60),
-        });
-        auth.register("clear@example.com", PASSWORD, "clear")
+    async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
+        let clock = LimiterClock::manual(1_800_000_000_000);
+        let auth = service_with(
+            InMemoryLoginAttemptLimiter::new(LoginLimits::default()).with_clock(clock),
+        );
+        auth.register("owner@example.com", PASSWORD, "owner")
+            .await
+            .unwrap();
+        // A stranger at one IPv4 address, then at fifteen addresses of one IPv6 /64: five
+        // guesses each, then they have to wait.
+        let ipv4 = vec!["203.0.113.66".to_owned(); 15];
+        let ipv6: Vec<String> = (1..=15).map(|n| format!("2001:db8:bad:1::{n:x}")).collect();
+        for stranger in [ipv4, ipv6] {
+            let mut outcomes = (0, 0);
+            for address in &stranger {
+                match auth
+                    .login("owner@example.com", "a wrong guess", address)
+                    .await
+                {
+                    Err(AuthError::InvalidCredentials) => outcomes.0 += 1,
+                    Err(AuthError::TooManyAttempts { .. }) => outcomes.1 += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(outcomes, (5, 10), "{stranger:?}");
+        }
+        // The owner, at home, is not.
+        let issued = auth
+            .login("owner@example.com", PASSWORD, "198.51.100.7")
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.validate(issued.token.expose()).await.unwrap().user_id,
+            issued.session.user_id
+        );
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_from_one_client_wait_longer_each_time_and_success_resets() {
+        let clock = LimiterClock::manual(1_800_000_000_000);
+        let limits = LoginLimits {
+            max_failures_per_account_client: 2,
+            ..LoginLimits::default()
+        };
+        let auth = service_with(InMemoryLoginAttemptLimiter::new(limits).with_clock(clock.clone()));
+        auth.register("slow@example.com", PASSWORD, "slow")
             .await
             .unwrap();
         let wrong = "not the password";
-        assert!(auth.login("clear@example.com", wrong, "c").await.is_err());
-        auth.login("clear@example.com", PASSWORD, "c")
-            .await
-            .unwrap();
-        // Two more failures are tolerated again, then the account is locked.
+        let retry_after = |result: Result<IssuedToken, AuthError>| match result {
+            Err(AuthError::TooManyAttempts { retry_after }) => retry_after,
+            other => panic!("expected TooManyAttempts, got {other:?}"),
+        };
         for _ in 0..2 {
             let error = auth
-                .login("clear@example.com", wrong, "c")
+                .login("slow@example.com", wrong, "c")
                 .await
                 .unwrap_err();
             assert!(matches!(error, AuthError::InvalidCredentials), "{error:?}");
         }
-        let error = auth
-            .login("clear@example.com", PASSWORD, "c")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(error, AuthError::TooManyAttempts { .. }),
-            "{error:?}"
-        );
+        // Even the right password waits out the delay from this client, 1 s, then 2 s...
+        let first = retry_after(auth.login("slow@example.com", PASSWORD, "c").await);
+        assert_eq!(first, Duration::from_secs(1));
+        clock.advance(first);
+        assert!(auth.login("slow@example.com", wrong, "c").await.is_err());
+        let second = retry_after(auth.login("slow@example.com", wrong, "c").await);
+        assert_eq!(second, Duration::from_secs(2));
+        clock.advance(second);
+        // ...and a success forgets this client's failures against the account.
+        auth.login("slow@example.com", PASSWORD, "c").await.unwrap();
+        for _ in 0..2 {
+            let error = auth
+                .login("slow@example.com", wrong, "c")
+                .await
+                .unwrap_err();
+            assert!(matches!(error, AuthError::InvalidCredentials), "{error:?}");
+        }
+        retry_after(auth.login("slow@example.com", wrong, "c").await);
     }
 
     #[tokio::test]
     async fn an_overlong_login_password_is_refused_before_it_is_hashed_or_counted() {
         let auth = service(LoginLimits {
-            max_failures_per_account: 1,
+            max_failures_per_account_client: 1,
             max_failures_per_client: 1,
-            window: Duration::from_secs(60),
+            max_failures_per_account: 1,
+            ..LoginLimits::default()
         });
         auth.register("long@example.com", PASSWORD, "long_pw")
             .await
