@@ -104,11 +104,17 @@ impl AuthService {
             .login_attempts
             .begin_attempt(&email, client)
             .await?;
-
+        // Until the password check starts, the attempt has taught the caller nothing: if
+        // the request ends before (its deadline passes while it queues for a hashing
+        // slot, or storage fails), it stops counting as a failure.
+        let pending = PendingAttempt::new(&self.stores.login_attempts, &email, client);
         let account = self.stores.accounts.find_by_email(&email).await?;
+        let slot = self.hasher.login_slot().await?;
+        pending.started();
         let password_matches = self
             .hasher
-            .verify_blocking(
+            .verify_in(
+                slot,
                 password.to_owned(),
                 // No account, or one without a password: the dummy hash keeps the timing.
                 account.as_ref().and_then(|a| a.password_hash.clone()),
@@ -177,6 +183,42 @@ impl AuthService {
     }
 }
 
+/// A login attempt counted by the limiter whose password check has not started yet.
+/// Dropped before [`started`](Self::started), it un-counts the attempt in the background
+/// (a drop cannot wait for storage).
+struct PendingAttempt {
+    abandoned: Option<(Arc<dyn LoginAttemptLimiter>, Email, String)>,
+}
+
+impl PendingAttempt {
+    fn new(limiter: &Arc<dyn LoginAttemptLimiter>, email: &Email, client: &str) -> Self {
+        Self {
+            abandoned: Some((limiter.clone(), email.clone(), client.to_owned())),
+        }
+    }
+
+    /// The password check is under way: from here on the attempt counts.
+    fn started(mut self) {
+        self.abandoned = None;
+    }
+}
+
+impl Drop for PendingAttempt {
+    fn drop(&mut self) {
+        let Some((limiter, email, client)) = self.abandoned.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) = limiter.attempt_abandoned(&email, &client).await {
+                tracing::warn!(%error, "could not un-count an abandoned login attempt");
+            }
+        });
+    }
+}
+
 /// Longer than any password [`Password::parse`] accepts. The byte length answers first
 /// (a char is at most 4 bytes), so a huge value is not walked char by char.
 fn exceeds_password_cap(password: &str) -> bool {
@@ -199,16 +241,19 @@ mod tests {
     }
 
     fn service_with(limiter: InMemoryLoginAttemptLimiter) -> AuthService {
+        service_with_hasher(limiter, PasswordHasher::new().unwrap())
+    }
+
+    fn service_with_hasher(
+        limiter: InMemoryLoginAttemptLimiter,
+        hasher: PasswordHasher,
+    ) -> AuthService {
         let stores = AuthStores {
             accounts: Arc::new(InMemoryAccountStore::new(Arc::new(InMemoryEventBus::new()))),
             sessions: Arc::new(InMemorySessionStore::new()),
             login_attempts: Arc::new(limiter),
         };
-        AuthService::new(
-            stores,
-            PasswordHasher::new().unwrap(),
-            Duration::from_secs(60),
-        )
+        AuthService::new(stores, hasher, Duration::from_secs(60))
     }
 
     #[tokio::test]
@@ -345,6 +390,42 @@ mod tests {
         }
         // Neither refusal used up the single failure the account and client may have.
         auth.login("long@example.com", PASSWORD, "192.0.2.1")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_that_times_out_waiting_for_a_hashing_slot_is_not_a_failure() {
+        let hour = Duration::from_secs(3600);
+        let limits = LoginLimits {
+            max_failures_per_account_client: 1,
+            max_failures_per_client: 1,
+            max_failures_per_account: 1,
+            first_delay: hour,
+            max_delay: hour,
+            ..LoginLimits::default()
+        };
+        let hasher = PasswordHasher::with_slots(1, 1).unwrap();
+        let auth = service_with_hasher(InMemoryLoginAttemptLimiter::new(limits), hasher.clone());
+        auth.register("queued@example.com", PASSWORD, "queued")
+            .await
+            .unwrap();
+        // Every login slot is busy: each login queues until its deadline ends it.
+        let busy = hasher.login_slot().await.unwrap();
+        for attempt in 0..3 {
+            let waited = tokio::time::timeout(
+                Duration::from_secs(10),
+                auth.login("queued@example.com", PASSWORD, "192.0.2.1"),
+            )
+            .await;
+            assert!(waited.is_err(), "attempt {attempt} ended with {waited:?}");
+            // The un-counting runs in the background; paused time only moves on once
+            // every task is idle, so after this sleep it is done.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(busy);
+        // None of the three used up the single failure this client and account may have.
+        auth.login("queued@example.com", PASSWORD, "192.0.2.1")
             .await
             .unwrap();
     }

@@ -327,6 +327,10 @@ async fn login_attempt_limiter_contract(
     limiter.attempt_succeeded(&alice, "10.0.0.1").await.unwrap();
     fail(&*limiter, &alice, "10.0.0.1", 3).await;
     refused(limiter.begin_attempt(&alice, "10.0.0.1").await);
+    // An attempt abandoned before its password was checked stops counting.
+    limiter.attempt_abandoned(&alice, "10.0.0.1").await.unwrap();
+    fail(&*limiter, &alice, "10.0.0.1", 1).await;
+    refused(limiter.begin_attempt(&alice, "10.0.0.1").await);
     // The window ends and everything is forgotten.
     clock.advance(LIMITS.window);
     fail(&*limiter, &alice, "10.0.0.1", 3).await;

@@ -13,8 +13,8 @@ use messenger_proto::v1::Event;
 
 use super::{
     Account, AccountStore, AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock,
-    LoginAttemptLimiter, LoginLimits, Session, SessionStore, attempt_succeeded, begin_attempt,
-    client_group,
+    LoginAttemptLimiter, LoginLimits, Session, SessionStore, attempt_abandoned, attempt_succeeded,
+    begin_attempt, client_group,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -220,6 +220,20 @@ impl LoginAttemptLimiter for InMemoryLoginAttemptLimiter {
         let known_until =
             now_ms.saturating_add(i64::try_from(KNOWN_CLIENT_TTL.as_millis()).unwrap_or(i64::MAX));
         counts.write(account, &client, next, Some(known_until));
+        Ok(())
+    }
+
+    async fn attempt_abandoned(&self, account: &Email, client: &str) -> Result<(), AuthError> {
+        let now_ms = self.clock.now_ms();
+        let client = client_group(client);
+        let mut counts = lock(&self.counts);
+        let current = counts.read(account, &client, now_ms);
+        counts.write(
+            account,
+            &client,
+            attempt_abandoned(&self.limits, current, now_ms),
+            None,
+        );
         Ok(())
     }
 }

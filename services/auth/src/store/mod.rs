@@ -132,6 +132,11 @@ pub trait LoginAttemptLimiter: Send + Sync + 'static {
     /// other failures stay, so one valid login cannot launder guesses), and the client
     /// group becomes known to the account for [`KNOWN_CLIENT_TTL`].
     async fn attempt_succeeded(&self, account: &Email, client: &str) -> Result<(), AuthError>;
+
+    /// The attempt begun for `account` from `client` ended before its password was
+    /// checked (it waited for a hashing slot until its deadline, or storage failed): it
+    /// no longer counts against any of the three, and nothing else changes.
+    async fn attempt_abandoned(&self, account: &Email, client: &str) -> Result<(), AuthError>;
 }
 
 /// The unit a client address is counted in: an IPv4 address as is (IPv4-mapped IPv6
@@ -314,6 +319,24 @@ pub fn attempt_succeeded(
             .live(limits.account_window, now_ms)
             .without_one(),
         known_client: true,
+    }
+}
+
+/// The counts after the attempt begun at these counts was abandoned (see
+/// [`LoginAttemptLimiter::attempt_abandoned`]).
+pub fn attempt_abandoned(
+    limits: &LoginLimits,
+    counts: AttemptCounts,
+    now_ms: i64,
+) -> AttemptCounts {
+    AttemptCounts {
+        pair: counts.pair.live(limits.window, now_ms).without_one(),
+        client: counts.client.live(limits.window, now_ms).without_one(),
+        account: counts
+            .account
+            .live(limits.account_window, now_ms)
+            .without_one(),
+        known_client: counts.known_client,
     }
 }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock, LoginAttemptLimiter, LoginLimits,
-    Session, SessionStore, attempt_succeeded, begin_attempt, client_group,
+    Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -266,6 +266,13 @@ impl LoginAttemptLimiter for RedisLoginAttemptLimiter {
     async fn attempt_succeeded(&self, account: &Email, client: &str) -> Result<(), AuthError> {
         self.update(account, client, |counts, now_ms| {
             Ok((attempt_succeeded(&self.limits, counts, now_ms), true))
+        })
+        .await
+    }
+
+    async fn attempt_abandoned(&self, account: &Email, client: &str) -> Result<(), AuthError> {
+        self.update(account, client, |counts, now_ms| {
+            Ok((attempt_abandoned(&self.limits, counts, now_ms), false))
         })
         .await
     }
