@@ -107,10 +107,10 @@ impl Config {
         let token_ttl = env_nonzero_duration_from(&lookup, "AUTH_TOKEN_TTL", DEFAULT_TOKEN_TTL)?;
         let defaults = LoginLimits::default();
         let login_limits = LoginLimits {
-            max_failures_per_account: at_least_one(
+            max_failures_per_account_client: at_least_one(
                 &lookup,
                 "AUTH_LOGIN_MAX_FAILURES",
-                defaults.max_failures_per_account,
+                defaults.max_failures_per_account_client,
             )?,
             max_failures_per_client: at_least_one(
                 &lookup,
@@ -121,6 +121,22 @@ impl Config {
                 &lookup,
                 "AUTH_LOGIN_FAILURE_WINDOW",
                 defaults.window,
+            )?,
+            max_failures_per_account: at_least_one(
+                &lookup,
+                "AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                defaults.max_failures_per_account,
+            )?,
+            account_window: env_nonzero_duration_from(
+                &lookup,
+                "AUTH_LOGIN_ACCOUNT_WINDOW",
+                defaults.account_window,
+            )?,
+            first_delay: defaults.first_delay,
+            max_delay: env_nonzero_duration_from(
+                &lookup,
+                "AUTH_LOGIN_MAX_DELAY",
+                defaults.max_delay,
             )?,
         };
         Ok(Self {
@@ -196,9 +212,15 @@ mod tests {
         );
         assert_eq!(config.token_ttl, Duration::from_secs(86_400));
         assert_eq!(config.login_limits, LoginLimits::default());
-        assert_eq!(config.login_limits.max_failures_per_account, 5);
+        assert_eq!(config.login_limits.max_failures_per_account_client, 5);
         assert_eq!(config.login_limits.max_failures_per_client, 20);
         assert_eq!(config.login_limits.window, Duration::from_secs(900));
+        assert_eq!(config.login_limits.max_failures_per_account, 100);
+        assert_eq!(
+            config.login_limits.account_window,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(config.login_limits.max_delay, Duration::from_secs(60));
     }
 
     #[test]
@@ -208,6 +230,9 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES", "3"),
             ("AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", "50"),
             ("AUTH_LOGIN_FAILURE_WINDOW", "5m"),
+            ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "40"),
+            ("AUTH_LOGIN_ACCOUNT_WINDOW", "2h"),
+            ("AUTH_LOGIN_MAX_DELAY", "30s"),
             ("AUTH_STORE", "memory"),
         ]))
         .unwrap();
@@ -215,9 +240,13 @@ mod tests {
         assert_eq!(
             config.login_limits,
             LoginLimits {
-                max_failures_per_account: 3,
+                max_failures_per_account_client: 3,
                 max_failures_per_client: 50,
                 window: Duration::from_secs(300),
+                max_failures_per_account: 40,
+                account_window: Duration::from_secs(7200),
+                first_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(30),
             }
         );
         assert_eq!(config.store, StoreConfig::InMemory);
@@ -246,6 +275,9 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES", "five"),
             ("AUTH_LOGIN_MAX_FAILURES_PER_CLIENT", "-1"),
             ("AUTH_LOGIN_FAILURE_WINDOW", "forever"),
+            ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "0"),
+            ("AUTH_LOGIN_ACCOUNT_WINDOW", "0s"),
+            ("AUTH_LOGIN_MAX_DELAY", "soon"),
             ("AUTH_STORE", "mongo"),
             ("INTERNAL_AUTH_KEY", ""),
             ("INTERNAL_AUTH_KEY", "shorter-than-32-bytes"),

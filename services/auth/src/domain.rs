@@ -15,6 +15,8 @@ const DOMAIN_LABEL_MAX_CHARS: usize = 63;
 /// NIST SP 800-63B: at least 8 characters; the upper bound only keeps hashing cheap.
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_CHARS: usize = 128;
+/// The refusal for a password over [`PASSWORD_MAX_CHARS`], on register and on login.
+pub const PASSWORD_TOO_LONG: &str = "must be at most 128 characters";
 
 pub use messenger_common::ids::{NICKNAME_MAX_CHARS, NICKNAME_MIN_CHARS};
 
@@ -147,7 +149,7 @@ impl Password {
             return Err(ValidationError::Password("must be at least 8 characters"));
         }
         if chars > PASSWORD_MAX_CHARS {
-            return Err(ValidationError::Password("must be at most 128 characters"));
+            return Err(ValidationError::Password(PASSWORD_TOO_LONG));
         }
         if is_common_password(raw) {
             return Err(ValidationError::Password(

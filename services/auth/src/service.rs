@@ -8,7 +8,9 @@ use chrono::Utc;
 use messenger_proto::v1::{UserRegistered, event::Payload};
 use uuid::Uuid;
 
-use crate::domain::{Email, Nickname, Password, ValidationError};
+use crate::domain::{
+    Email, Nickname, PASSWORD_MAX_CHARS, PASSWORD_TOO_LONG, Password, ValidationError,
+};
 use crate::error::AuthError;
 use crate::password::PasswordHasher;
 use crate::store::{Account, AccountStore, LoginAttemptLimiter, Session, SessionStore};
@@ -93,15 +95,26 @@ impl AuthService {
         if password.is_empty() {
             return Err(ValidationError::Password("is required").into());
         }
+        // No account has a longer password, and hashing megabytes costs real CPU: refuse
+        // before the limiter counts it or the hasher sees it.
+        if exceeds_password_cap(password) {
+            return Err(ValidationError::Password(PASSWORD_TOO_LONG).into());
+        }
         self.stores
             .login_attempts
             .begin_attempt(&email, client)
             .await?;
-
+        // Until the password check starts, the attempt has taught the caller nothing: if
+        // the request ends before (its deadline passes while it queues for a hashing
+        // slot, or storage fails), it stops counting as a failure.
+        let pending = PendingAttempt::new(&self.stores.login_attempts, &email, client);
         let account = self.stores.accounts.find_by_email(&email).await?;
+        let slot = self.hasher.login_slot().await?;
+        pending.started();
         let password_matches = self
             .hasher
-            .verify_blocking(
+            .verify_in(
+                slot,
                 password.to_owned(),
                 // No account, or one without a password: the dummy hash keeps the timing.
                 account.as_ref().and_then(|a| a.password_hash.clone()),
@@ -170,27 +183,77 @@ impl AuthService {
     }
 }
 
+/// A login attempt counted by the limiter whose password check has not started yet.
+/// Dropped before [`started`](Self::started), it un-counts the attempt in the background
+/// (a drop cannot wait for storage).
+struct PendingAttempt {
+    abandoned: Option<(Arc<dyn LoginAttemptLimiter>, Email, String)>,
+}
+
+impl PendingAttempt {
+    fn new(limiter: &Arc<dyn LoginAttemptLimiter>, email: &Email, client: &str) -> Self {
+        Self {
+            abandoned: Some((limiter.clone(), email.clone(), client.to_owned())),
+        }
+    }
+
+    /// The password check is under way: from here on the attempt counts.
+    fn started(mut self) {
+        self.abandoned = None;
+    }
+}
+
+impl Drop for PendingAttempt {
+    fn drop(&mut self) {
+        let Some((limiter, email, client)) = self.abandoned.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) = limiter.attempt_abandoned(&email, &client).await {
+                tracing::warn!(%error, "could not un-count an abandoned login attempt");
+            }
+        });
+    }
+}
+
+/// Longer than any password [`Password::parse`] accepts. The byte length answers first
+/// (a char is at most 4 bytes), so a huge value is not walked char by char.
+fn exceeds_password_cap(password: &str) -> bool {
+    password.len() > PASSWORD_MAX_CHARS * 4 || password.chars().count() > PASSWORD_MAX_CHARS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{
-        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, LoginLimits,
+        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, LimiterClock,
+        LoginLimits,
     };
     use messenger_common::events::InMemoryEventBus;
 
     const PASSWORD: &str = "correct horse battery";
 
     fn service(limits: LoginLimits) -> AuthService {
+        service_with(InMemoryLoginAttemptLimiter::new(limits))
+    }
+
+    fn service_with(limiter: InMemoryLoginAttemptLimiter) -> AuthService {
+        service_with_hasher(limiter, PasswordHasher::new().unwrap())
+    }
+
+    fn service_with_hasher(
+        limiter: InMemoryLoginAttemptLimiter,
+        hasher: PasswordHasher,
+    ) -> AuthService {
         let stores = AuthStores {
             accounts: Arc::new(InMemoryAccountStore::new(Arc::new(InMemoryEventBus::new()))),
             sessions: Arc::new(InMemorySessionStore::new()),
-            login_attempts: Arc::new(InMemoryLoginAttemptLimiter::new(limits)),
+            login_attempts: Arc::new(limiter),
         };
-        AuthService::new(
-            stores,
-            PasswordHasher::new().unwrap(),
-            Duration::from_secs(60),
-        )
+        AuthService::new(stores, hasher, Duration::from_secs(60))
     }
 
     #[tokio::test]
@@ -216,35 +279,154 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_successful_login_clears_the_account_failures() {
-        let auth = service(LoginLimits {
-            max_failures_per_account: 2,
-            max_failures_per_client: 100,
-            window: Duration::from_secs(60),
-        });
-        auth.register("clear@example.com", PASSWORD, "clear")
+    async fn a_strangers_wrong_passwords_do_not_lock_the_owner_out() {
+        let clock = LimiterClock::manual(1_800_000_000_000);
+        let auth = service_with(
+            InMemoryLoginAttemptLimiter::new(LoginLimits::default()).with_clock(clock),
+        );
+        auth.register("owner@example.com", PASSWORD, "owner")
+            .await
+            .unwrap();
+        // A stranger at one IPv4 address, then at fifteen addresses of one IPv6 /64: five
+        // guesses each, then they have to wait.
+        let ipv4 = vec!["203.0.113.66".to_owned(); 15];
+        let ipv6: Vec<String> = (1..=15).map(|n| format!("2001:db8:bad:1::{n:x}")).collect();
+        for stranger in [ipv4, ipv6] {
+            let mut outcomes = (0, 0);
+            for address in &stranger {
+                match auth
+                    .login("owner@example.com", "a wrong guess", address)
+                    .await
+                {
+                    Err(AuthError::InvalidCredentials) => outcomes.0 += 1,
+                    Err(AuthError::TooManyAttempts { .. }) => outcomes.1 += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(outcomes, (5, 10), "{stranger:?}");
+        }
+        // The owner, at home, is not.
+        let issued = auth
+            .login("owner@example.com", PASSWORD, "198.51.100.7")
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.validate(issued.token.expose()).await.unwrap().user_id,
+            issued.session.user_id
+        );
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_from_one_client_wait_longer_each_time_and_success_resets() {
+        let clock = LimiterClock::manual(1_800_000_000_000);
+        let limits = LoginLimits {
+            max_failures_per_account_client: 2,
+            ..LoginLimits::default()
+        };
+        let auth = service_with(InMemoryLoginAttemptLimiter::new(limits).with_clock(clock.clone()));
+        auth.register("slow@example.com", PASSWORD, "slow")
             .await
             .unwrap();
         let wrong = "not the password";
-        assert!(auth.login("clear@example.com", wrong, "c").await.is_err());
-        auth.login("clear@example.com", PASSWORD, "c")
-            .await
-            .unwrap();
-        // Two more failures are tolerated again, then the account is locked.
+        let retry_after = |result: Result<IssuedToken, AuthError>| match result {
+            Err(AuthError::TooManyAttempts { retry_after }) => retry_after,
+            other => panic!("expected TooManyAttempts, got {other:?}"),
+        };
         for _ in 0..2 {
             let error = auth
-                .login("clear@example.com", wrong, "c")
+                .login("slow@example.com", wrong, "c")
                 .await
                 .unwrap_err();
             assert!(matches!(error, AuthError::InvalidCredentials), "{error:?}");
         }
-        let error = auth
-            .login("clear@example.com", PASSWORD, "c")
+        // Even the right password waits out the delay from this client, 1 s, then 2 s...
+        let first = retry_after(auth.login("slow@example.com", PASSWORD, "c").await);
+        assert_eq!(first, Duration::from_secs(1));
+        clock.advance(first);
+        assert!(auth.login("slow@example.com", wrong, "c").await.is_err());
+        let second = retry_after(auth.login("slow@example.com", wrong, "c").await);
+        assert_eq!(second, Duration::from_secs(2));
+        clock.advance(second);
+        // ...and a success forgets this client's failures against the account.
+        auth.login("slow@example.com", PASSWORD, "c").await.unwrap();
+        for _ in 0..2 {
+            let error = auth
+                .login("slow@example.com", wrong, "c")
+                .await
+                .unwrap_err();
+            assert!(matches!(error, AuthError::InvalidCredentials), "{error:?}");
+        }
+        retry_after(auth.login("slow@example.com", wrong, "c").await);
+    }
+
+    #[tokio::test]
+    async fn an_overlong_login_password_is_refused_before_it_is_hashed_or_counted() {
+        let auth = service(LoginLimits {
+            max_failures_per_account_client: 1,
+            max_failures_per_client: 1,
+            max_failures_per_account: 1,
+            ..LoginLimits::default()
+        });
+        auth.register("long@example.com", PASSWORD, "long_pw")
             .await
-            .unwrap_err();
-        assert!(
-            matches!(error, AuthError::TooManyAttempts { .. }),
-            "{error:?}"
-        );
+            .unwrap();
+        // Just under gRPC's 4 MiB message limit, and one character over the cap.
+        for huge in ["x".repeat(4 * 1024 * 1024 - 64), "é".repeat(129)] {
+            let error = auth
+                .login("long@example.com", &huge, "192.0.2.1")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &error,
+                    AuthError::Invalid(ValidationError::Password(m)) if *m == PASSWORD_TOO_LONG
+                ),
+                "{error:?}"
+            );
+            assert_eq!(
+                tonic::Status::from(error).message(),
+                "password: must be at most 128 characters"
+            );
+        }
+        // Neither refusal used up the single failure the account and client may have.
+        auth.login("long@example.com", PASSWORD, "192.0.2.1")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_login_that_times_out_waiting_for_a_hashing_slot_is_not_a_failure() {
+        let hour = Duration::from_secs(3600);
+        let limits = LoginLimits {
+            max_failures_per_account_client: 1,
+            max_failures_per_client: 1,
+            max_failures_per_account: 1,
+            first_delay: hour,
+            max_delay: hour,
+            ..LoginLimits::default()
+        };
+        let hasher = PasswordHasher::with_slots(1, 1).unwrap();
+        let auth = service_with_hasher(InMemoryLoginAttemptLimiter::new(limits), hasher.clone());
+        auth.register("queued@example.com", PASSWORD, "queued")
+            .await
+            .unwrap();
+        // Every login slot is busy: each login queues until its deadline ends it.
+        let busy = hasher.login_slot().await.unwrap();
+        for attempt in 0..3 {
+            let waited = tokio::time::timeout(
+                Duration::from_secs(10),
+                auth.login("queued@example.com", PASSWORD, "192.0.2.1"),
+            )
+            .await;
+            assert!(waited.is_err(), "attempt {attempt} ended with {waited:?}");
+            // The un-counting runs in the background; paused time only moves on once
+            // every task is idle, so after this sleep it is done.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(busy);
+        // None of the three used up the single failure this client and account may have.
+        auth.login("queued@example.com", PASSWORD, "192.0.2.1")
+            .await
+            .unwrap();
     }
 }

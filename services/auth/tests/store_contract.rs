@@ -10,7 +10,7 @@ use messenger_auth::AuthError;
 use messenger_auth::domain::{Email, Nickname};
 use messenger_auth::store::{
     Account, AccountStore, InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore,
-    LoginAttemptLimiter, LoginLimits, PostgresAccountStore, RedisLoginAttemptLimiter,
+    LimiterClock, LoginAttemptLimiter, LoginLimits, PostgresAccountStore, RedisLoginAttemptLimiter,
     RedisSessionStore, Session, SessionStore,
 };
 use messenger_auth::token::AccessToken;
@@ -271,92 +271,159 @@ async fn redis_session_store_keeps_only_the_token_digest() {
 // LoginAttemptLimiter
 
 const LIMITS: LoginLimits = LoginLimits {
-    max_failures_per_account: 3,
-    max_failures_per_client: 5,
-    window: Duration::from_millis(1500),
+    max_failures_per_account_client: 3,
+    max_failures_per_client: 10,
+    window: Duration::from_secs(15 * 60),
+    max_failures_per_account: 8,
+    account_window: Duration::from_secs(60 * 60),
+    first_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(60),
 };
 
-fn assert_blocked(result: Result<(), AuthError>) {
+/// The wait a refused attempt asks for; panics if the attempt was let in.
+fn refused(result: Result<(), AuthError>) -> Duration {
     match result {
-        Err(AuthError::TooManyAttempts { retry_after }) => {
-            assert!(
-                retry_after <= LIMITS.window,
-                "retry hint {retry_after:?} is within the window"
-            );
-        }
+        Err(AuthError::TooManyAttempts { retry_after }) => retry_after,
         other => panic!("expected TooManyAttempts, got {other:?}"),
     }
 }
 
-async fn login_attempt_limiter_contract(limiter: Arc<dyn LoginAttemptLimiter>) {
+/// `n` failed attempts (begun, never succeeded) on `account` from `client`.
+async fn fail(limiter: &dyn LoginAttemptLimiter, account: &Email, client: &str, n: u32) {
+    for i in 0..n {
+        limiter
+            .begin_attempt(account, client)
+            .await
+            .unwrap_or_else(|e| panic!("failure {i} of {n} from {client} refused: {e:?}"));
+    }
+}
+
+async fn login_attempt_limiter_contract(
+    limiter: Arc<dyn LoginAttemptLimiter>,
+    clock: LimiterClock,
+) {
     let alice = Email::parse("alice@example.com").unwrap();
     let bob = Email::parse("bob@example.com").unwrap();
 
-    // Per account: failed attempts (begun, never succeeded) from any client count.
-    for client in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
-        limiter.begin_attempt(&alice, client).await.unwrap();
-    }
-    assert_blocked(limiter.begin_attempt(&alice, "10.0.0.9").await);
-    // Refused attempts are not counted against the client.
-    limiter.begin_attempt(&bob, "10.0.0.9").await.unwrap();
-    limiter.attempt_succeeded(&bob, "10.0.0.9").await.unwrap();
-    // Other accounts from those clients are unaffected.
-    limiter.begin_attempt(&bob, "10.0.0.1").await.unwrap();
-    // A success forgets the account's failures.
-    limiter.attempt_succeeded(&bob, "10.0.0.1").await.unwrap();
-    for _ in 0..3 {
-        limiter.begin_attempt(&bob, "10.0.0.4").await.unwrap();
-        limiter.attempt_succeeded(&bob, "10.0.0.4").await.unwrap();
-    }
-    limiter.begin_attempt(&bob, "10.0.0.4").await.unwrap();
-    limiter.attempt_succeeded(&bob, "10.0.0.4").await.unwrap();
+    // Per (account, client): three failures, then that client waits 1 s, 2 s, 4 s...
+    fail(&*limiter, &alice, "10.0.0.1", 3).await;
+    assert_eq!(
+        refused(limiter.begin_attempt(&alice, "10.0.0.1").await),
+        Duration::from_secs(1)
+    );
+    // ...while the account's owner elsewhere gets in, and the stranger can try bob.
+    limiter.begin_attempt(&alice, "10.0.0.2").await.unwrap();
+    limiter.attempt_succeeded(&alice, "10.0.0.2").await.unwrap();
+    fail(&*limiter, &bob, "10.0.0.1", 1).await;
+    clock.advance(Duration::from_secs(1));
+    fail(&*limiter, &alice, "10.0.0.1", 1).await;
+    assert_eq!(
+        refused(limiter.begin_attempt(&alice, "10.0.0.1").await),
+        Duration::from_secs(2)
+    );
+    // A success from that client forgets its failures against the account.
+    clock.advance(Duration::from_secs(2));
+    limiter.begin_attempt(&alice, "10.0.0.1").await.unwrap();
+    limiter.attempt_succeeded(&alice, "10.0.0.1").await.unwrap();
+    fail(&*limiter, &alice, "10.0.0.1", 3).await;
+    refused(limiter.begin_attempt(&alice, "10.0.0.1").await);
+    // An attempt abandoned before its password was checked stops counting.
+    limiter.attempt_abandoned(&alice, "10.0.0.1").await.unwrap();
+    fail(&*limiter, &alice, "10.0.0.1", 1).await;
+    refused(limiter.begin_attempt(&alice, "10.0.0.1").await);
+    // The window ends and everything is forgotten.
+    clock.advance(LIMITS.window);
+    fail(&*limiter, &alice, "10.0.0.1", 3).await;
 
-    // Per client: failures against any account count; successes do not.
-    for n in 0..5 {
-        // Interleaved successes from the same client neither count nor clear the count.
-        limiter
-            .begin_attempt(&bob, "192.0.2.1")
-            .await
-            .unwrap_or_else(|e| {
-                panic!("successes are not counted, attempt {n}: {e:?}");
-            });
+    // Per client across accounts: ten failures (successes don't count), then it waits.
+    for n in 0..10 {
+        limiter.begin_attempt(&bob, "192.0.2.1").await.unwrap();
         limiter.attempt_succeeded(&bob, "192.0.2.1").await.unwrap();
         let email = Email::parse(&format!("guess{n}@example.com")).unwrap();
         limiter.begin_attempt(&email, "192.0.2.1").await.unwrap();
     }
-    assert_blocked(limiter.begin_attempt(&bob, "192.0.2.1").await);
+    refused(limiter.begin_attempt(&bob, "192.0.2.1").await);
     limiter.begin_attempt(&bob, "192.0.2.2").await.unwrap();
     limiter.attempt_succeeded(&bob, "192.0.2.2").await.unwrap();
-    assert_blocked(limiter.begin_attempt(&bob, "192.0.2.1").await);
 
-    // Parallel attempts cannot slip past the limit.
-    let carol = Email::parse("carol@example.com").unwrap();
-    let racers: Vec<_> = (0..12)
-        .map(|n| {
-            let limiter = limiter.clone();
-            let carol = carol.clone();
-            tokio::spawn(async move { limiter.begin_attempt(&carol, &format!("10.1.0.{n}")).await })
-        })
-        .collect();
-    let mut allowed = 0;
-    for racer in racers {
-        match racer.await.unwrap() {
-            Ok(()) => allowed += 1,
-            Err(AuthError::TooManyAttempts { .. }) => {}
-            Err(other) => panic!("unexpected {other:?}"),
-        }
+    // IPv6 clients count by /64: fresh addresses in one /64 are one client.
+    let dave = Email::parse("dave@example.com").unwrap();
+    for n in 1..=3 {
+        fail(&*limiter, &dave, &format!("2001:db8:1:2::{n}"), 1).await;
     }
-    assert_eq!(allowed, LIMITS.max_failures_per_account);
+    refused(limiter.begin_attempt(&dave, "2001:db8:1:2:ffff::9").await);
+    fail(&*limiter, &dave, "2001:db8:1:3::1", 1).await;
 
-    // The window ends and both are allowed again.
-    tokio::time::sleep(LIMITS.window + Duration::from_millis(200)).await;
-    limiter.begin_attempt(&alice, "192.0.2.1").await.unwrap();
-    limiter.begin_attempt(&carol, "10.0.0.1").await.unwrap();
+    // Per account, from many clients: eight failures in the hour, then clients the
+    // account has not seen log in wait (doubling, capped)...
+    let erin = Email::parse("erin@example.com").unwrap();
+    limiter.begin_attempt(&erin, "198.51.100.1").await.unwrap();
+    limiter
+        .attempt_succeeded(&erin, "198.51.100.1")
+        .await
+        .unwrap();
+    for n in 0..8 {
+        fail(&*limiter, &erin, &format!("203.0.113.{n}"), 1).await;
+    }
+    assert_eq!(
+        refused(limiter.begin_attempt(&erin, "203.0.113.50").await),
+        Duration::from_secs(1)
+    );
+    // ...while a client that logged in to it before does not.
+    limiter.begin_attempt(&erin, "198.51.100.1").await.unwrap();
+    limiter
+        .attempt_succeeded(&erin, "198.51.100.1")
+        .await
+        .unwrap();
+    for n in 0..12 {
+        clock.advance(LIMITS.max_delay);
+        fail(&*limiter, &erin, &format!("203.0.114.{n}"), 1).await;
+    }
+    let wait = refused(limiter.begin_attempt(&erin, "203.0.113.51").await);
+    assert_eq!(wait, LIMITS.max_delay, "delays stop growing at the cap");
+
+    // Parallel attempts cannot slip past a limit.
+    let carol = Email::parse("carol@example.com").unwrap();
+    let race = |clients: Vec<String>| {
+        let racers: Vec<_> = clients
+            .into_iter()
+            .map(|client| {
+                let limiter = limiter.clone();
+                let carol = carol.clone();
+                tokio::spawn(async move { limiter.begin_attempt(&carol, &client).await })
+            })
+            .collect();
+        async move {
+            let mut allowed = 0;
+            for racer in racers {
+                match racer.await.unwrap() {
+                    Ok(()) => allowed += 1,
+                    Err(AuthError::TooManyAttempts { .. }) => {}
+                    Err(other) => panic!("unexpected {other:?}"),
+                }
+            }
+            allowed
+        }
+    };
+    let one_client = vec!["10.2.0.1".to_owned(); 12];
+    assert_eq!(
+        race(one_client).await,
+        LIMITS.max_failures_per_account_client
+    );
+    clock.advance(LIMITS.max_delay);
+    let many_clients = (0..12).map(|n| format!("10.1.0.{n}")).collect();
+    // Three are already counted against carol; five more fit the account's budget.
+    assert_eq!(
+        race(many_clients).await,
+        LIMITS.max_failures_per_account - LIMITS.max_failures_per_account_client
+    );
 }
 
 #[tokio::test]
 async fn in_memory_login_attempt_limiter_meets_the_contract() {
-    login_attempt_limiter_contract(Arc::new(InMemoryLoginAttemptLimiter::new(LIMITS))).await;
+    let clock = LimiterClock::manual(1_800_000_000_000);
+    let limiter = InMemoryLoginAttemptLimiter::new(LIMITS).with_clock(clock.clone());
+    login_attempt_limiter_contract(Arc::new(limiter), clock).await;
 }
 
 #[tokio::test]
@@ -364,10 +431,8 @@ async fn redis_login_attempt_limiter_meets_the_contract() {
     let redis = messenger_common::redis::connect(&redis_url())
         .await
         .expect("TEST_REDIS_URL reachable");
-    login_attempt_limiter_contract(Arc::new(RedisLoginAttemptLimiter::new(
-        redis,
-        unique_prefix(),
-        LIMITS,
-    )))
-    .await;
+    let clock = LimiterClock::manual(1_800_000_000_000);
+    let limiter =
+        RedisLoginAttemptLimiter::new(redis, unique_prefix(), LIMITS).with_clock(clock.clone());
+    login_attempt_limiter_contract(Arc::new(limiter), clock).await;
 }

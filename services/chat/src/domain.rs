@@ -242,7 +242,8 @@ pub fn validate_create_chat(
     })
 }
 
-/// Trims the content and checks its length (1..=4096 characters).
+/// Trims the content and checks its length (1..=4096 characters) and that it holds no
+/// bidi override/isolate controls.
 pub fn validate_content(raw: &str) -> Result<String, ChatError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
@@ -254,6 +255,12 @@ pub fn validate_content(raw: &str) -> Result<String, ChatError> {
     if chars > MAX_CONTENT_CHARS {
         return Err(ChatError::InvalidArgument(format!(
             "content is {chars} characters long; the limit is {MAX_CONTENT_CHARS}"
+        )));
+    }
+    if let Some(found) = messenger_common::ids::find_bidi_control(trimmed) {
+        return Err(ChatError::InvalidArgument(format!(
+            "content {}",
+            messenger_common::ids::bidi_control_reason(found)
         )));
     }
     Ok(trimmed.to_owned())
@@ -414,6 +421,24 @@ mod tests {
             assert!(invalid(validate_content(bad)).contains("empty"));
         }
         assert!(invalid(validate_content(&"x".repeat(4097))).contains("4097"));
+    }
+
+    #[test]
+    fn content_with_bidi_override_or_isolate_controls_is_refused() {
+        for raw in [
+            "invoice \u{202E}fdp.exe",
+            "\u{2066}hidden\u{2069}",
+            "a\u{202A}b",
+            "x\u{2068}y",
+        ] {
+            let message = invalid(validate_content(raw));
+            assert!(
+                message.starts_with("content must not contain bidirectional"),
+                "{raw:?}: {message}"
+            );
+        }
+        // Right-to-left scripts themselves are welcome.
+        assert_eq!(validate_content("שלום").unwrap(), "שלום");
     }
 
     #[test]

@@ -273,10 +273,12 @@ pub fn require_user<T>(request: &tonic::Request<T>, named_user: &str) -> Result<
     match caller(request) {
         Some(Caller::User(id)) if Some(*id) == named => Ok(()),
         Some(Caller::User(id)) => Err(tonic::Status::unauthenticated(format!(
-            "the call acts for user {id} but names {named_user:?}: a caller may act only for itself"
+            "the call acts for user {id} but names {}: a caller may act only for itself",
+            crate::ids::excerpt(named_user)
         ))),
         Some(Caller::Service(name)) => Err(tonic::Status::unauthenticated(format!(
-            "service {name} called without a user: this call must act for user {named_user:?}"
+            "service {name} called without a user: this call must act for user {}",
+            crate::ids::excerpt(named_user)
         ))),
         None => Err(tonic::Status::unauthenticated(
             "the call carries no verified identity assertion",

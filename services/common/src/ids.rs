@@ -44,6 +44,24 @@ pub fn excerpt(value: &str) -> String {
     }
 }
 
+/// The first bidi embedding/override (U+202A–U+202E) or isolate (U+2066–U+2069) control
+/// in `value`. They reorder the text around them when displayed, so a message or bio could
+/// show other users something else than what it says ("Trojan Source"); free text that
+/// other people read refuses them.
+pub fn find_bidi_control(value: &str) -> Option<char> {
+    value
+        .chars()
+        .find(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+}
+
+/// The reason a free-text field with a bidi control is refused, naming the character.
+pub fn bidi_control_reason(found: char) -> String {
+    format!(
+        "must not contain bidirectional override or isolate control characters (found U+{:04X})",
+        u32::from(found)
+    )
+}
+
 /// A user: the UUID the auth service gave them at registration. Serialized as the UUID
 /// itself, so stored and cached values read the same as before the type existed.
 #[derive(
@@ -150,6 +168,25 @@ pub fn is_nickname_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_overrides_and_isolates_are_found_and_named() {
+        for c in ('\u{202A}'..='\u{202E}').chain('\u{2066}'..='\u{2069}') {
+            let text = format!("pay {c}1234 to");
+            assert_eq!(find_bidi_control(&text), Some(c));
+        }
+        // Ordinary right-to-left text and the implicit marks (LRM/RLM) stay allowed.
+        for fine in [
+            "שלום עולם",
+            "مرحبا",
+            "a\u{200E}b\u{200F}c",
+            "plain",
+            "🦀\n\t",
+        ] {
+            assert_eq!(find_bidi_control(fine), None, "{fine:?}");
+        }
+        assert!(bidi_control_reason('\u{202E}').ends_with("(found U+202E)"));
+    }
 
     #[test]
     fn nicknames_follow_one_rule() {

@@ -32,12 +32,12 @@ pub struct Profile {
 
 /// Nicknames follow the one rule every service shares.
 pub use messenger_common::ids::Nickname;
-use messenger_common::ids::is_nickname_char;
+use messenger_common::ids::{excerpt, is_nickname_char};
 
 /// Parses a user id (a UUID in any standard textual form).
 pub fn parse_user_id(raw: &str) -> Result<Uuid, UsersError> {
     Uuid::parse_str(raw.trim())
-        .map_err(|_| UsersError::invalid("user_id", format!("{raw:?} is not a UUID")))
+        .map_err(|_| UsersError::invalid("user_id", format!("{} is not a UUID", excerpt(raw))))
 }
 
 /// The nicknames a registration tries, in order: the requested one, then the requested one
@@ -141,7 +141,7 @@ impl ProfileUpdate {
 }
 
 /// Up to 500 characters; line breaks and tabs are fine, other control characters are not
-/// (PostgreSQL cannot even store NUL).
+/// (PostgreSQL cannot even store NUL), nor are bidi overrides and isolates.
 pub fn parse_bio(raw: &str) -> Result<String, UsersError> {
     let chars = raw.chars().count();
     if chars > BIO_MAX_CHARS {
@@ -157,6 +157,12 @@ pub fn parse_bio(raw: &str) -> Result<String, UsersError> {
         return Err(UsersError::invalid(
             "bio",
             format!("must not contain control character {bad:?}"),
+        ));
+    }
+    if let Some(found) = messenger_common::ids::find_bidi_control(raw) {
+        return Err(UsersError::invalid(
+            "bio",
+            messenger_common::ids::bidi_control_reason(found),
         ));
     }
     Ok(raw.to_owned())
@@ -182,7 +188,10 @@ pub fn parse_avatar_url(raw: &str) -> Result<String, UsersError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(UsersError::invalid(
             "avatar_url",
-            format!("scheme must be http or https, got {:?}", url.scheme()),
+            format!(
+                "scheme must be http or https, got {}",
+                excerpt(url.scheme())
+            ),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -366,6 +375,29 @@ mod tests {
         );
         assert_eq!(field_of(parse_bio(&"a".repeat(501)).unwrap_err()), "bio");
         assert_eq!(field_of(parse_bio("nul\0byte").unwrap_err()), "bio");
+        for bidi in ["mirror \u{202E}olleh", "\u{2067}rtl isolate\u{2069}"] {
+            let error = parse_bio(bidi).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("bidirectional override"), "{message}");
+            assert_eq!(field_of(error), "bio");
+        }
+        assert!(parse_bio("עברית בסדר").is_ok());
+    }
+
+    #[test]
+    fn rejected_values_are_quoted_as_short_excerpts() {
+        let id = "u".repeat(100_000);
+        let scheme = format!("{}:x", "s".repeat(2000));
+        for error in [
+            parse_user_id(&id),
+            parse_avatar_url(&scheme).map(|_| Uuid::nil()),
+        ]
+        .map(Result::unwrap_err)
+        {
+            let message = error.to_string();
+            assert!(message.len() < 200, "{} bytes: {message}", message.len());
+            assert!(message.contains("bytes)"), "{message}");
+        }
     }
 
     #[test]

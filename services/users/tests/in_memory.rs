@@ -145,3 +145,76 @@ async fn dev_mode_creates_profiles_from_bus_events_and_serves_the_api() {
         .unwrap()
         .expect("stops cleanly");
 }
+
+/// Errors quote at most an excerpt of a rejected value: a near-4 MiB id must come back as
+/// a short message, not be echoed whole (which would also blow the gRPC header limits).
+#[tokio::test]
+async fn huge_invalid_values_come_back_as_short_errors() {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = grpc.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(messenger_users::run(
+        Config::in_memory(InMemoryEventBus::new(), testing::test_key()),
+        Listeners { grpc, admin },
+        shutdown.clone(),
+    ));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
+    let mut client = UsersServiceClient::new(channel);
+    let huge = "x".repeat(4 * 1024 * 1024 - 1024);
+
+    let status = client
+        .get_user_profile(testing::as_service(
+            "gateway",
+            GetUserProfileRequest {
+                user_id: huge.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().len() < 200,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.message().contains("is not a UUID") && status.message().contains("bytes"),
+        "{}",
+        status.message()
+    );
+
+    // A user naming somebody else (here: a huge non-id) is refused the same short way.
+    let me = Uuid::now_v7();
+    let status = client
+        .update_user_profile(testing::as_user(
+            me.to_string(),
+            UpdateUserProfileRequest {
+                user_id: huge,
+                bio: Some("hi".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().len() < 200,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.message().contains("may act only for itself"),
+        "{}",
+        status.message()
+    );
+
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops within 10s")
+        .unwrap()
+        .expect("stops cleanly");
+}

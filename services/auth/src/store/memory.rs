@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -13,8 +12,9 @@ use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::Event;
 
 use super::{
-    Account, AccountStore, LoginAttemptLimiter, LoginLimits, Session, SessionStore,
-    refuse_if_exhausted,
+    Account, AccountStore, AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock,
+    LoginAttemptLimiter, LoginLimits, Session, SessionStore, attempt_abandoned, attempt_succeeded,
+    begin_attempt, client_group,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -107,96 +107,133 @@ impl SessionStore for InMemorySessionStore {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct FailureWindow {
-    failures: u32,
-    ends_at: Instant,
-}
-
+/// The limiter's state: counts by subject, and when each known (account, client group)
+/// stops being known (Unix ms).
 #[derive(Default)]
-struct FailureCounts {
-    accounts: HashMap<Email, FailureWindow>,
-    clients: HashMap<String, FailureWindow>,
+struct LoginCounts {
+    pairs: HashMap<(Email, String), FailureCount>,
+    clients: HashMap<String, FailureCount>,
+    accounts: HashMap<Email, FailureCount>,
+    known: HashMap<(Email, String), i64>,
+    writes: u32,
 }
 
-/// Fixed-window failure counters per account and per client, behind one lock so a
-/// check and its count are one step.
+/// Every this many writes the maps drop what has expired, so guesses at ever new emails
+/// cannot grow them without bound.
+const PRUNE_EVERY: u32 = 1024;
+
+impl LoginCounts {
+    fn read(&self, account: &Email, client: &str, now_ms: i64) -> AttemptCounts {
+        let pair = (account.clone(), client.to_owned());
+        AttemptCounts {
+            pair: self.pairs.get(&pair).copied().unwrap_or_default(),
+            client: self.clients.get(client).copied().unwrap_or_default(),
+            account: self.accounts.get(account).copied().unwrap_or_default(),
+            known_client: self.known.get(&pair).is_some_and(|until| *until > now_ms),
+        }
+    }
+
+    fn write(
+        &mut self,
+        account: &Email,
+        client: &str,
+        counts: AttemptCounts,
+        known_until: Option<i64>,
+    ) {
+        let pair = (account.clone(), client.to_owned());
+        if let Some(until) = known_until {
+            self.known.insert(pair.clone(), until);
+        }
+        store(&mut self.pairs, pair, counts.pair);
+        store(&mut self.clients, client.to_owned(), counts.client);
+        store(&mut self.accounts, account.clone(), counts.account);
+    }
+
+    fn prune_now_and_then(&mut self, limits: &LoginLimits, now_ms: i64) {
+        self.writes = self.writes.wrapping_add(1);
+        if !self.writes.is_multiple_of(PRUNE_EVERY) {
+            return;
+        }
+        let open = |window| move |count: &FailureCount| count.live(window, now_ms).failures > 0;
+        let pair_open = open(limits.window);
+        self.pairs.retain(|_, count| pair_open(count));
+        self.clients.retain(|_, count| pair_open(count));
+        let account_open = open(limits.account_window);
+        self.accounts.retain(|_, count| account_open(count));
+        self.known.retain(|_, until| *until > now_ms);
+    }
+}
+
+/// Empty counts are removed, so the maps only hold subjects with live failures.
+fn store<K: Hash + Eq>(map: &mut HashMap<K, FailureCount>, key: K, count: FailureCount) {
+    if count.failures == 0 {
+        map.remove(&key);
+    } else {
+        map.insert(key, count);
+    }
+}
+
+/// Failure counts per (account, client group), client group and account behind one
+/// lock, so a check and its count are one step. Decisions are [`begin_attempt`]'s.
 pub struct InMemoryLoginAttemptLimiter {
     limits: LoginLimits,
-    counts: Mutex<FailureCounts>,
+    clock: LimiterClock,
+    counts: Mutex<LoginCounts>,
 }
 
 impl InMemoryLoginAttemptLimiter {
     pub fn new(limits: LoginLimits) -> Self {
         Self {
             limits,
-            counts: Mutex::new(FailureCounts::default()),
+            clock: LimiterClock::system(),
+            counts: Mutex::new(LoginCounts::default()),
         }
     }
-}
 
-/// The live window of `key` (dropping an expired one) as (failures, time left).
-fn live<K: Hash + Eq>(
-    map: &mut HashMap<K, FailureWindow>,
-    key: &K,
-    now: Instant,
-) -> (u32, Duration) {
-    match map.get(key) {
-        Some(window) if window.ends_at > now => (
-            window.failures,
-            window.ends_at.saturating_duration_since(now),
-        ),
-        Some(_) => {
-            map.remove(key);
-            (0, Duration::ZERO)
-        }
-        None => (0, Duration::ZERO),
+    /// The same limiter reading the time from `clock` (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: LimiterClock) -> Self {
+        self.clock = clock;
+        self
     }
-}
-
-fn count_failure<K: Hash + Eq>(
-    map: &mut HashMap<K, FailureWindow>,
-    key: K,
-    window: Duration,
-    now: Instant,
-) {
-    map.entry(key)
-        .and_modify(|w| w.failures = w.failures.saturating_add(1))
-        .or_insert(FailureWindow {
-            failures: 1,
-            ends_at: now + window,
-        });
 }
 
 #[async_trait]
 impl LoginAttemptLimiter for InMemoryLoginAttemptLimiter {
     async fn begin_attempt(&self, account: &Email, client: &str) -> Result<(), AuthError> {
-        let now = Instant::now();
+        let now_ms = self.clock.now_ms();
+        let client = client_group(client);
         let mut counts = lock(&self.counts);
-        let client = client.to_owned();
-        let account_state = live(&mut counts.accounts, account, now);
-        let client_state = live(&mut counts.clients, &client, now);
-        refuse_if_exhausted(&self.limits, account_state, client_state)?;
-        count_failure(
-            &mut counts.accounts,
-            account.clone(),
-            self.limits.window,
-            now,
-        );
-        count_failure(&mut counts.clients, client, self.limits.window, now);
+        let current = counts.read(account, &client, now_ms);
+        let next = begin_attempt(&self.limits, current, now_ms)?;
+        counts.write(account, &client, next, None);
+        counts.prune_now_and_then(&self.limits, now_ms);
         Ok(())
     }
 
     async fn attempt_succeeded(&self, account: &Email, client: &str) -> Result<(), AuthError> {
-        let now = Instant::now();
+        let now_ms = self.clock.now_ms();
+        let client = client_group(client);
         let mut counts = lock(&self.counts);
-        counts.accounts.remove(account);
-        let client = client.to_owned();
-        if live(&mut counts.clients, &client, now).0 > 0
-            && let Some(window) = counts.clients.get_mut(&client)
-        {
-            window.failures -= 1;
-        }
+        let current = counts.read(account, &client, now_ms);
+        let next = attempt_succeeded(&self.limits, current, now_ms);
+        let known_until =
+            now_ms.saturating_add(i64::try_from(KNOWN_CLIENT_TTL.as_millis()).unwrap_or(i64::MAX));
+        counts.write(account, &client, next, Some(known_until));
+        Ok(())
+    }
+
+    async fn attempt_abandoned(&self, account: &Email, client: &str) -> Result<(), AuthError> {
+        let now_ms = self.clock.now_ms();
+        let client = client_group(client);
+        let mut counts = lock(&self.counts);
+        let current = counts.read(account, &client, now_ms);
+        counts.write(
+            account,
+            &client,
+            attempt_abandoned(&self.limits, current, now_ms),
+            None,
+        );
         Ok(())
     }
 }

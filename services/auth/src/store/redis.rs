@@ -3,8 +3,11 @@
 //! Keys (all under the configured prefix, default `auth:`):
 //! - `session:<sha256 hex of token>` → `"<user id> <expiry, unix ms>"`, expiring with the
 //!   token, so ValidateToken is one GET and Logout one DEL;
-//! - `login-failures:account:<sha256 hex of email>` and `login-failures:client:<address>`
-//!   → failure count, a fixed window that starts at the first failure.
+//! - `login-failures:pair:<sha256 hex of email>:<client group>`,
+//!   `login-failures:client:<client group>` and `login-failures:account:<sha256 hex of email>`
+//!   → `"<failures> <window start, unix ms> <last failure, unix ms>"` (see `FailureCount`);
+//! - `login-known:<sha256 hex of email>:<client group>` → until when (unix ms) that client
+//!   group is known to the account.
 
 use std::time::Duration;
 
@@ -15,7 +18,10 @@ use redis::aio::ConnectionManager;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use super::{LoginAttemptLimiter, LoginLimits, Session, SessionStore, refuse_if_exhausted};
+use super::{
+    AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock, LoginAttemptLimiter, LoginLimits,
+    Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group,
+};
 use crate::domain::Email;
 use crate::error::AuthError;
 use crate::token::TokenDigest;
@@ -103,6 +109,15 @@ pub struct RedisLoginAttemptLimiter {
     redis: ConnectionManager,
     prefix: String,
     limits: LoginLimits,
+    clock: LimiterClock,
+}
+
+/// The four keys one attempt reads: the three failure counts and the known-client mark.
+struct AttemptKeys {
+    pair: String,
+    client: String,
+    account: String,
+    known: String,
 }
 
 impl RedisLoginAttemptLimiter {
@@ -111,104 +126,155 @@ impl RedisLoginAttemptLimiter {
             redis,
             prefix: prefix.into(),
             limits,
+            clock: LimiterClock::system(),
         }
     }
 
-    /// Hashed so Redis holds no email addresses.
-    fn account_key(&self, account: &Email) -> String {
-        let digest = hex::encode(Sha256::digest(account.as_str().as_bytes()));
-        format!("{}login-failures:account:{digest}", self.prefix)
+    /// The same limiter reading the time from `clock` (tests). Redis expiry then only
+    /// collects garbage; whether a window is open is decided by the stored start time.
+    #[must_use]
+    pub fn with_clock(mut self, clock: LimiterClock) -> Self {
+        self.clock = clock;
+        self
     }
 
-    fn client_key(&self, client: &str) -> String {
-        format!("{}login-failures:client:{client}", self.prefix)
+    /// The email is hashed so Redis holds no email addresses.
+    fn keys(&self, account: &Email, client: &str) -> AttemptKeys {
+        let account = hex::encode(Sha256::digest(account.as_str().as_bytes()));
+        let client = client_group(client);
+        let prefix = &self.prefix;
+        AttemptKeys {
+            pair: format!("{prefix}login-failures:pair:{account}:{client}"),
+            client: format!("{prefix}login-failures:client:{client}"),
+            account: format!("{prefix}login-failures:account:{account}"),
+            known: format!("{prefix}login-known:{account}:{client}"),
+        }
+    }
+
+    /// Reads the counts, lets `decide` compute the next ones, and writes them only if no
+    /// other attempt changed them meanwhile (else reads again). The decision itself is the
+    /// shared pure one, so both limiters behave alike by construction.
+    async fn update(
+        &self,
+        account: &Email,
+        client: &str,
+        decide: impl Fn(AttemptCounts, i64) -> Result<(AttemptCounts, bool), AuthError>,
+    ) -> Result<(), AuthError> {
+        let keys = self.keys(account, client);
+        let mut redis = self.redis.clone();
+        for _ in 0..MAX_CONFLICTS {
+            let now_ms = self.clock.now_ms();
+            let stored: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys.pair)
+                .arg(&keys.client)
+                .arg(&keys.account)
+                .arg(&keys.known)
+                .query_async(&mut redis)
+                .await?;
+            let raw = |i: usize| stored.get(i).cloned().flatten().unwrap_or_default();
+            let parse = |i: usize| FailureCount::decode(&raw(i)).unwrap_or_default();
+            let current = AttemptCounts {
+                pair: parse(0),
+                client: parse(1),
+                account: parse(2),
+                known_client: raw(3).parse::<i64>().is_ok_and(|until| until > now_ms),
+            };
+            let (next, mark_known) = decide(current, now_ms)?;
+            let encode = |count: FailureCount| {
+                if count.failures == 0 {
+                    String::new()
+                } else {
+                    count.encode()
+                }
+            };
+            let known_until = if mark_known {
+                now_ms.saturating_add(as_ms(KNOWN_CLIENT_TTL)).to_string()
+            } else {
+                String::new()
+            };
+            let written: i64 = redis::Script::new(WRITE_IF_UNCHANGED)
+                .key(&keys.pair)
+                .key(&keys.client)
+                .key(&keys.account)
+                .key(&keys.known)
+                .arg(raw(0))
+                .arg(raw(1))
+                .arg(raw(2))
+                .arg(encode(next.pair))
+                .arg(encode(next.client))
+                .arg(encode(next.account))
+                .arg(as_ms(self.limits.window))
+                .arg(as_ms(self.limits.window))
+                .arg(as_ms(self.limits.account_window))
+                .arg(known_until)
+                .arg(as_ms(KNOWN_CLIENT_TTL))
+                .invoke_async(&mut redis)
+                .await?;
+            if written == 1 {
+                return Ok(());
+            }
+        }
+        // Only a storm of simultaneous attempts on one account or client gets here.
+        Err(AuthError::TooManyAttempts {
+            retry_after: Duration::from_secs(1),
+        })
     }
 }
 
-/// Atomically checks both counters and, unless either has reached its limit, counts the
-/// attempt. A counter is created with the window as expiry at its first failure; INCR
-/// keeps the expiry, so the window is fixed.
-/// KEYS: account, client. ARGV: window ms, account limit, client limit.
-/// Returns {allowed (0/1), account failures, account PTTL, client failures, client PTTL}.
-const BEGIN_ATTEMPT: &str = r"
-local account = tonumber(redis.call('GET', KEYS[1]) or '0')
-local client = tonumber(redis.call('GET', KEYS[2]) or '0')
-local account_ttl = redis.call('PTTL', KEYS[1])
-local client_ttl = redis.call('PTTL', KEYS[2])
-if account >= tonumber(ARGV[2]) or client >= tonumber(ARGV[3]) then
-  return {0, account, account_ttl, client, client_ttl}
-end
-for i = 1, 2 do
-  redis.call('SET', KEYS[i], 0, 'PX', ARGV[1], 'NX')
-  redis.call('INCR', KEYS[i])
-end
-return {1, account, account_ttl, client, client_ttl}
-";
+/// Rounds of read-decide-write an attempt tries before it gives up under contention.
+const MAX_CONFLICTS: usize = 64;
 
-/// Forgets the account's failures and un-counts the attempt for the client (never below
-/// zero, never re-creating an expired counter). KEYS: account, client.
-const ATTEMPT_SUCCEEDED: &str = r"
-redis.call('DEL', KEYS[1])
-local client = tonumber(redis.call('GET', KEYS[2]) or '0')
-if client > 0 then
-  redis.call('DECR', KEYS[2])
+/// Writes the new counts only if the old ones are still what was read; an empty value
+/// means "absent" (read) and "delete" (write). Each count expires with its window (the
+/// stored start time decides; the expiry only collects garbage).
+/// KEYS: pair, client, account, known. ARGV: 3 expected values, 3 new values, 3 expiries
+/// in ms, known-until (empty: leave as is), known expiry in ms. Returns 1 if written.
+const WRITE_IF_UNCHANGED: &str = r"
+for i = 1, 3 do
+  if (redis.call('GET', KEYS[i]) or '') ~= ARGV[i] then
+    return 0
+  end
+end
+for i = 1, 3 do
+  if ARGV[i + 3] == '' then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ARGV[i + 6])
+  end
+end
+if ARGV[10] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[10], 'PX', ARGV[11])
 end
 return 1
 ";
 
-/// Remaining lifetime of a counter from PTTL (negative: no key or no expiry).
-fn remaining(pttl_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(pttl_ms).unwrap_or(0))
-}
-
-fn as_count(value: i64) -> u32 {
-    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
+fn as_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 #[async_trait]
 impl LoginAttemptLimiter for RedisLoginAttemptLimiter {
     async fn begin_attempt(&self, account: &Email, client: &str) -> Result<(), AuthError> {
-        let window_ms = u64::try_from(self.limits.window.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut redis = self.redis.clone();
-        let (allowed, account_failures, account_pttl, client_failures, client_pttl): (
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-        ) = redis::Script::new(BEGIN_ATTEMPT)
-            .key(self.account_key(account))
-            .key(self.client_key(client))
-            .arg(window_ms)
-            .arg(self.limits.max_failures_per_account)
-            .arg(self.limits.max_failures_per_client)
-            .invoke_async(&mut redis)
-            .await?;
-        if allowed == 1 {
-            return Ok(());
-        }
-        refuse_if_exhausted(
-            &self.limits,
-            (as_count(account_failures), remaining(account_pttl)),
-            (as_count(client_failures), remaining(client_pttl)),
-        )?;
-        // The script refused although the numbers say otherwise: only possible if the
-        // limits changed between the two; refuse without a meaningful hint.
-        Err(AuthError::TooManyAttempts {
-            retry_after: self.limits.window,
+        self.update(account, client, |counts, now_ms| {
+            Ok((begin_attempt(&self.limits, counts, now_ms)?, false))
         })
+        .await
     }
 
     async fn attempt_succeeded(&self, account: &Email, client: &str) -> Result<(), AuthError> {
-        let mut redis = self.redis.clone();
-        let _: i64 = redis::Script::new(ATTEMPT_SUCCEEDED)
-            .key(self.account_key(account))
-            .key(self.client_key(client))
-            .invoke_async(&mut redis)
-            .await?;
-        Ok(())
+        self.update(account, client, |counts, now_ms| {
+            Ok((attempt_succeeded(&self.limits, counts, now_ms), true))
+        })
+        .await
+    }
+
+    async fn attempt_abandoned(&self, account: &Email, client: &str) -> Result<(), AuthError> {
+        self.update(account, client, |counts, now_ms| {
+            Ok((attempt_abandoned(&self.limits, counts, now_ms), false))
+        })
+        .await
     }
 }
 #[cfg(test)]

@@ -86,7 +86,7 @@ pub fn parse_uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(value).map_err(|_| {
         ApiError::invalid_field(
             field,
-            format!("{:?} is not a UUID", crate::error::truncate_for_echo(value)),
+            format!("{} is not a UUID", messenger_common::ids::excerpt(value)),
         )
     })
 }
