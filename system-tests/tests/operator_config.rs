@@ -261,7 +261,7 @@ fn every_service_reads_every_variable_docker_compose_gives_it() {
                     matches!(
                         config.store,
                         messenger_chat::config::StoreConfig::MongoDb(ref mongo)
-                            if mongo.uri == "mongodb://mongodb:27017"
+                            if mongo.uri.expose() == "mongodb://mongodb:27017"
                     ),
                     "chat keeps its data in the composed MongoDB by default"
                 );
