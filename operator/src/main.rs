@@ -124,6 +124,10 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// How long shutdown waits for the controller's in-flight reconciles (well inside a pod's
+/// default 30 s termination grace period).
+const CONTROLLER_DRAIN: Duration = Duration::from_secs(10);
+
 async fn run(args: RunArgs) -> Result<(), Error> {
     let client = Client::try_default().await?;
     let mut registry = Registry::default();
@@ -191,12 +195,23 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         info!("leading: starting the controller");
         let controller =
             run_controller(ctx.clone(), args.watch_namespace.clone(), caps, shutdown());
+        tokio::pin!(controller);
         tokio::select! {
-            _ = controller => { metrics.leader.set(0); break }
+            _ = &mut controller => { metrics.leader.set(0); break }
             // Dropping the controller future stops every in-flight reconcile at once.
             _ = leading.wait_for(|l| !*l) => {
                 metrics.leader.set(0);
                 warn!("lost the lease: controller stopped");
+            }
+            _ = shutdown() => {
+                // The controller lets in-flight reconciles finish; but a watch that cannot
+                // even list (the CRD is not installed) never ends, and must not keep the
+                // pod past its termination grace period.
+                if tokio::time::timeout(CONTROLLER_DRAIN, &mut controller).await.is_err() {
+                    warn!(?CONTROLLER_DRAIN, "the controller did not drain in time: stopping it");
+                }
+                metrics.leader.set(0);
+                break;
             }
         }
     }
