@@ -132,6 +132,7 @@ async fn serve(
     let served = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
+        .max_concurrent_calls(config.service.max_concurrent_calls)
         .internal_key(config.internal_key.clone())
         .add_service(AuthGrpc::new(service).into_server())
         .serve_with_listener(listeners.grpc, shutdown.clone())

@@ -116,6 +116,7 @@ pub async fn run(
     let served = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
+        .max_concurrent_calls(config.service.max_concurrent_calls)
         .internal_key(config.internal_key.clone())
         .add_service(ChatServiceServer::new(handler))
         .serve_with_listener(listeners.grpc, stop.clone())

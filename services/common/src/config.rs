@@ -331,6 +331,9 @@ pub struct ServiceDefaults {
 /// Default per-request deadline when `REQUEST_TIMEOUT` is unset.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default bound on the calls a gRPC server runs at once (`GRPC_MAX_CONCURRENT_CALLS`).
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+
 /// Settings every service reads the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
@@ -347,6 +350,9 @@ pub struct ServiceConfig {
     /// Whether gRPC server reflection is served (`GRPC_REFLECTION`, `true` or `false`,
     /// default `false`).
     pub grpc_reflection: bool,
+    /// Calls served at once before new ones are answered `RESOURCE_EXHAUSTED`
+    /// (`GRPC_MAX_CONCURRENT_CALLS`, default 1024).
+    pub max_concurrent_calls: usize,
 }
 
 impl ServiceConfig {
@@ -370,6 +376,20 @@ impl ServiceConfig {
             log_format: env_or_from(&lookup, "LOG_FORMAT", LogFormat::Text)?,
             request_timeout,
             grpc_reflection: env_flag_from(&lookup, "GRPC_REFLECTION", false)?,
+            max_concurrent_calls: match env_or_from(
+                &lookup,
+                "GRPC_MAX_CONCURRENT_CALLS",
+                DEFAULT_MAX_CONCURRENT_CALLS,
+            )? {
+                0 => {
+                    return Err(ConfigError::invalid(
+                        "GRPC_MAX_CONCURRENT_CALLS",
+                        "0",
+                        "must be at least 1",
+                    ));
+                }
+                limit => limit,
+            },
         })
     }
 }
@@ -452,9 +472,11 @@ mod tests {
                 ("LOG_FORMAT", "JSON"),
                 ("REQUEST_TIMEOUT", "750ms"),
                 ("GRPC_REFLECTION", "TRUE"),
+                ("GRPC_MAX_CONCURRENT_CALLS", "64"),
             ]),
         )
         .unwrap();
+        assert_eq!(config.max_concurrent_calls, 64);
         assert_eq!(config.grpc_addr, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(config.admin_addr, "[::1]:7002".parse().unwrap());
         assert_eq!(config.log_format, LogFormat::Json);
@@ -475,6 +497,8 @@ mod tests {
             ("REQUEST_TIMEOUT", "0s"),
             ("GRPC_REFLECTION", "yes"),
             ("GRPC_REFLECTION", "1"),
+            ("GRPC_MAX_CONCURRENT_CALLS", "0"),
+            ("GRPC_MAX_CONCURRENT_CALLS", "many"),
         ];
         for (name, value) in cases {
             let error = ServiceConfig::from_lookup(AUTH, vars(&[(name, value)]))

@@ -69,6 +69,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     request_timeout: Duration,
+    max_concurrent_calls: usize,
     drain_timeout: Option<Duration>,
     health: HealthReporter,
     internal_key: Option<InternalKey>,
@@ -94,6 +95,7 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_concurrent_calls: crate::config::DEFAULT_MAX_CONCURRENT_CALLS,
             drain_timeout: None,
             health: HealthReporter::new(),
             internal_key: None,
@@ -125,6 +127,13 @@ impl GrpcServer {
     /// (see [`DeadlineLayer`]).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Calls served at once before new ones are answered `RESOURCE_EXHAUSTED` (use
+    /// `ServiceConfig::max_concurrent_calls`; see [`ShedLayer`]).
+    pub fn max_concurrent_calls(mut self, limit: usize) -> Self {
+        self.max_concurrent_calls = limit.max(1);
         self
     }
 
@@ -176,6 +185,7 @@ impl GrpcServer {
             mut routes,
             service_names,
             request_timeout,
+            max_concurrent_calls,
             drain_timeout,
             health,
             internal_key,
@@ -223,6 +233,7 @@ impl GrpcServer {
 
         let server = Server::builder()
             .layer(metrics.grpc_layer())
+            .layer(ShedLayer::new(max_concurrent_calls))
             .layer(DeadlineLayer::new(request_timeout))
             .layer(CallContextLayer::new(internal_key))
             .add_routes(routes.routes())
@@ -646,6 +657,87 @@ where
                 .into_http()),
             }
         }))
+    }
+}
+
+/// Bounds the calls a server runs at once: a call beyond the bound is answered
+/// `RESOURCE_EXHAUSTED` at once, so an overloaded service tells its callers to back off
+/// instead of queueing without limit until every call times out. Health checks are never
+/// shed: a busy server is still alive, and its probes must say so.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl ShedLayer {
+    /// At most `limit` calls at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = ShedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ShedService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service produced by [`ShedLayer`].
+#[derive(Debug, Clone)]
+pub struct ShedService<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ShedService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let permit = if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            None
+        } else {
+            match Arc::clone(&self.layer.permits).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let status = tonic::Status::resource_exhausted(format!(
+                        "the server is running its limit of {} calls; retry later",
+                        self.layer.limit
+                    ));
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
     }
 }
 

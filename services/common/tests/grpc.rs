@@ -113,6 +113,10 @@ async fn start(request_timeout: Duration) -> Running {
 }
 
 async fn start_with(request_timeout: Duration, reflection: bool) -> Running {
+    start_limited(request_timeout, reflection, 1024).await
+}
+
+async fn start_limited(request_timeout: Duration, reflection: bool, max_calls: usize) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Metrics::new();
@@ -123,6 +127,7 @@ async fn start_with(request_timeout: Duration, reflection: bool) -> Running {
         .drain_timeout(Duration::from_secs(3))
         .internal_key(testing::test_key())
         .reflection(reflection)
+        .max_concurrent_calls(max_calls)
         .add_service(UsersServiceServer::new(Stub {
             started: started.clone(),
         }));
@@ -282,6 +287,61 @@ async fn a_request_running_past_the_deadline_is_cut_off() {
         ),
         "{text}"
     );
+    server.shutdown.trigger();
+    server.server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn calls_beyond_the_limit_are_refused_at_once_while_health_still_answers() {
+    let server = start_limited(Duration::from_secs(10), false, 2).await;
+    // Two slow calls take both slots.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut users = server.users().await;
+        slow.push(tokio::spawn(async move {
+            users
+                .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+                    nickname: "1500".into(),
+                })
+                .await
+        }));
+        server.started.notified().await;
+    }
+
+    let mut users = server.users().await;
+    let refused = users
+        .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+            nickname: "0".into(),
+        })
+        .await
+        .expect_err("a third call while two run must be refused, not queued");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("limit of 2 calls"),
+        "{refused:?}"
+    );
+    // Probes still see the server alive.
+    assert_eq!(
+        status_of(&mut server.health().await, "").await,
+        ServingStatus::Serving
+    );
+
+    // The slow calls finish normally and free their slots.
+    for call in slow {
+        call.await
+            .unwrap()
+            .expect("the calls within the limit are served");
+    }
+    users
+        .get_user_profile_by_nickname(GetUserProfileByNicknameRequest {
+            nickname: "0".into(),
+        })
+        .await
+        .expect("a call after the load has passed is served");
     server.shutdown.trigger();
     server.server.await.unwrap().unwrap();
 }

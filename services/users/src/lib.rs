@@ -166,6 +166,7 @@ async fn serve(
     let grpc = GrpcServer::new(&metrics)
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
+        .max_concurrent_calls(config.service.max_concurrent_calls)
         .internal_key(config.internal_key.clone())
         .add_service(UsersServiceServer::new(UsersGrpcService::new(profiles)))
         .serve_with_listener(listeners.grpc, shutdown.clone());
