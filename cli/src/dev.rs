@@ -333,9 +333,13 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         .build()
         .map_err(|error| DevError::Start(error.to_string()))?;
     let started = tokio::select! {
-        ready = wait_until_ready(&http, &plan) => ready,
-        Some(joined) = running.join_next() => Err(stopped(joined)),
+        biased;
         () = shutdown.cancelled() => Ok(()),
+        Some(joined) = running.join_next() => match shutdown.is_triggered() {
+            true => Ok(()),
+            false => Err(stopped(joined)),
+        },
+        ready = wait_until_ready(&http, &plan) => ready,
     };
     let started = match started {
         Ok(()) if shutdown.is_triggered() => Ok(()),
@@ -355,8 +359,14 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let outcome = match started {
         Err(error) => Err(error),
         Ok(()) => tokio::select! {
+            biased;
             () = shutdown.cancelled() => Ok(()),
-            Some(joined) = running.join_next() => Err(stopped(joined)),
+            // After Ctrl-C the services stop as asked: that is no failure, whichever of
+            // the two the runtime notices first.
+            Some(joined) = running.join_next() => match shutdown.is_triggered() {
+                true => Ok(()),
+                false => Err(stopped(joined)),
+            },
         },
     };
 

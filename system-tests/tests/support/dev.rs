@@ -18,23 +18,27 @@ pub struct DevProcess {
     stderr: mpsc::Receiver<String>,
 }
 
-/// A port offset no other test of this run uses: the ports stay below the range that
-/// `testing::free_port` hands out and away from the components' fixed ports.
+/// A random port offset: every default port plus it stays below the range that
+/// `testing::free_port` hands out and away from the components' fixed ports. Another test
+/// may pick the same one; [`DevProcess::start`] then tries another.
 pub fn port_offset() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    // Different test processes run at once: spread them by process id as well.
-    let slot = (std::process::id() as u16 % 25) * 4 + NEXT.fetch_add(1, Ordering::Relaxed) % 4;
-    11_000 + slot * 30
+    let random = uuid::Uuid::new_v4().as_u128();
+    11_000 + (random % 300) as u16 * 10
 }
 
 impl DevProcess {
-    /// Starts `messenger dev <args> --port-offset <offset>` and waits for its banner.
+    /// Starts `messenger dev <args> --port-offset <offset>` and waits for its banner; on a
+    /// port another test holds, tries another offset.
     pub fn start(args: &[&str]) -> Self {
-        let port_offset = port_offset();
-        Self::start_with_offset(args, port_offset).unwrap_or_else(|output| {
-            panic!("messenger dev did not start:\n{output}");
-        })
+        let mut output = String::new();
+        for _ in 0..5 {
+            match Self::start_with_offset(args, port_offset()) {
+                Ok(dev) => return dev,
+                Err(failed) if failed.contains("Address already in use") => output = failed,
+                Err(failed) => panic!("messenger dev did not start:\n{failed}"),
+            }
+        }
+        panic!("messenger dev found its ports taken five times:\n{output}");
     }
 
     /// Like [`DevProcess::start`] with a given offset; `Err` holds what it printed when it
