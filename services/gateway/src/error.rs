@@ -165,15 +165,25 @@ impl From<tonic::Status> for ApiError {
             Code::FailedPrecondition | Code::Aborted => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }
-            Code::ResourceExhausted => {
-                let retry_after = status
-                    .metadata()
-                    .get("retry-after")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse().ok())
-                    .unwrap_or(1);
-                Self::too_many_requests(message, retry_after)
-            }
+            // With `retry-after`, a limit on this client (auth's login throttle): 429.
+            // Without, a service shedding load beyond its call limit: nothing the client
+            // did, so 503 like any other overloaded dependency.
+            Code::ResourceExhausted => match status
+                .metadata()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse().ok())
+            {
+                Some(retry_after) => Self::too_many_requests(message, retry_after),
+                None => Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "a service behind the gateway is overloaded; retry shortly",
+                    )
+                },
+            },
             Code::Unavailable => Self {
                 retry_after: Some(1),
                 ..Self::new(
@@ -207,7 +217,8 @@ mod tests {
             (Code::NotFound, 404, "not_found"),
             (Code::AlreadyExists, 409, "already_exists"),
             (Code::FailedPrecondition, 409, "conflict"),
-            (Code::ResourceExhausted, 429, "rate_limited"),
+            // No retry-after: a service shedding load, not a limit on this client.
+            (Code::ResourceExhausted, 503, "unavailable"),
             (Code::Unavailable, 503, "unavailable"),
             (Code::DeadlineExceeded, 504, "timeout"),
             (Code::Cancelled, 504, "timeout"),
