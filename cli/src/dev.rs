@@ -332,43 +332,28 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|error| DevError::Start(error.to_string()))?;
-    let started = tokio::select! {
-        biased;
-        () = shutdown.cancelled() => Ok(()),
-        Some(joined) = running.join_next() => match shutdown.is_triggered() {
-            true => Ok(()),
-            false => Err(stopped(joined)),
-        },
-        ready = wait_until_ready(&http, &plan) => ready,
-    };
-    let started = match started {
-        Ok(()) if shutdown.is_triggered() => Ok(()),
-        Ok(()) => {
-            let demo = if args.seed_demo {
-                crate::seed::seed(&http, &plan.gateway_url)
-                    .await
-                    .map(Some)
-                    .map_err(DevError::Seed)
-            } else {
-                Ok(None)
-            };
-            demo.map(|demo| println!("{}", banner(&plan, demo.as_deref())))
+    // Until Ctrl-C, or until a service stops on its own (its error is the outcome).
+    let outcome = async {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            Some(joined) = running.join_next() => return first_exit(joined, &shutdown),
+            ready = wait_until_ready(&http, &plan) => ready?,
         }
-        Err(error) => Err(error),
-    };
-    let outcome = match started {
-        Err(error) => Err(error),
-        Ok(()) => tokio::select! {
+        let demo = if args.seed_demo {
+            let seeded = crate::seed::seed(&http, &plan.gateway_url).await;
+            Some(seeded.map_err(DevError::Seed)?)
+        } else {
+            None
+        };
+        println!("{}", banner(&plan, demo.as_deref()));
+        tokio::select! {
             biased;
             () = shutdown.cancelled() => Ok(()),
-            // After Ctrl-C the services stop as asked: that is no failure, whichever of
-            // the two the runtime notices first.
-            Some(joined) = running.join_next() => match shutdown.is_triggered() {
-                true => Ok(()),
-                false => Err(stopped(joined)),
-            },
-        },
-    };
+            Some(joined) = running.join_next() => first_exit(joined, &shutdown),
+        }
+    }
+    .await;
 
     shutdown.trigger();
     let drained = tokio::time::timeout(STOP_TIMEOUT, async {
@@ -405,6 +390,19 @@ fn start<S>(
         let result = S::run(config, listeners, shutdown).await;
         (S::NAME, result.map_err(|error| error.to_string()))
     });
+}
+
+/// What the first service to stop means: nothing after Ctrl-C (the services stop as
+/// asked, whichever of the two the runtime notices first), a failure otherwise.
+fn first_exit(
+    joined: Result<Finished, tokio::task::JoinError>,
+    shutdown: &Shutdown,
+) -> Result<(), DevError> {
+    if shutdown.is_triggered() {
+        Ok(())
+    } else {
+        Err(stopped(joined))
+    }
 }
 
 fn stopped(joined: Result<Finished, tokio::task::JoinError>) -> DevError {

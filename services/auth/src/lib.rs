@@ -63,15 +63,13 @@ impl AuthStores {
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
     let shutdown = shutdown.child();
     let metrics = Metrics::new();
-    let (publisher, kafka_readiness) = config.events.publisher()?;
-    let mut readiness: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
-    if let Some(kafka) = kafka_readiness {
-        readiness.push(Arc::new(kafka));
-    }
+    let (publisher, kafka) = config.events.publisher()?;
+    let kafka = kafka.map(|kafka| Arc::new(kafka) as Arc<dyn ReadinessCheck>);
     match config.store.clone() {
         StoreConfig::InMemory => {
             tracing::warn!("auth running on in-memory storage: accounts and sessions are not kept");
             let stores = AuthStores::in_memory(&config, publisher);
+            let readiness = kafka.into_iter().collect();
             let admin = AdminState { metrics, readiness };
             serve(config, stores, admin, listeners, shutdown).await
         }
@@ -95,13 +93,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                     config.login_limits,
                 )),
             };
-            readiness.splice(
-                0..0,
-                [
-                    Arc::new(pool.clone()) as Arc<dyn ReadinessCheck>,
-                    Arc::new(redis),
-                ],
-            );
+            let readiness = [
+                Arc::new(pool.clone()) as Arc<dyn ReadinessCheck>,
+                Arc::new(redis),
+            ]
+            .into_iter()
+            .chain(kafka)
+            .collect();
             let admin = AdminState { metrics, readiness };
             let served = serve(config, stores, admin, listeners, shutdown).await;
             if let Err(error) = relay_task.await {
