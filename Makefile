@@ -69,8 +69,8 @@ run-users: ## run the users service against local PostgreSQL/Redis/Kafka
 run-friends: ## run the friends service against local PostgreSQL/Redis/Kafka
 	cargo run --locked -p messenger-friends
 
-run-chat: ## run the chat service (CHAT_STORE=memory without MongoDB)
-	cargo run --locked -p messenger-chat
+run-chat: ## run the chat service on process memory (set MONGODB_URI and CHAT_STORE=mongodb for MongoDB)
+	CHAT_STORE=$${CHAT_STORE:-memory} cargo run --locked -p messenger-chat
 
 run-gateway: ## run the REST gateway on :8080 in front of the four services (run-auth ... run-chat)
 	cargo run --locked -p messenger-gateway

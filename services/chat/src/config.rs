@@ -153,7 +153,16 @@ impl Config {
                         DEFAULT_OUTBOX_ORPHAN_GRACE,
                     )?,
                 }),
-                None => StoreConfig::Memory,
+                // A replica on process memory keeps its own chats and loses them on
+                // restart while reporting ready: never the silent default.
+                None => {
+                    return Err(ConfigError::invalid(
+                        "MONGODB_URI",
+                        "(unset)",
+                        "set it to the chat database, or set CHAT_STORE=memory to keep \
+                         chats in process memory (lost on restart, one copy per replica)",
+                    ));
+                }
             },
             Some(other) => {
                 return Err(ConfigError::invalid(
@@ -265,7 +274,7 @@ mod tests {
 
     #[test]
     fn defaults_work_against_local_services() {
-        let config = config(&[]).unwrap();
+        let config = config(&[("CHAT_STORE", "memory")]).unwrap();
         assert!(matches!(config.store, StoreConfig::Memory));
         assert_eq!(config.service.grpc_addr.port(), 8002);
         assert_eq!(config.service.admin_addr.port(), 9002);
@@ -301,6 +310,15 @@ mod tests {
         assert!(
             matches!(local.store, StoreConfig::MongoDb(ref m) if m.uri.expose() == DEFAULT_MONGODB_URI)
         );
+    }
+
+    #[test]
+    fn without_a_database_the_memory_store_must_be_asked_for() {
+        // It used to fall back to memory silently: every replica its own chats, lost on
+        // restart, while /readyz said ready.
+        let error = config(&[]).unwrap_err();
+        assert_eq!(error.variable(), "MONGODB_URI", "{error}");
+        assert!(error.to_string().contains("CHAT_STORE=memory"), "{error}");
     }
 
     #[test]
