@@ -88,6 +88,14 @@ pub fn pair_key(a: UserId, b: UserId) -> (UserId, UserId) {
     if a <= b { (a, b) } else { (b, a) }
 }
 
+/// The Kafka key of every event about the pair: the same for A→B and B→A, so "request
+/// sent", "accepted" and "removed" land on one partition and are consumed in order (keyed
+/// by the acting user, a request and its acceptance could be consumed the other way round).
+pub fn event_key(a: UserId, b: UserId) -> String {
+    let (low, high) = pair_key(a, b);
+    format!("{low}:{high}")
+}
+
 /// What a user wants to do about another user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PairAction {
@@ -181,7 +189,7 @@ pub enum PairWrite {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub write: PairWrite,
-    /// Published on `topics::FRIENDS_EVENTS`, keyed by the actor's id.
+    /// Published on `topics::FRIENDS_EVENTS`, keyed by [`event_key`] of the pair.
     pub event: event::Payload,
     pub outcome: Outcome,
 }

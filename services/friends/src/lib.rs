@@ -107,7 +107,7 @@ pub async fn run_with_directory(
         config.kafka_brokers.clone(),
         shutdown.clone(),
     ));
-    let relay = OutboxRelay::new(pool.clone(), Arc::new(publisher))
+    let relay = OutboxRelay::new(pool.clone(), Arc::new(publisher), &[topics::FRIENDS_EVENTS])
         .with_max_backoff(config.outbox_max_backoff)
         .with_metrics(&metrics);
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));

@@ -1,5 +1,6 @@
-//! Friend events reach Kafka through the outbox, keyed by the acting user, including an
-//! event written while the broker was down.
+//! Friend events reach Kafka through the outbox, keyed by the pair of users (so every
+//! event about one relationship is on one partition, in order), including an event
+//! written while the broker was down.
 
 mod support;
 
@@ -41,7 +42,7 @@ async fn wait_until_relayed(service: &TestService, within: Duration) {
 }
 
 #[tokio::test]
-async fn every_change_publishes_its_event_keyed_by_the_actor() {
+async fn every_change_publishes_its_event_keyed_by_the_pair() {
     let service = TestService::start().await;
     let brokers = testing::kafka_brokers();
     let (alice, bob, carol) = (
@@ -58,7 +59,7 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
 
     let expected = [
         (
-            &alice,
+            "alice+bob",
             Payload::FriendRequestSent(FriendRequestSent {
                 from_user_id: alice.id(),
                 to_user_id: bob.id(),
@@ -67,7 +68,7 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
             }),
         ),
         (
-            &bob,
+            "alice+bob",
             Payload::FriendRequestAccepted(FriendRequestAccepted {
                 from_user_id: alice.id(),
                 to_user_id: bob.id(),
@@ -76,14 +77,14 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
             }),
         ),
         (
-            &alice,
+            "alice+bob",
             Payload::FriendRemoved(FriendRemoved {
                 user_id: alice.id(),
                 friend_user_id: bob.id(),
             }),
         ),
         (
-            &carol,
+            "alice+carol",
             Payload::FriendRequestSent(FriendRequestSent {
                 from_user_id: carol.id(),
                 to_user_id: alice.id(),
@@ -92,14 +93,15 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
             }),
         ),
         (
-            &alice,
+            "alice+carol",
             Payload::FriendRequestRejected(FriendRequestRejected {
                 from_user_id: carol.id(),
                 to_user_id: alice.id(),
             }),
         ),
     ];
-    for (actor, payload) in expected {
+    let mut keys: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for (pair, payload) in expected {
         let received = wait_for_event(
             &brokers,
             topics::FRIENDS_EVENTS,
@@ -110,13 +112,22 @@ async fn every_change_publishes_its_event_keyed_by_the_actor() {
         .unwrap_or_else(|| {
             panic!("{payload:?} did not reach Kafka at TEST_KAFKA_BROKERS ({brokers})")
         });
-        assert_eq!(
-            received.key,
-            actor.id(),
-            "{payload:?} is keyed by the acting user"
-        );
         assert!(!received.event.event_id.is_empty());
+        keys.entry(pair).or_default().push(received.key);
     }
+    // One key per relationship, whoever acts: a request, its acceptance and the removal
+    // share a partition and are consumed in the order they happened.
+    for (pair, keys) in &keys {
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "{pair}: {keys:?}");
+        for person in [&alice, &bob, &carol] {
+            assert_ne!(
+                keys[0],
+                person.id(),
+                "{pair} is not keyed by one of its users"
+            );
+        }
+    }
+    assert_ne!(keys["alice+bob"][0], keys["alice+carol"][0]);
     service.stop().await;
 }
 

@@ -49,8 +49,12 @@ async fn postgres() -> Subject {
     let bus = InMemoryEventBus::new();
     let events = bus.subscribe(topics::FRIENDS_EVENTS);
     let shutdown = Shutdown::new();
-    let relay = OutboxRelay::new(database.pool().clone(), Arc::new(bus))
-        .with_poll_interval(Duration::from_millis(100));
+    let relay = OutboxRelay::new(
+        database.pool().clone(),
+        Arc::new(bus),
+        &[topics::FRIENDS_EVENTS],
+    )
+    .with_poll_interval(Duration::from_millis(100));
     tokio::spawn(relay.run(shutdown.clone()));
     Subject {
         store: Arc::new(PostgresFriendshipStore::new(database.pool().clone())),

@@ -38,7 +38,11 @@ impl FriendshipStore for InMemoryFriendshipStore {
         let decision = domain::decide(&command, rows.get(&key), domain::now())?;
         let event = new_event(decision.event);
         self.events
-            .publish(topics::FRIENDS_EVENTS, &command.actor().to_string(), &event)
+            .publish(
+                topics::FRIENDS_EVENTS,
+                &domain::event_key(command.actor(), command.other()),
+                &event,
+            )
             .await
             .map_err(|error| FriendsError::Unavailable(format!("event bus: {error}")))?;
         match decision.write {

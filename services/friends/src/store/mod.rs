@@ -20,7 +20,7 @@ use crate::error::FriendsError;
 pub trait FriendshipStore: Send + Sync + 'static {
     /// Applies `command` to its pair atomically: under a lock on the pair, decides with
     /// [`crate::domain::decide`], writes the row and publishes the decision's event (on
-    /// `topics::FRIENDS_EVENTS`, keyed by the actor) as one change. A refusal changes nothing.
+    /// `topics::FRIENDS_EVENTS`, keyed by the pair) as one change. A refusal changes nothing.
     async fn apply(&self, command: PairCommand) -> Result<Outcome, FriendsError>;
 
     /// The pending and accepted rows `user` is part of (rejected ones are history).

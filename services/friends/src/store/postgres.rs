@@ -152,7 +152,7 @@ impl FriendshipStore for PostgresFriendshipStore {
             outbox::enqueue(
                 &mut transaction,
                 topics::FRIENDS_EVENTS,
-                &command.actor().to_string(),
+                &domain::event_key(command.actor(), command.other()),
                 &event,
             )
             .await?;
