@@ -81,7 +81,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             let pool = postgres::connect(database_url.expose()).await?;
             postgres::migrate(&pool, &MIGRATOR).await?;
             let redis = redis::connect(redis_url.expose()).await?;
-            let relay = OutboxRelay::new(pool.clone(), publisher).with_metrics(&metrics);
+            let relay = OutboxRelay::new(
+                pool.clone(),
+                publisher,
+                &[messenger_proto::topics::AUTH_EVENTS],
+            )
+            .with_metrics(&metrics);
             let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
             let stores = AuthStores {

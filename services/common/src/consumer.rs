@@ -12,12 +12,63 @@ use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::Error;
 use crate::events::{Event, EventHandler, HandlerError, InMemoryEventBus};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+
+/// How long processed event ids are kept by default: past Kafka's default retention
+/// (7 days), so every event the broker can still redeliver is still recognised.
+pub const DEFAULT_PROCESSED_EVENTS_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// How often [`run_processed_events_expiry`] deletes expired ids.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Deletes the ids `consumer_name` recorded more than `retention` ago; returns how many.
+/// Keep `retention` above the broker's: an id deleted while its event can still be
+/// redelivered would let that event apply twice.
+pub async fn expire_processed_events(
+    pool: &PgPool,
+    consumer_name: &str,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query!(
+        "DELETE FROM messenger_processed_events \
+         WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2)",
+        consumer_name,
+        retention.as_secs_f64()
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Expires `consumer_name`'s processed ids at start and then hourly until `shutdown`;
+/// without it the table grows by one row per event forever.
+pub async fn run_processed_events_expiry(
+    pool: PgPool,
+    consumer_name: String,
+    retention: Duration,
+    shutdown: Shutdown,
+) {
+    loop {
+        match expire_processed_events(&pool, &consumer_name, retention).await {
+            Ok(0) => {}
+            Ok(expired) => {
+                tracing::debug!(expired, consumer = %consumer_name, "expired processed event ids")
+            }
+            Err(error) => {
+                tracing::warn!(%error, consumer = %consumer_name, "expiring processed event ids failed")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+        }
+    }
+}
 
 /// Records that `consumer_name` applied `event_id`. `true` the first time, `false` for a
 /// redelivery — call it in the transaction of the handler's effects and skip them on

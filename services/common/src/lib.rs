@@ -33,7 +33,8 @@
 //! postgres::migrate(&pool, &MIGRATOR).await?; // your crate: &sqlx::migrate!()
 //! let publisher = KafkaPublisher::connect(&brokers)?;
 //! let readiness = KafkaReadiness::new(publisher.producer().clone());
-//! let relay = OutboxRelay::new(pool.clone(), Arc::new(publisher)).with_metrics(&metrics);
+//! let relay = OutboxRelay::new(pool.clone(), Arc::new(publisher), &["my.events"])
+//!     .with_metrics(&metrics);
 //! let relay = tokio::spawn(relay.run(shutdown.clone()));
 //!
 //! let admin = tokio::spawn(admin::serve(

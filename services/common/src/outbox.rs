@@ -3,10 +3,17 @@
 //! order, marks them sent, and keeps retrying with backoff while Kafka is down — nothing
 //! is lost, at worst an event is sent twice (consumers deduplicate by event id).
 //!
-//! Order: events are relayed in insertion (`id`) order by a single relay at a time (an
-//! advisory lock elects one among replicas). Two transactions committing out of id order
-//! can swap, which only matters for events of the same aggregate — and those are
-//! serialized by the service's own row locks.
+//! Order, precisely: events with the same topic and key are published in the order their
+//! transactions committed. [`enqueue`] takes a transaction-scoped advisory lock on
+//! (topic, key) before inserting, so a second writer of the same key waits until the first
+//! commits or rolls back, and its row gets the higher id; the relay publishes in id order.
+//! Events with different keys have no order between them (as on Kafka's partitions).
+//! Within one transaction, events keep the order they were enqueued in.
+//!
+//! Isolation: each service's relay publishes only its own topics and elects its leader
+//! among replicas with a lock of its own, so services sharing one database (and one
+//! outbox table) never wait for each other, and one service's failing topic stalls only
+//! that service's events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +33,10 @@ pub const NOTIFY_CHANNEL: &str = "messenger_outbox";
 /// How often sent rows older than the retention are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
-/// Advisory lock key held by the relay that is currently publishing ("outbox" in ASCII).
-const RELAY_LOCK_KEY: i64 = 0x6f7574626f78;
+/// Advisory lock key ("outbox" in ASCII) that relays before per-service isolation held
+/// exclusively. Relays now hold it shared (they never exclude each other with it) so that,
+/// during an upgrade, an old relay publishing every topic never runs beside a new one.
+const LEGACY_RELAY_LOCK_KEY: i64 = 0x6f7574626f78;
 
 /// Writes `event` to the outbox inside the caller's transaction (`&mut *tx`). The relay
 /// is woken when the transaction commits; a rollback discards both.
@@ -37,6 +46,13 @@ pub async fn enqueue(
     key: &str,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
+    // Held until commit/rollback: a concurrent writer of the same key queues here, so ids
+    // of one key follow commit order (see the module docs). `query` rather than `query!`:
+    // the function returns `void`, a type the checked macros cannot decode.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("messenger_outbox\0{topic}\0{key}"))
+        .execute(&mut *connection)
+        .await?;
     sqlx::query!(
         "INSERT INTO messenger_outbox (topic, event_key, event_id, payload) VALUES ($1, $2, $3, $4)",
         topic,
@@ -64,10 +80,25 @@ pub async fn pending_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
     .await
 }
 
-/// Publishes outbox rows to an [`EventPublisher`]; see the module docs.
+/// Number of events on `topics` not yet relayed.
+pub async fn pending_count_of(pool: &PgPool, topics: &[String]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "pending!" FROM messenger_outbox
+           WHERE sent_at IS NULL AND topic = ANY($1)"#,
+        topics
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Publishes outbox rows of its topics to an [`EventPublisher`]; see the module docs.
 pub struct OutboxRelay {
     pool: PgPool,
     publisher: Arc<dyn EventPublisher>,
+    /// The topics this relay owns, sorted; rows of other topics belong to other services.
+    topics: Vec<String>,
+    /// Name of this relay's leader lock: the same for every replica of one service.
+    lock_name: String,
     poll_interval: Duration,
     batch_size: i64,
     max_backoff: Duration,
@@ -76,11 +107,17 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// A relay for the outbox in `pool`'s database, publishing through `publisher`.
-    pub fn new(pool: PgPool, publisher: Arc<dyn EventPublisher>) -> Self {
+    /// A relay for the rows of `topics` (the topics its service produces) in the outbox of
+    /// `pool`'s database, publishing through `publisher`.
+    pub fn new(pool: PgPool, publisher: Arc<dyn EventPublisher>, topics: &[&str]) -> Self {
+        let mut topics: Vec<String> = topics.iter().map(|topic| (*topic).to_owned()).collect();
+        topics.sort();
+        topics.dedup();
         Self {
             pool,
             publisher,
+            lock_name: format!("messenger_outbox_relay\0{}", topics.join("\0")),
+            topics,
             poll_interval: Duration::from_secs(1),
             batch_size: 100,
             max_backoff: Duration::from_secs(30),
@@ -134,8 +171,10 @@ impl OutboxRelay {
     async fn relay_batch(&self) -> Result<Batch, Error> {
         let mut tx = self.pool.begin().await?;
         let leader = sqlx::query_scalar!(
-            r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
-            RELAY_LOCK_KEY
+            r#"SELECT pg_try_advisory_xact_lock_shared($1)
+                  AND pg_try_advisory_xact_lock(hashtextextended($2, 0)) AS "locked!""#,
+            LEGACY_RELAY_LOCK_KEY,
+            self.lock_name
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -144,8 +183,9 @@ impl OutboxRelay {
         }
         let rows = sqlx::query!(
             "SELECT id, topic, event_key, payload FROM messenger_outbox \
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-            self.batch_size
+             WHERE sent_at IS NULL AND topic = ANY($2) ORDER BY id LIMIT $1",
+            self.batch_size,
+            &self.topics
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -187,8 +227,10 @@ impl OutboxRelay {
 
     async fn purge_sent(&self) -> Result<u64, sqlx::Error> {
         let result = sqlx::query!(
-            "DELETE FROM messenger_outbox WHERE sent_at < now() - make_interval(secs => $1)",
-            self.retention.as_secs_f64()
+            "DELETE FROM messenger_outbox \
+             WHERE sent_at < now() - make_interval(secs => $1) AND topic = ANY($2)",
+            self.retention.as_secs_f64(),
+            &self.topics
         )
         .execute(&self.pool)
         .await?;
@@ -213,7 +255,7 @@ impl OutboxRelay {
             };
             let healthy = outcome.is_ok();
             if let Some(metrics) = &self.metrics
-                && let Ok(pending) = pending_count(&self.pool).await
+                && let Ok(pending) = pending_count_of(&self.pool, &self.topics).await
             {
                 metrics.set_outbox_pending(pending);
             }

@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use messenger_common::consumer::{mark_processed, run_in_memory_consumer, run_kafka_consumer};
+use messenger_common::consumer::{
+    expire_processed_events, mark_processed, run_in_memory_consumer, run_kafka_consumer,
+};
 use messenger_common::events::{
     Event, EventHandler, EventPublisher, HandlerError, InMemoryEventBus, KafkaPublisher, Payload,
     new_event,
@@ -464,4 +466,39 @@ async fn a_consumer_started_while_the_broker_is_down_consumes_once_it_is_up() {
         .expect("consumer stops")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn processed_event_ids_expire_after_the_retention_and_only_the_consumers_own() {
+    // The table used to grow by one row per consumed event forever.
+    let database = TestDatabase::create_with_common_migrations().await;
+    let mut tx = database.pool().begin().await.unwrap();
+    for (consumer, event_id) in [("users", "old"), ("users", "recent"), ("other", "old")] {
+        assert!(mark_processed(&mut tx, consumer, event_id).await.unwrap());
+    }
+    tx.commit().await.unwrap();
+    sqlx::query(
+        "UPDATE messenger_processed_events SET processed_at = now() - interval '9 days' \
+         WHERE event_id = 'old'",
+    )
+    .execute(database.pool())
+    .await
+    .unwrap();
+
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let expired = expire_processed_events(database.pool(), "users", week)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    let left: Vec<(String, String)> = sqlx::query_as(
+        "SELECT consumer, event_id FROM messenger_processed_events ORDER BY consumer, event_id",
+    )
+    .fetch_all(database.pool())
+    .await
+    .unwrap();
+    let left: Vec<(&str, &str)> = left.iter().map(|(c, e)| (c.as_str(), e.as_str())).collect();
+    assert_eq!(left, [("other", "old"), ("users", "recent")]);
+    // A redelivery of a remembered event is still recognised.
+    let mut tx = database.pool().begin().await.unwrap();
+    assert!(!mark_processed(&mut tx, "users", "recent").await.unwrap());
 }

@@ -45,7 +45,7 @@ async fn a_rolled_back_transaction_leaves_nothing_to_relay() {
     tx.rollback().await.unwrap();
 
     assert_eq!(outbox::pending_count(database.pool()).await.unwrap(), 0);
-    let relay = OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()));
+    let relay = OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()), &["friends"]);
     assert_eq!(relay.relay_pending().await.unwrap(), 0);
     assert!(received.try_recv().is_err(), "nothing was published");
 }
@@ -59,8 +59,9 @@ async fn committed_events_reach_the_bus_once_each_and_in_order_even_with_two_rel
     // Two replicas relaying the same outbox: the advisory lock keeps one at a time.
     let relays: Vec<_> = (0..2)
         .map(|_| {
-            let relay = OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()))
-                .with_poll_interval(Duration::from_millis(50));
+            let relay =
+                OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()), &["friends"])
+                    .with_poll_interval(Duration::from_millis(50));
             tokio::spawn(relay.run(shutdown.clone()))
         })
         .collect();
@@ -112,7 +113,8 @@ async fn committed_events_are_delivered_to_kafka_in_order() {
     let publisher = KafkaPublisher::connect(&brokers).unwrap();
     let shutdown = Shutdown::new();
     let relay = tokio::spawn(
-        OutboxRelay::new(database.pool().clone(), Arc::new(publisher)).run(shutdown.clone()),
+        OutboxRelay::new(database.pool().clone(), Arc::new(publisher), &[&topic])
+            .run(shutdown.clone()),
     );
 
     let events: Vec<Event> = (0..5)
@@ -151,7 +153,7 @@ async fn an_event_written_while_the_broker_is_down_is_delivered_once_it_is_back(
     let publisher = KafkaPublisher::connect(&brokers).unwrap();
     let shutdown = Shutdown::new();
     let relay = tokio::spawn(
-        OutboxRelay::new(database.pool().clone(), Arc::new(publisher))
+        OutboxRelay::new(database.pool().clone(), Arc::new(publisher), &[&topic])
             .with_poll_interval(Duration::from_millis(200))
             .with_max_backoff(Duration::from_secs(1))
             .run(shutdown.clone()),
@@ -206,8 +208,9 @@ async fn the_relay_stops_on_shutdown_even_while_the_broker_is_down() {
     let publisher: Arc<dyn EventPublisher> = Arc::new(KafkaPublisher::connect(&dead).unwrap());
     enqueue_committed(database.pool(), "t", "k", &[friend_request("a", "b")]).await;
     let shutdown = Shutdown::new();
-    let relay =
-        tokio::spawn(OutboxRelay::new(database.pool().clone(), publisher).run(shutdown.clone()));
+    let relay = tokio::spawn(
+        OutboxRelay::new(database.pool().clone(), publisher, &["t"]).run(shutdown.clone()),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     shutdown.trigger();
     // Well below the relay's 30 s maximum backoff, generous for a loaded machine.
@@ -229,7 +232,7 @@ async fn a_commit_wakes_the_relay_without_waiting_for_the_poll() {
     let mut received = bus.subscribe("friends");
     let shutdown = Shutdown::new();
     let relay = tokio::spawn(
-        OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()))
+        OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()), &["friends"])
             .with_poll_interval(Duration::from_secs(600))
             .run(shutdown.clone()),
     );
@@ -298,7 +301,7 @@ async fn a_failing_publish_is_retried_in_place_and_keeps_the_order() {
     let shutdown = Shutdown::new();
     let metrics = messenger_common::Metrics::new();
     let relay = tokio::spawn(
-        OutboxRelay::new(database.pool().clone(), publisher)
+        OutboxRelay::new(database.pool().clone(), publisher, &["friends"])
             .with_max_backoff(Duration::from_millis(200))
             .with_metrics(&metrics)
             .run(shutdown.clone()),
@@ -354,6 +357,7 @@ async fn the_relay_recovers_when_a_running_broker_goes_down_and_comes_back() {
         OutboxRelay::new(
             database.pool().clone(),
             Arc::new(KafkaPublisher::connect(&brokers).unwrap()),
+            &[&topic],
         )
         .with_poll_interval(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(1))
@@ -418,6 +422,7 @@ async fn a_service_started_while_kafka_was_down_creates_its_topic_once_kafka_is_
         OutboxRelay::new(
             database.pool().clone(),
             Arc::new(KafkaPublisher::connect(&brokers).unwrap()),
+            &[&topic],
         )
         .with_poll_interval(Duration::from_millis(200))
         .with_max_backoff(Duration::from_secs(1))
@@ -464,7 +469,7 @@ async fn the_backlog_shows_in_the_metrics_while_publishing_fails() {
     let metrics = messenger_common::Metrics::new();
     let shutdown = Shutdown::new();
     let relay = tokio::spawn(
-        OutboxRelay::new(database.pool().clone(), publisher)
+        OutboxRelay::new(database.pool().clone(), publisher, &["friends"])
             .with_max_backoff(Duration::from_millis(100))
             .with_metrics(&metrics)
             .run(shutdown.clone()),
@@ -512,9 +517,13 @@ async fn sent_rows_older_than_the_retention_are_purged() {
 
     let shutdown = Shutdown::new();
     let relay = tokio::spawn(
-        OutboxRelay::new(database.pool().clone(), Arc::new(InMemoryEventBus::new()))
-            .with_retention(Duration::from_secs(24 * 3600))
-            .run(shutdown.clone()),
+        OutboxRelay::new(
+            database.pool().clone(),
+            Arc::new(InMemoryEventBus::new()),
+            &["friends"],
+        )
+        .with_retention(Duration::from_secs(24 * 3600))
+        .run(shutdown.clone()),
     );
     let remaining = || async {
         sqlx::query_scalar::<_, String>("SELECT event_id FROM messenger_outbox")
@@ -539,4 +548,142 @@ async fn sent_rows_older_than_the_retention_are_purged() {
         .await
         .expect("relay stops on shutdown")
         .unwrap();
+}
+
+#[tokio::test]
+async fn events_of_one_key_are_published_in_commit_order_even_when_their_ids_were_taken_the_other_way()
+ {
+    // Two writers of one key: the first takes its id, the second takes a higher one and
+    // would commit first. Publishing by id order would then put the second change's event
+    // after the first's although it happened before.
+    let database = TestDatabase::create_with_common_migrations().await;
+    let bus = InMemoryEventBus::new();
+    let mut received = bus.subscribe("friends");
+    let first = friend_request("k", "first");
+    let second = friend_request("k", "second");
+
+    let mut earlier = database.pool().begin().await.unwrap();
+    outbox::enqueue(&mut earlier, "friends", "k", &first)
+        .await
+        .unwrap();
+    let later = tokio::spawn({
+        let (pool, second) = (database.pool().clone(), second.clone());
+        async move { enqueue_committed(&pool, "friends", "k", &[second]).await }
+    });
+    // Give the second writer every chance to commit before the first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let commit_order = if later.is_finished() {
+        [&second, &first]
+    } else {
+        [&first, &second]
+    };
+    earlier.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), later)
+        .await
+        .expect("the second writer commits once the first has")
+        .unwrap();
+
+    let relay = OutboxRelay::new(database.pool().clone(), Arc::new(bus.clone()), &["friends"]);
+    assert_eq!(relay.relay_pending().await.unwrap(), 2);
+    let published = [
+        received.try_recv().unwrap().event,
+        received.try_recv().unwrap().event,
+    ];
+    assert_eq!(
+        [&published[0], &published[1]],
+        commit_order,
+        "published in the order the changes committed"
+    );
+    assert_eq!(
+        commit_order,
+        [&first, &second],
+        "a second writer of the same key waits for the first to commit"
+    );
+}
+
+#[tokio::test]
+async fn writers_of_different_keys_do_not_wait_for_each_other() {
+    let database = TestDatabase::create_with_common_migrations().await;
+    let mut holding = database.pool().begin().await.unwrap();
+    outbox::enqueue(&mut holding, "friends", "a", &friend_request("a", "b"))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        enqueue_committed(database.pool(), "friends", "c", &[friend_request("c", "d")]),
+    )
+    .await
+    .expect("another key commits while the first transaction is still open");
+    holding.rollback().await.unwrap();
+    assert_eq!(outbox::pending_count(database.pool()).await.unwrap(), 1);
+}
+
+/// Delivers to the bus, except on `broken`, where every publish fails (as a topic the
+/// broker refuses would).
+struct BrokenTopicPublisher {
+    bus: InMemoryEventBus,
+    broken: &'static str,
+}
+
+#[messenger_common::async_trait]
+impl EventPublisher for BrokenTopicPublisher {
+    async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        event: &Event,
+    ) -> Result<(), messenger_common::PublishError> {
+        if topic == self.broken {
+            return Err(messenger_common::PublishError::Closed);
+        }
+        self.bus.publish(topic, key, event).await
+    }
+}
+
+#[tokio::test]
+async fn a_service_whose_topic_fails_does_not_stall_another_service_sharing_the_database() {
+    // auth and friends on one database (the operator's `postgres.shared`): auth's topic
+    // is broken; friends' events must still flow, once each.
+    let database = TestDatabase::create_with_common_migrations().await;
+    let bus = InMemoryEventBus::new();
+    let mut friends_events = bus.subscribe("friends");
+    let publisher = Arc::new(BrokenTopicPublisher {
+        bus: bus.clone(),
+        broken: "auth",
+    });
+    enqueue_committed(database.pool(), "auth", "u1", &[friend_request("u1", "x")]).await;
+    let friends_event = friend_request("u2", "u3");
+    enqueue_committed(database.pool(), "friends", "u2", &[friends_event.clone()]).await;
+
+    let shutdown = Shutdown::new();
+    let relays = [&["auth"], &["friends"]].map(|topics| {
+        tokio::spawn(
+            OutboxRelay::new(database.pool().clone(), publisher.clone(), topics)
+                .with_poll_interval(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_millis(100))
+                .run(shutdown.clone()),
+        )
+    });
+    let delivered = tokio::time::timeout(Duration::from_secs(10), friends_events.recv())
+        .await
+        .expect("friends' event is published although auth's topic fails")
+        .unwrap();
+    assert_eq!(delivered.event, friends_event);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(friends_events.try_recv().is_err(), "published once");
+    assert_eq!(
+        outbox::pending_count_of(database.pool(), &["auth".to_owned()])
+            .await
+            .unwrap(),
+        1,
+        "auth's event waits for its topic, nothing is lost"
+    );
+
+    shutdown.trigger();
+    for relay in relays {
+        tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("relay stops on shutdown")
+            .unwrap();
+    }
 }

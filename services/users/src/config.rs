@@ -8,6 +8,7 @@ use messenger_common::config::{
     ConfigError, SecretUrl, ServiceConfig, ServiceDefaults, env_duration_from,
     env_nonzero_duration_from, env_or_from, process_env,
 };
+use messenger_common::consumer::DEFAULT_PROCESSED_EVENTS_RETENTION;
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
 
@@ -60,6 +61,9 @@ pub struct Config {
     pub cache_timeout: Duration,
     /// Verifies the identity assertion of every call (`INTERNAL_AUTH_KEY`, required).
     pub internal_key: InternalKey,
+    /// How long the ids of consumed events are remembered to drop redeliveries
+    /// (`USERS_PROCESSED_EVENTS_RETENTION`, default 8 days): keep it above Kafka's retention.
+    pub processed_events_retention: Duration,
 }
 
 impl Config {
@@ -96,12 +100,18 @@ impl Config {
         }
         let cache_timeout =
             env_nonzero_duration_from(&lookup, "USERS_CACHE_TIMEOUT", DEFAULT_CACHE_TIMEOUT)?;
+        let processed_events_retention = env_nonzero_duration_from(
+            &lookup,
+            "USERS_PROCESSED_EVENTS_RETENTION",
+            DEFAULT_PROCESSED_EVENTS_RETENTION,
+        )?;
         Ok(Self {
             service,
             storage: Storage::Real(storage),
             cache_ttl,
             cache_timeout,
             internal_key,
+            processed_events_retention,
         })
     }
 
@@ -125,6 +135,7 @@ impl Config {
             cache_ttl: DEFAULT_CACHE_TTL,
             cache_timeout: DEFAULT_CACHE_TIMEOUT,
             internal_key,
+            processed_events_retention: DEFAULT_PROCESSED_EVENTS_RETENTION,
         }
     }
 }

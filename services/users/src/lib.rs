@@ -77,7 +77,7 @@ pub async fn run(
     );
     // Redis is left out of readiness on purpose: without it the service still answers.
     let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![
-        Arc::new(pool),
+        Arc::new(pool.clone()),
         Arc::new(KafkaReadiness::new(messenger_common::kafka::producer(
             &storage.kafka_brokers,
         )?)),
@@ -93,6 +93,12 @@ pub async fn run(
             metrics: Some(metrics.clone()),
         },
     );
+    let expiry = tokio::spawn(messenger_common::consumer::run_processed_events_expiry(
+        pool.clone(),
+        store::CONSUMER_NAME.to_owned(),
+        config.processed_events_retention,
+        shutdown.clone(),
+    ));
     let servers = serve(
         &config,
         listeners,
@@ -111,6 +117,7 @@ pub async fn run(
         async { stop_all_on_error(consumer.await.map_err(UsersError::from)) },
         async { stop_all_on_error(servers.await) }
     );
+    let _ = expiry.await;
     consumed.and(served)
 }
 
