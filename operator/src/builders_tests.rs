@@ -335,7 +335,7 @@ fn dependencies_come_from_the_referenced_secrets() {
             Some("secret:kafka/brokers"),
         ),
         (Component::Friends, "REDIS_URL", Some("secret:redis/url")),
-        (Component::Gateway, "REDIS_URL", None),
+        (Component::Gateway, "REDIS_URL", Some("secret:redis/url")),
         (Component::Chat, "CHAT_STORE", Some("mongo")),
     ];
     for (component, var, expected) in cases {

@@ -215,14 +215,18 @@ async fn sign_up(api: &Api, nickname: &str) -> Person {
 async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
     let key = testing::test_key_secret().to_owned();
     let mut backend = Backend::start(vec![("CHAT_STORE", "memory".to_owned())]).await;
-    // Two replicas, as a Deployment runs them: a logout served by one ends the other's
-    // streams of that token too (it asks auth about open streams every second here).
+    // Two replicas, as a Deployment runs them, caching validated tokens and sharing their
+    // revocations through Redis: a logout served by one kills the token on the other
+    // before it returns, and ends the other's streams of that token too.
+    let cache_prefix = format!("{}:gateway", testing::unique_prefix());
     let start_gateway = || {
         Service::start(
             "gateway",
             &[
                 backend.peer_env(),
                 vec![
+                    ("REDIS_URL", testing::redis_url()),
+                    ("GATEWAY_REDIS_PREFIX", cache_prefix.clone()),
                     ("KAFKA_BROKERS", testing::kafka_brokers()),
                     ("GATEWAY_EVENTS_HEARTBEAT", "1s".to_owned()),
                     ("GATEWAY_EVENTS_SESSION_RECHECK", "1s".to_owned()),
@@ -656,9 +660,31 @@ async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
     // --- logout: the token is dead at once and its streams end, on every replica ---
     let on_replica = Api::new(replica.http_url()).signed_in(&bob.token);
     let mut bob_on_replica = EventStream::open(on_replica.request(Method::GET, "/v1/events")).await;
+    // The replica answers bob from its token cache now (the counter proves it was used).
+    let hits = |gateway: &Service| -> u64 {
+        let metrics = gateway.admin_get("/metrics").unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("gateway_token_cache_hits_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no token cache counter in {metrics}"))
+    };
+    let before = hits(&replica);
+    for _ in 0..2 {
+        on_replica
+            .expect(Method::GET, "/v1/users/me", None, 200)
+            .await;
+    }
+    assert!(
+        hits(&replica) > before,
+        "the replica served bob from its cache"
+    );
     bob.api
         .expect(Method::POST, "/v1/auth/logout", None, 204)
         .await;
+    // No wait: the logout returned only after the replica forgot the token.
+    let (status, _) = on_replica.get("/v1/users/me").await;
+    assert_eq!(status, 401, "the other replica refuses the token at once");
     for stream in [&mut bob_events, &mut bob_on_replica] {
         loop {
             match stream.next().await {
@@ -667,8 +693,6 @@ async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
             }
         }
     }
-    let (status, _) = on_replica.get("/v1/users/me").await;
-    assert_eq!(status, 401, "the other replica refuses the token too");
     let (status, problem) = bob.api.get("/v1/users/me").await;
     assert_eq!(status, 401, "{problem}");
     assert_eq!(problem["code"], "unauthenticated");

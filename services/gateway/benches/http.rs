@@ -103,6 +103,9 @@ async fn start(shutdown: &Shutdown, databases: &[TestDatabase; 3]) -> SocketAddr
         ("FRIENDS_URL", peers.friends_url.clone()),
         ("CHAT_URL", peers.chat_url.clone()),
         ("KAFKA_BROKERS", kafka),
+        // The token cache, as deployed (every replica shares the app's Redis).
+        ("REDIS_URL", redis.clone()),
+        ("GATEWAY_REDIS_PREFIX", format!("{prefix}:gateway")),
         ("GATEWAY_LOGIN_PER_MINUTE", "1000000".to_owned()),
         ("GATEWAY_REGISTER_PER_MINUTE", "1000000".to_owned()),
     ])))

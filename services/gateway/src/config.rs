@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use messenger_common::config::{
-    env_nonzero_duration_from, env_or_from, env_required_from, process_env,
+    SecretUrl, env_duration_from, env_nonzero_duration_from, env_optional_from, env_or_from,
+    env_required_from, process_env,
 };
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
@@ -83,6 +84,22 @@ impl Default for RateLimits {
     }
 }
 
+/// The gateway-side cache of validated tokens ([`crate::token_cache`]), kept coherent
+/// across replicas through Redis ([`crate::revocations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCacheConfig {
+    /// `REDIS_URL`: the Redis every replica of the app shares.
+    pub redis_url: SecretUrl,
+    /// `GATEWAY_REDIS_PREFIX` (default `messenger:gateway`): one per app sharing a Redis.
+    pub prefix: String,
+    /// `GATEWAY_TOKEN_CACHE_TTL` (default 60s; `0s` turns the cache off).
+    pub ttl: Duration,
+    /// `GATEWAY_TOKEN_CACHE_MAX_ENTRIES` (default 100 000).
+    pub max_entries: usize,
+}
+
+pub const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Service name in logs and metrics.
@@ -112,6 +129,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub rate_limits: RateLimits,
     pub stream: StreamConfig,
+    /// Off without `REDIS_URL`: every request then asks auth.
+    pub token_cache: Option<TokenCacheConfig>,
 }
 
 impl Config {
@@ -180,6 +199,33 @@ impl Config {
             ..defaults
         };
         let limits = RateLimits::default();
+        let redis_url: Option<SecretUrl> = env_optional_from(&lookup, "REDIS_URL")?;
+        let cache_ttl =
+            env_duration_from(&lookup, "GATEWAY_TOKEN_CACHE_TTL", DEFAULT_TOKEN_CACHE_TTL)?;
+        let token_cache = match redis_url {
+            Some(redis_url) if !cache_ttl.is_zero() => {
+                if url::Url::parse(redis_url.expose())
+                    .map_or(true, |url| !matches!(url.scheme(), "redis" | "rediss"))
+                {
+                    return Err(ConfigError::invalid(
+                        "REDIS_URL",
+                        redis_url.expose(),
+                        "expected redis://host:port or rediss://host:port",
+                    ));
+                }
+                Some(TokenCacheConfig {
+                    redis_url,
+                    prefix: env_or_from(
+                        &lookup,
+                        "GATEWAY_REDIS_PREFIX",
+                        "messenger:gateway".to_owned(),
+                    )?,
+                    ttl: cache_ttl,
+                    max_entries: positive("GATEWAY_TOKEN_CACHE_MAX_ENTRIES", 100_000)?,
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             name: "gateway".to_owned(),
             http_addr: env_or_from(&lookup, "HTTP_ADDR", any(DEFAULT_HTTP_PORT))?,
@@ -208,6 +254,7 @@ impl Config {
                 login_per_minute: per_minute("GATEWAY_LOGIN_PER_MINUTE", limits.login_per_minute)?,
             },
             stream,
+            token_cache,
         })
     }
 
@@ -231,6 +278,7 @@ impl Config {
             max_body_bytes: 64 * 1024,
             rate_limits: RateLimits::default(),
             stream: StreamConfig::default(),
+            token_cache: None,
         }
     }
 }
@@ -326,6 +374,14 @@ mod tests {
             ),
             (&[("REQUEST_TIMEOUT", "0s")], "REQUEST_TIMEOUT"),
             (&[("HTTP_ADDR", "8080")], "HTTP_ADDR"),
+            (&[("REDIS_URL", "http://cache:6379")], "REDIS_URL"),
+            (
+                &[
+                    ("REDIS_URL", "redis://cache:6379"),
+                    ("GATEWAY_TOKEN_CACHE_TTL", "1"),
+                ],
+                "GATEWAY_TOKEN_CACHE_TTL",
+            ),
         ];
         for (vars, variable) in cases {
             let error = config(vars).expect_err(variable);
@@ -339,6 +395,25 @@ mod tests {
         assert!(!error.to_string().contains("secret-but-short"), "{error}");
         let config = config(&[]).unwrap();
         assert!(!format!("{config:?}").contains(KEY));
+    }
+
+    #[test]
+    fn the_token_cache_is_on_only_with_a_shared_redis() {
+        // Without a channel between replicas a cache could not honour logout.
+        assert_eq!(config(&[]).unwrap().token_cache, None);
+        let on = config(&[("REDIS_URL", "redis://:pw@cache:6379/1")]).unwrap();
+        let cache = on.token_cache.as_ref().unwrap();
+        assert_eq!(
+            (cache.prefix.as_str(), cache.ttl, cache.max_entries),
+            ("messenger:gateway", DEFAULT_TOKEN_CACHE_TTL, 100_000)
+        );
+        assert!(!format!("{on:?}").contains(":pw@"), "password masked");
+        let off = config(&[
+            ("REDIS_URL", "redis://cache:6379"),
+            ("GATEWAY_TOKEN_CACHE_TTL", "0s"),
+        ])
+        .unwrap();
+        assert_eq!(off.token_cache, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Modules: [`api`] (routes, OpenAPI, middleware stack), [`stream`] (event fan-out,
 //! per-user streams, tickets), [`feed`] (events from Kafka or the in-process bus),
 //! [`peers`] (the gRPC clients), [`middleware`] (request context, deadline, rate limits),
+//! [`token_cache`] + [`revocations`] (validated tokens cached, logouts sent to every replica),
 //! [`error`] (problem+json), [`web`] (the web client's files), [`config`]. [`run`] wires them.
 
 pub mod api;
@@ -14,10 +15,13 @@ pub mod error;
 pub mod feed;
 pub mod middleware;
 pub mod peers;
+pub mod revocations;
 pub mod stream;
+pub mod token_cache;
 pub mod web;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_common::admin::{self, AdminState};
@@ -31,7 +35,9 @@ pub use error::ApiError;
 use crate::config::EventsConfig;
 use crate::feed::KafkaFeed;
 use crate::peers::Peers;
+use crate::revocations::Revocations;
 use crate::stream::StreamHub;
+use crate::token_cache::TokenCache;
 
 /// The gateway's two sockets, bound before it starts (tests bind port 0).
 pub struct Listeners {
@@ -151,8 +157,21 @@ pub async fn run(
         stop.clone(),
     ));
 
+    let mut state = api::AppState::new(&config, peers, hub.clone());
+    let revocations_task = match &config.token_cache {
+        Some(cache) => {
+            let token_cache = Arc::new(TokenCache::new(cache.ttl, cache.max_entries));
+            token_cache.register_metrics(&metrics);
+            let revocations =
+                Revocations::new(cache.redis_url.expose(), &cache.prefix, token_cache).map_err(
+                    |error| messenger_common::Error::Other(format!("REDIS_URL: {error}")),
+                )?;
+            state = state.with_revocations(revocations.clone());
+            Some(tokio::spawn(revocations.run(hub.clone(), stop.clone())))
+        }
+        None => None,
+    };
     let state_hub = hub.clone();
-    let state = api::AppState::new(&config, peers, hub);
     let app = api::app(&config, state, &metrics);
     tracing::info!(addr = ?listeners.http.local_addr().ok(), "REST API listening");
     let server = axum::serve(
@@ -186,6 +205,10 @@ pub async fn run(
     stop.trigger();
     sweeper.abort();
     rechecker.abort();
+    if let Some(task) = revocations_task {
+        // Deregisters this replica, so logouts stop waiting for it.
+        let _ = task.await;
+    }
     let _ = feed_task.await;
     let admin_result = admin_task
         .await

@@ -80,8 +80,9 @@ pub async fn login(
     post, path = "/v1/auth/logout", tag = "auth",
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "The token is revoked"),
+        (status = 204, description = "The token is revoked, on every gateway replica"),
         (status = 401, description = "No valid token", body = Problem),
+        (status = 503, description = "Revoked, but not yet confirmed by every gateway replica: retry", body = Problem),
     )
 )]
 pub async fn logout(
@@ -93,5 +94,19 @@ pub async fn logout(
     });
     state.peers.auth.clone().logout(request).await?;
     state.hub.close_token(&user.fingerprint);
+    if let Some(revocations) = &state.revocations {
+        revocations
+            .broadcast(&user.fingerprint)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "logout not confirmed by every gateway replica");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "logout_unconfirmed",
+                    "the token is revoked, but not every gateway replica confirmed it yet; \
+                     retry the logout",
+                )
+            })?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,8 @@
 //! Extractors that turn every malformed input into a problem+json 4xx naming what is
 //! wrong, and [`Authenticated`]: the acting user, taken only from a token auth accepts.
 
+use std::time::{Duration, Instant, SystemTime};
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -13,6 +15,7 @@ use uuid::Uuid;
 use crate::api::AppState;
 use crate::error::ApiError;
 use crate::stream::{TokenFingerprint, token_fingerprint};
+use crate::token_cache::Lookup;
 
 /// A JSON body; errors are 400 (malformed, missing/unknown field, wrong type), 413 (too
 /// large) or 415 (not JSON).
@@ -120,6 +123,19 @@ pub fn bearer_token(parts: &Parts) -> Result<Option<String>, ApiError> {
 impl Authenticated {
     /// Asks auth who `token` belongs to.
     pub async fn from_token(state: &AppState, token: String) -> Result<Self, ApiError> {
+        let fingerprint = token_fingerprint(&token);
+        let cache = state.revocations.as_ref().map(|r| r.cache());
+        let ticket = match cache.map(|cache| cache.lookup(&fingerprint, Instant::now())) {
+            Some(Lookup::Hit(user_id)) => {
+                return Ok(Self {
+                    user_id,
+                    fingerprint,
+                    token,
+                });
+            }
+            Some(Lookup::Miss(ticket)) => Some(ticket),
+            None => None,
+        };
         let request = state.peers.as_gateway(proto::ValidateTokenRequest {
             access_token: token.clone(),
         });
@@ -138,9 +154,20 @@ impl Authenticated {
             .into_inner();
         let user_id = Uuid::parse_str(&answer.user_id)
             .map_err(|_| ApiError::internal("auth answered a user id that is not a UUID"))?;
+        if let (Some(cache), Some(ticket), Some(expires_at)) = (cache, ticket, answer.expires_at) {
+            let expires_at = std::time::UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(expires_at.seconds).unwrap_or_default(),
+                    u32::try_from(expires_at.nanos).unwrap_or_default(),
+                );
+            let valid_for = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            cache.fill(ticket, fingerprint, user_id, valid_for, Instant::now());
+        }
         Ok(Self {
             user_id,
-            fingerprint: token_fingerprint(&token),
+            fingerprint,
             token,
         })
     }

@@ -33,6 +33,7 @@ use crate::config::{Config, StreamConfig};
 use crate::error::ApiError;
 use crate::middleware::{self, AddressRateLimiter, ContextSettings};
 use crate::peers::Peers;
+use crate::revocations::Revocations;
 use crate::stream::{StreamHub, TicketKey, UsedTickets};
 
 /// What every handler can reach.
@@ -45,6 +46,8 @@ pub struct AppState {
     pub register_limiter: Arc<AddressRateLimiter>,
     pub login_limiter: Arc<AddressRateLimiter>,
     pub stream: StreamConfig,
+    /// The token cache and its channel to the other replicas, when configured.
+    pub revocations: Option<Revocations>,
 }
 
 impl AppState {
@@ -63,7 +66,14 @@ impl AppState {
                 "login",
             )),
             stream: config.stream.clone(),
+            revocations: None,
         }
+    }
+
+    /// Validated tokens are cached and logouts broadcast through `revocations`.
+    pub fn with_revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
     }
 }
 
