@@ -140,11 +140,23 @@ else
   browser_env="export BROWSER_SKIP_REASON='chromium or chromedriver is not installed (apt-get install chromium chromium-driver)'"
 fi
 
+# --- Prometheus (Debian) for the operator's PromQL canary analysis test ---
+# The tests start their own server on a free port; the package's service is not used.
+if ! command -v prometheus >/dev/null; then
+  apt_install prometheus || log "Prometheus could not be installed"
+fi
+if command -v prometheus >/dev/null; then
+  prometheus_env="export PROMETHEUS_BIN=$(command -v prometheus) PROMETHEUS_SKIP_REASON="
+else
+  prometheus_env="export PROMETHEUS_SKIP_REASON='prometheus is not installed (apt-get install prometheus)'"
+fi
+
 {
   echo "export TEST_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres"
   echo "export TEST_REDIS_URL=redis://127.0.0.1:6379"
   echo "export TEST_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
   echo "export TANSU_BIN=$TANSU_BIN"
   echo "$browser_env"
+  echo "$prometheus_env"
   cat "$mongo_env"
 } >"$ENV_OUT"

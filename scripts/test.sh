@@ -64,6 +64,10 @@ if [ -n "${BROWSER_SKIP_REASON:-}" ]; then
   report_skip 'binary_id(messenger-system-tests::browser)' browser "$BROWSER_SKIP_REASON" \
     "install Debian's chromium and chromium-driver to run them"
 fi
+if [ -n "${PROMETHEUS_SKIP_REASON:-}" ]; then
+  report_skip 'binary_id(messenger-operator::cluster) and test(/prometheus/)' Prometheus "$PROMETHEUS_SKIP_REASON" \
+    "install Debian's prometheus to run them"
+fi
 if [ -n "${IMAGES_SKIP_REASON:-}" ]; then
   report_skip 'binary_id(messenger-system-tests::images)' "container image and compose" \
     "$IMAGES_SKIP_REASON" "install Debian's podman and docker-compose to run them"

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, PodSecurityContext,
@@ -26,7 +27,8 @@ use sha2::{Digest, Sha256};
 
 use crate::component::{Component, INTERNAL_AUTH_KEY_ENV};
 use crate::crd::{
-    MessengerApp, MessengerAppStatus, SecretKeyRef, Slot, SlotTemplate, StrategyType, TrafficRouter,
+    MessengerApp, MessengerAppStatus, MigrationPhase, SecretKeyRef, SetCanaryScale, Slot,
+    SlotTemplate, StrategyType, TrafficRouter,
 };
 use crate::httproute::{HTTPRoute, HttpBackendRef, HttpRouteRule, HttpRouteSpec, ParentReference};
 use crate::rollout::revision;
@@ -45,6 +47,13 @@ pub const CONFIG_HASH_ANNOTATION: &str = "messenger.dev/config-hash";
 pub const REVISION_ANNOTATION: &str = "messenger.dev/revision";
 pub const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
 pub const NGINX_CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
+/// On a migration Job's pods instead of the component label, so no Service, PodDisruptionBudget
+/// or analysis scrape ever selects them; its value is the component.
+pub const LABEL_MIGRATION: &str = "messenger.dev/migration";
+/// Set to `false` on the pods of a slot whose migrations run as Jobs.
+pub const MIGRATE_ON_START_ENV: &str = "MIGRATE_ON_START";
+pub const DEFAULT_MIGRATION_BACKOFF_LIMIT: i32 = 1;
+pub const DEFAULT_MIGRATION_DEADLINE_SECONDS: i64 = 600;
 /// Value of `app.kubernetes.io/managed-by` on every child; the owned-object watches filter on it.
 pub const MANAGED_BY: &str = "messenger-operator";
 const APP_NAME: &str = "messenger";
@@ -80,6 +89,10 @@ pub struct Children {
     pub http_routes: Vec<HTTPRoute>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// Migration Jobs of every slot that migrates through Jobs: created when absent, never
+    /// updated (a new revision is a new name), kept for their logs until the slot's
+    /// revision is replaced.
+    pub jobs: Vec<Job>,
     /// The entry and preview Services: traffic, applied only after the status is written.
     pub traffic_services: Vec<Service>,
     /// Slots whose objects must never be pruned (the serving one, even when unrecorded).
@@ -98,12 +111,31 @@ impl Children {
             + self.http_routes.len()
             + self.pdbs.len()
             + self.network_policies.len()
+            + self.jobs.len()
             + self.traffic_services.len()
     }
 }
 
 pub fn workload_name(app: &MessengerApp, component: Component, slot: Slot) -> String {
     format!("{}-{component}-{slot}", app.name_any())
+}
+
+/// The migration Job of one component for one slot at one revision. Job names become pod
+/// labels (63 characters at most): a 40-character app name leaves room for the first 8
+/// characters of the revision.
+pub fn migration_job_name(
+    app: &MessengerApp,
+    component: Component,
+    slot: Slot,
+    revision: &str,
+) -> String {
+    let short: String = revision.chars().take(8).collect();
+    format!("{}-{component}-{slot}-{short}", app.name_any())
+}
+
+/// The components whose schema a slot's migration Jobs apply.
+pub fn migrating_components() -> impl Iterator<Item = Component> {
+    Component::ALL.into_iter().filter(|c| c.uses_postgres())
 }
 
 pub fn config_map_name(app: &MessengerApp, slot: Slot) -> String {
@@ -413,6 +445,10 @@ pub fn component_env(app: &MessengerApp, component: Component) -> Vec<EnvVar> {
         ),
         plain_env("ADMIN_ADDR", format!("0.0.0.0:{}", component.admin_port())),
     ];
+    if component.uses_postgres() && app.spec.migrations.enabled {
+        // The slot's migration Jobs applied them before these pods were created.
+        env.push(plain_env(MIGRATE_ON_START_ENV, "false".to_owned()));
+    }
     if component.uses_postgres()
         && let Some(pg) = &deps.postgres
     {
@@ -611,6 +647,60 @@ pub fn build_deployment(app: &MessengerApp, component: Component, slot: Slot) ->
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
+    }
+}
+
+/// The Job that runs `component`'s migrations (`messenger-<component> migrate`) of `app`'s
+/// inputs for `slot`: the same image, environment and security settings as the
+/// component's pods, without ports or probes, and with labels no Service selects.
+pub fn build_migration_job(app: &MessengerApp, component: Component, slot: Slot) -> Job {
+    let revision = revision(&SlotTemplate::of(&app.spec));
+    let mut template = build_deployment(app, component, slot).spec.template;
+    let mut pod_labels = common_labels(app);
+    pod_labels.insert(LABEL_SLOT.to_owned(), slot.as_str().to_owned());
+    pod_labels.insert(LABEL_MIGRATION.to_owned(), component.name().to_owned());
+    pod_labels.remove(LABEL_NAME);
+    template.metadata = Some(ObjectMeta {
+        labels: Some(pod_labels),
+        annotations: Some(BTreeMap::from([(
+            REVISION_ANNOTATION.to_owned(),
+            revision.clone(),
+        )])),
+        ..ObjectMeta::default()
+    });
+    if let Some(pod) = template.spec.as_mut() {
+        pod.restart_policy = Some("Never".to_owned());
+        for container in &mut pod.containers {
+            container.args = Some(vec!["migrate".to_owned()]);
+            container.ports = None;
+            container.liveness_probe = None;
+            container.readiness_probe = None;
+        }
+    }
+    let migrations = &app.spec.migrations;
+    let mut labels = slot_labels(app, Some(component), slot);
+    labels.insert(LABEL_MIGRATION.to_owned(), component.name().to_owned());
+    Job {
+        metadata: meta(
+            app,
+            migration_job_name(app, component, slot, &revision),
+            labels,
+        ),
+        spec: Some(JobSpec {
+            backoff_limit: Some(
+                migrations
+                    .backoff_limit
+                    .unwrap_or(DEFAULT_MIGRATION_BACKOFF_LIMIT),
+            ),
+            active_deadline_seconds: Some(
+                migrations
+                    .active_deadline_seconds
+                    .unwrap_or(DEFAULT_MIGRATION_DEADLINE_SECONDS),
+            ),
+            template,
+            ..JobSpec::default()
+        }),
+        ..Job::default()
     }
 }
 
@@ -906,6 +996,31 @@ pub fn replica_weighted_canary(
     Some((rollout.candidate, replicas.clamp(1, 100)))
 }
 
+/// Pods of one component of a canary candidate after a `setCanaryScale` step: `replicas`,
+/// or `weight` percent (the traffic weight with `matchTrafficWeight`) of its `full`
+/// replicas, rounded up and at least one so the track can serve its share.
+pub fn canary_scaled_replicas(scale: &SetCanaryScale, full: i32, traffic_weight: i32) -> i32 {
+    if let Some(replicas) = scale.replicas {
+        return replicas;
+    }
+    if full <= 0 {
+        return 0;
+    }
+    let percent = scale.weight.unwrap_or(traffic_weight).clamp(0, 100);
+    ((full * percent + 99) / 100).max(1)
+}
+
+/// The scale `status` sets for `slot`'s components: `Some((scale, traffic weight))` while it
+/// is the candidate of a rollout past a `setCanaryScale` step.
+pub fn canary_scale_of(status: &MessengerAppStatus, slot: Slot) -> Option<(&SetCanaryScale, i32)> {
+    let stable = status.active_slot.unwrap_or_default();
+    let rollout = status
+        .rollout
+        .as_ref()
+        .filter(|r| r.candidate == slot && r.candidate != stable)?;
+    rollout.canary_scale.as_ref().map(|s| (s, rollout.weight))
+}
+
 /// `app` as one slot sees it: the slot's recorded inputs in place of the spec's, so a spec
 /// change never reaches a slot that was rendered before it.
 pub fn app_for_slot(app: &MessengerApp, template: &SlotTemplate) -> MessengerApp {
@@ -920,6 +1035,7 @@ pub fn app_for_slot(app: &MessengerApp, template: &SlotTemplate) -> MessengerApp
     view.spec.dependencies = template.dependencies.clone();
     view.spec.config = template.config.clone();
     view.spec.log_level = template.log_level.clone();
+    view.spec.migrations = template.migrations.clone();
     view
 }
 
@@ -961,16 +1077,32 @@ pub fn build_children_for(
         };
         let view = app_for_slot(app, template);
         children.config_maps.push(build_config_map(&view, slot));
+        if template.migrations.enabled {
+            children
+                .jobs
+                .extend(migrating_components().map(|c| build_migration_job(&view, c, slot)));
+        }
+        // A slot that migrates through Jobs gets no pods until they all succeeded.
+        let migrated = matches!(record.migrations, None | Some(MigrationPhase::Succeeded));
+        let scale = canary_scale_of(status, slot);
         for component in Component::ALL {
-            let mut deployment = build_deployment(&view, component, slot);
-            if record.scaled_down {
-                deployment.spec.replicas = Some(0);
-            }
-            children.deployments.push(deployment);
             children
                 .services
                 .push(build_service(&view, component, slot));
+            if !migrated {
+                continue;
+            }
+            let mut deployment = build_deployment(&view, component, slot);
+            if let Some((scale, weight)) = scale {
+                let full = component.spec(&view.spec).replicas;
+                deployment.spec.replicas = Some(canary_scaled_replicas(scale, full, weight));
+            }
             if record.scaled_down {
+                deployment.spec.replicas = Some(0);
+            }
+            let replicas = deployment.spec.replicas.unwrap_or(1);
+            children.deployments.push(deployment);
+            if record.scaled_down || replicas <= 1 {
                 continue;
             }
             if let Some(pdb) = build_pdb(&view, component, slot) {

@@ -1245,3 +1245,197 @@ fn both_slots_consume_kafka_with_the_same_settings() {
         assert_eq!(keys, Vec::<&String>::new());
     }
 }
+
+fn migrating_app() -> MessengerApp {
+    let mut app = full_app();
+    app.spec.migrations.enabled = true;
+    app
+}
+
+#[test]
+fn a_migrating_slot_gets_one_job_per_database_service_and_pods_only_once_they_succeeded() {
+    let cases: &[(&str, Option<MigrationPhase>, usize, usize)] = &[
+        // (case, slot's migrations, Jobs, Deployments)
+        ("pending", Some(MigrationPhase::Pending), 3, 0),
+        ("failed", Some(MigrationPhase::Failed), 3, 0),
+        ("succeeded", Some(MigrationPhase::Succeeded), 3, 5),
+    ];
+    for (case, phase, jobs, deployments) in cases {
+        let app = migrating_app();
+        let mut status = initial_status(&app);
+        status.slots[0].migrations = *phase;
+        let children = build_children_for(&app, &status, ApiCapabilities::ALL);
+        assert_eq!(children.jobs.len(), *jobs, "{case}");
+        assert_eq!(children.deployments.len(), *deployments, "{case}");
+        assert_eq!(children.pdbs.is_empty(), *deployments == 0, "{case}");
+        // The slot's Services and ConfigMap (which the Jobs read) exist either way.
+        assert_eq!(children.services.len(), 5, "{case}");
+        assert_eq!(children.config_maps.len(), 1, "{case}");
+    }
+    let plain = full_app();
+    let children = build_children(&plain, ApiCapabilities::ALL);
+    assert!(
+        children.jobs.is_empty(),
+        "pods migrate at start-up by default"
+    );
+    assert_eq!(children.deployments.len(), 5);
+    assert_eq!(initial_status(&plain).slots[0].migrations, None);
+    assert_eq!(
+        initial_status(&migrating_app()).slots[0].migrations,
+        Some(MigrationPhase::Pending),
+        "a new migrating app starts with its Jobs"
+    );
+}
+
+#[test]
+fn a_migration_job_runs_the_slots_image_with_migrate_and_is_named_by_slot_and_revision() {
+    let mut app = migrating_app();
+    app.metadata.name = Some("a".repeat(MAX_APP_NAME_LEN_FOR_TESTS));
+    let job = build_migration_job(&app, Component::Friends, Slot::Green);
+    let name = job.name_any();
+    let revision = revision(&SlotTemplate::of(&app.spec));
+    assert_eq!(
+        name,
+        format!("{}-friends-green-{}", app.name_any(), &revision[..8])
+    );
+    assert!(name.len() <= 63, "a Job name is a pod label value: {name}");
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(DEFAULT_MIGRATION_BACKOFF_LIMIT));
+    assert_eq!(
+        spec.active_deadline_seconds,
+        Some(DEFAULT_MIGRATION_DEADLINE_SECONDS)
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let container = &pod.containers[0];
+    assert_eq!(container.args, Some(vec!["migrate".to_owned()]));
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.local/m/messenger-friends:1.4.2")
+    );
+    assert!(container.readiness_probe.is_none() && container.ports.is_none());
+    let deployment = build_deployment(&app, Component::Friends, Slot::Green);
+    let env = |c: &k8s_openapi::api::core::v1::Container| {
+        c.env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        env(container),
+        env(&deployment.spec.template.spec.as_ref().unwrap().containers[0]),
+        "the Job migrates the database the slot's pods will use"
+    );
+    assert_eq!(
+        env_value(&deployment, "DATABASE_URL").as_deref(),
+        Some("secret:pg-friends/url")
+    );
+
+    // No Service, PodDisruptionBudget or analysis scrape selects a migration pod.
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let service = build_service(&app, Component::Friends, Slot::Green);
+    let selector = service.spec.unwrap().selector.unwrap();
+    assert!(
+        !selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "{pod_labels:?} must not match {selector:?}"
+    );
+    assert_eq!(
+        pod_labels.get(LABEL_MIGRATION).map(String::as_str),
+        Some("friends")
+    );
+
+    // Any change of the slot's inputs is a new Job, never an edit of the old one.
+    let mut changed = app.clone();
+    changed
+        .spec
+        .config
+        .insert("FRIENDS_CACHE_TTL".into(), "1m".into());
+    assert_ne!(
+        build_migration_job(&changed, Component::Friends, Slot::Green).name_any(),
+        name
+    );
+    assert_ne!(
+        build_migration_job(&app, Component::Friends, Slot::Blue).name_any(),
+        name
+    );
+}
+
+const MAX_APP_NAME_LEN_FOR_TESTS: usize = crate::validate::MAX_APP_NAME_LEN;
+
+#[test]
+fn pods_of_a_migrating_slot_do_not_migrate_at_start_up() {
+    let migrating = migrating_app();
+    let plain = full_app();
+    for component in Component::ALL {
+        let with_jobs = build_deployment(&migrating, component, Slot::Blue);
+        let without = build_deployment(&plain, component, Slot::Blue);
+        let expected = component.uses_postgres().then(|| "false".to_owned());
+        assert_eq!(
+            env_value(&with_jobs, MIGRATE_ON_START_ENV),
+            expected,
+            "{component}"
+        );
+        assert_eq!(
+            env_value(&without, MIGRATE_ON_START_ENV),
+            None,
+            "{component}"
+        );
+    }
+}
+
+#[test]
+fn turning_migration_jobs_on_is_a_new_revision_but_the_default_keeps_old_hashes() {
+    let plain = full_app();
+    let before = revision(&SlotTemplate::of(&plain.spec));
+    let mut explicit_default = plain.clone();
+    explicit_default.spec.migrations = crate::crd::MigrationsSpec::default();
+    assert_eq!(revision(&SlotTemplate::of(&explicit_default.spec)), before);
+    assert_ne!(revision(&SlotTemplate::of(&migrating_app().spec)), before);
+}
+
+#[test]
+fn canary_scale_counts() {
+    use crate::crd::SetCanaryScale;
+    let replicas = |n| SetCanaryScale {
+        replicas: Some(n),
+        ..Default::default()
+    };
+    let weight = |w| SetCanaryScale {
+        weight: Some(w),
+        ..Default::default()
+    };
+    let matching = SetCanaryScale {
+        match_traffic_weight: Some(true),
+        ..Default::default()
+    };
+    // (scale, full replicas, traffic weight, pods)
+    let cases: &[(SetCanaryScale, i32, i32, i32)] = &[
+        (replicas(2), 5, 10, 2),
+        (replicas(3), 1, 0, 3),
+        (weight(25), 4, 90, 1),
+        (weight(25), 10, 0, 3),
+        (weight(100), 3, 0, 3),
+        (weight(10), 1, 0, 1),
+        (weight(50), 0, 0, 0),
+        (matching.clone(), 10, 0, 1),
+        (matching.clone(), 10, 20, 2),
+        (matching.clone(), 10, 55, 6),
+        (matching, 3, 100, 3),
+    ];
+    for (scale, full, traffic, expected) in cases {
+        assert_eq!(
+            canary_scaled_replicas(scale, *full, *traffic),
+            *expected,
+            "{scale:?} of {full} at weight {traffic}"
+        );
+    }
+}

@@ -101,6 +101,9 @@ pub enum RolloutCommand {
         /// A component of the new slot that never becomes Available.
         #[arg(long)]
         unready: Option<String>,
+        /// The new slot's migration Jobs fail (with `spec.migrations.enabled`).
+        #[arg(long)]
+        fail_migration: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -183,6 +186,11 @@ pub fn render_status(app: &MessengerApp) -> String {
             record.template_hash
         );
     }
+    for record in &status.slots {
+        if let Some(migrations) = record.migrations {
+            let _ = writeln!(out, "Migrations of {}: {migrations:?}", record.name);
+        }
+    }
     out
 }
 
@@ -213,6 +221,7 @@ pub async fn run(cli: Cli) -> CliResult {
         to_version,
         fail_analysis_at_step,
         unready,
+        fail_migration,
         output,
     } = command
     {
@@ -231,6 +240,7 @@ pub async fn run(cli: Cli) -> CliResult {
             to_version,
             fail_analysis_at_step,
             unready,
+            fail_migration,
             ready_after_seconds: DEFAULT_READY_AFTER_SECONDS,
             promote_after_seconds: DEFAULT_PROMOTE_AFTER_SECONDS,
         });

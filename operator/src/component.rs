@@ -126,7 +126,7 @@ impl std::fmt::Display for Component {
 }
 
 /// Variables the operator sets itself; a component's extra `env` must not redefine them.
-pub const WIRED_ENV: [&str; 14] = [
+pub const WIRED_ENV: [&str; 15] = [
     "GRPC_ADDR",
     "HTTP_ADDR",
     "ADMIN_ADDR",
@@ -141,6 +141,7 @@ pub const WIRED_ENV: [&str; 14] = [
     "LOG_FORMAT",
     "RUST_LOG",
     "INTERNAL_AUTH_KEY",
+    "MIGRATE_ON_START",
 ];
 
 /// The variable every component reads the app's shared internal-trust key from.

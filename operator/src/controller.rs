@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::{BoxFuture, try_join_all};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -31,11 +32,12 @@ use crate::builders::{
     MANAGED_BY, app_children_selector, build_children_for, build_internal_key_secret,
     entry_service_name,
 };
-use crate::crd::{MessengerApp, MessengerAppStatus, Phase, Slot};
+use crate::crd::{MessengerApp, MessengerAppStatus, MigrationPhase, Phase, Slot};
 use crate::error::{Error, Result};
 use crate::httproute::HTTPRoute;
 use crate::metrics::Metrics;
-use crate::rollout::{RolloutAction, next_state, wants_gateway_metrics};
+use crate::prometheus::PrometheusClient;
+use crate::rollout::{JobState, RolloutAction, next_state, wants_gateway_metrics};
 use crate::scrape::{GatewayScraper, PodScraper};
 use crate::status::{
     Transition, compute_status, degraded_status, invalid_status, observe, transitions,
@@ -60,6 +62,8 @@ pub struct Context {
     capabilities: RwLock<Option<(Instant, ApiCapabilities)>>,
     /// Reads the candidate gateways' metrics for canary analysis.
     pub scraper: Arc<dyn GatewayScraper>,
+    /// Queries Prometheus instead when `strategy.canary.prometheus` is set.
+    pub prometheus: PrometheusClient,
     /// Consecutive failures per app, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -76,6 +80,7 @@ impl Context {
             metrics,
             capabilities: RwLock::new(None),
             scraper: Arc::new(PodScraper::default()),
+            prometheus: PrometheusClient::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -197,20 +202,48 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     ensure_current(&ctx.client, &namespace, app).await?;
     // Observe, decide, build: the state machine sees the children as they are, not as the
     // last apply left them.
-    let (deployments, entry) = observe_children(&ctx.client, &namespace, app).await?;
-    let mut observed = observe(app, &deployments, entry.as_ref());
-    if let Some(candidate) = wants_gateway_metrics(app) {
-        observed.gateway_metrics = ctx
-            .scraper
-            .scrape(&ctx.client, &namespace, app, candidate)
-            .await;
+    let (deployments, jobs, entry) = observe_children(&ctx.client, &namespace, app).await?;
+    let mut observed = observe(app, &deployments, &jobs, entry.as_ref());
+    if let Some((candidate, interval)) = wants_gateway_metrics(app) {
+        let prometheus = app
+            .spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.prometheus.as_ref());
+        observed.gateway_metrics = match prometheus {
+            Some(spec) => {
+                observed.metrics_window = true;
+                ctx.prometheus
+                    .window(spec, &namespace, &app.name_any(), candidate, interval)
+                    .await
+                    .inspect_err(
+                        |error| warn!(%error, "canary analysis: Prometheus did not answer"),
+                    )
+                    .ok()
+            }
+            None => {
+                ctx.scraper
+                    .scrape(&ctx.client, &namespace, app, candidate)
+                    .await
+            }
+        };
     }
     let decision = next_state(app, &observed, &now);
     let children = build_children_for(app, &decision.status, caps);
     let applied = async {
         // Pods reference the key Secret; it must exist before they are created.
         ensure_internal_key(&ctx.client, &namespace, app).await?;
-        apply_workloads(&ctx.client, &namespace, &children).await
+        let applied = apply_workloads(&ctx.client, &namespace, &children).await?;
+        run_migration_jobs(
+            &ctx.client,
+            &namespace,
+            &children.jobs,
+            &decision.status,
+            &observed.jobs,
+        )
+        .await?;
+        Ok::<_, Error>(applied)
     };
     let applied = match applied.await {
         Ok(applied) => applied,
@@ -307,19 +340,85 @@ async fn ensure_current(client: &Client, namespace: &str, app: &MessengerApp) ->
     Ok(())
 }
 
-/// The app's Deployments (both slots) and its entry Service, as the API server has them.
+/// The app's Deployments (both slots), its Jobs and its entry Service, as the API server
+/// has them.
 async fn observe_children(
     client: &Client,
     namespace: &str,
     app: &MessengerApp,
-) -> Result<(Vec<Deployment>, Option<Service>)> {
+) -> Result<(Vec<Deployment>, Vec<Job>, Option<Service>)> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let selector = ListParams::default().labels(&app_children_selector(app));
     let entry_name = entry_service_name(app);
-    let (list, entry) =
-        futures::try_join!(deployments.list(&selector), services.get_opt(&entry_name))?;
-    Ok((list.items, entry))
+    let (list, job_list, entry) = futures::try_join!(
+        deployments.list(&selector),
+        jobs.list(&selector),
+        services.get_opt(&entry_name)
+    )?;
+    Ok((list.items, job_list.items, entry))
+}
+
+/// Which migration Jobs to delete and which to create: a desired Job that does not exist
+/// is created; one that failed while its slot waits for migrations again (`retry`) is
+/// deleted and created anew. Existing Jobs are never updated: their name carries the
+/// revision, so a changed template is always a new Job.
+pub fn plan_migration_jobs<'a>(
+    desired: &'a [Job],
+    status: &MessengerAppStatus,
+    observed: &std::collections::BTreeMap<String, JobState>,
+) -> (Vec<&'a Job>, Vec<&'a Job>) {
+    let pending = |job: &Job| {
+        let slot = job.labels().get(LABEL_SLOT);
+        status.slots.iter().any(|s| {
+            slot.is_some_and(|label| label == s.name.as_str())
+                && s.migrations == Some(MigrationPhase::Pending)
+        })
+    };
+    let rerun: Vec<&Job> = desired
+        .iter()
+        .filter(|job| observed.get(&job.name_any()) == Some(&JobState::Failed) && pending(job))
+        .collect();
+    let create = desired
+        .iter()
+        .filter(|job| {
+            !observed.contains_key(&job.name_any())
+                || rerun.iter().any(|r| r.name_any() == job.name_any())
+        })
+        .collect();
+    (rerun, create)
+}
+
+async fn run_migration_jobs(
+    client: &Client,
+    namespace: &str,
+    desired: &[Job],
+    status: &MessengerAppStatus,
+    observed: &std::collections::BTreeMap<String, JobState>,
+) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let (rerun, create) = plan_migration_jobs(desired, status, observed);
+    for job in rerun {
+        info!(job = %job.name_any(), "deleting a failed migration Job to run it again");
+        match api
+            .delete(&job.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for job in create {
+        match api.create(&PostParams::default(), job).await {
+            Ok(_) => info!(job = %job.name_any(), "created a migration Job"),
+            // Still being deleted, or created by a concurrent reconcile: the next one sees it.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the status when it changed, publishes Events for transitions, updates the phase gauge.
@@ -460,6 +559,19 @@ fn rollout_event(action: &RolloutAction) -> Option<Transition> {
             "WeightSet",
             format!("candidate slot weight {weight}"),
         ),
+        RolloutAction::SetCanaryScale(scale) => (
+            false,
+            "CanaryScaleSet",
+            format!(
+                "candidate slot scale {}",
+                crate::simulate::describe_scale(scale)
+            ),
+        ),
+        RolloutAction::CanaryScaleReset => (
+            false,
+            "CanaryScaleReset",
+            "candidate slot back to its full replicas before it takes all traffic".to_owned(),
+        ),
         RolloutAction::Paused(why) => (false, "RolloutPaused", why.clone()),
         RolloutAction::Promoted { stable } => (
             false,
@@ -488,6 +600,18 @@ fn rollout_event(action: &RolloutAction) -> Option<Transition> {
             *verdict != crate::rollout::Verdict::Successful,
             "AnalysisRun",
             format!("analysis verdict: {verdict:?}"),
+        ),
+        RolloutAction::MigrationsSucceeded(slot) => (
+            false,
+            "MigrationsSucceeded",
+            format!("the migration Jobs of slot {slot} completed; its pods start"),
+        ),
+        RolloutAction::MigrationFailed { slot, job } => (
+            true,
+            "MigrationFailed",
+            format!(
+                "migration Job {job} of slot {slot} failed (kubectl logs job/{job}); the slot does not start"
+            ),
         ),
     };
     Some(Transition {
@@ -685,6 +809,7 @@ pub async fn prune_children(
             &children.network_policies,
             keep,
         )),
+        Box::pin(prune(client, namespace, app, &children.jobs, keep)),
     ];
     if caps.pdb_v1 {
         lists.push(Box::pin(prune(
@@ -737,7 +862,8 @@ pub async fn run_controller(
             .owns(api::<ConfigMap>(&client, ns), owned.clone())
             .owns(api::<ServiceAccount>(&client, ns), owned.clone())
             .owns(api::<Ingress>(&client, ns), owned.clone())
-            .owns(api::<NetworkPolicy>(&client, ns), owned.clone());
+            .owns(api::<NetworkPolicy>(&client, ns), owned.clone())
+            .owns(api::<Job>(&client, ns), owned.clone());
     // Watching a kind the server does not serve would fail forever.
     if caps.pdb_v1 {
         controller = controller.owns(api::<PodDisruptionBudget>(&client, ns), owned.clone());
@@ -898,8 +1024,8 @@ mod tests {
         );
         assert_eq!(
             stats.lists.load(Relaxed),
-            9,
-            "one list of Deployments to observe, one prune list per kind"
+            11,
+            "one list of Deployments and one of Jobs to observe, one prune list per kind"
         );
         assert_eq!(
             stats.creates.load(Relaxed),

@@ -59,6 +59,9 @@ pub struct MessengerAppSpec {
     pub ingress: Option<IngressSpec>,
     #[serde(default)]
     pub strategy: StrategySpec,
+    /// Database migrations of auth, users and friends.
+    #[serde(default, skip_serializing_if = "MigrationsSpec::is_default")]
+    pub migrations: MigrationsSpec,
     /// Holds a rollout where it is: no step advances, nothing is promoted automatically.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
@@ -215,6 +218,33 @@ pub struct PostgresSpec {
     pub friends: Option<SecretKeyRef>,
 }
 
+/// How auth, users and friends migrate their PostgreSQL schemas. By default each pod
+/// migrates at start-up; with `enabled`, a Job per service runs the slot's migrations
+/// (`messenger-<service> migrate`) before any of the slot's Deployments exist, its pods
+/// start with `MIGRATE_ON_START=false`, and a failed Job aborts the rollout before any
+/// traffic moves. Part of what a slot is rendered from: turning it on or off is a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationsSpec {
+    /// Run migrations as Jobs before the slot starts (default false: pods migrate at start-up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enabled: bool,
+    /// Retries of a failed migration pod before its Job fails (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: Option<i32>,
+    /// A migration Job still running after this long fails (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+}
+
+impl MigrationsSpec {
+    pub fn is_default(&self) -> bool {
+        *self == MigrationsSpec::default()
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -330,12 +360,32 @@ pub struct CanaryStrategy {
     /// traffic; a failure (at `failureLimit`) aborts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<CanaryAnalysis>,
+    /// Where analyses read the candidate gateways' request metrics: absent, from the pods'
+    /// own `/metrics`; set, with PromQL from this Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSpec>,
+}
+
+/// A Prometheus that scrapes the gateways, queried over its HTTP API.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSpec {
+    /// Base URL of the HTTP API (plain HTTP), e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^http://[^\s]+$"))]
+    pub url: String,
+    /// PromQL label matchers picking the candidate slot's gateway series; `$namespace`,
+    /// `$app` and `$slot` are replaced. Default: the pod labels as Prometheus's
+    /// `kubernetes-pods` example job copies them (`namespace`, `app_kubernetes_io_instance`,
+    /// `app_kubernetes_io_component="gateway"`, `messenger_dev_slot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub selector: Option<String>,
 }
 
 /// One canary step; exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1").message("a canary step sets exactly one of setWeight, pause, analysis"))]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.analysis), has(self.setCanaryScale)].filter(x, x).size() == 1").message("a canary step sets exactly one of setWeight, pause, analysis, setCanaryScale"))]
 pub struct CanaryStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
@@ -344,6 +394,33 @@ pub struct CanaryStep {
     pub pause: Option<PauseStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<CanaryAnalysis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<SetCanaryScale>,
+}
+
+/// How many pods each component of the candidate slot runs from this step on (until the
+/// next `setCanaryScale`; before the new slot takes all traffic it is scaled back to its
+/// full replicas). Exactly one field is set. Without any, the candidate runs its full
+/// replicas, as Argo Rollouts' canary does without `setCanaryScale`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.replicas), has(self.weight), has(self.matchTrafficWeight)].filter(x, x).size() == 1").message("setCanaryScale sets exactly one of replicas, weight, matchTrafficWeight"),
+    validation = Rule::new("!has(self.matchTrafficWeight) || self.matchTrafficWeight").message("setCanaryScale.matchTrafficWeight can only be true")
+)]
+pub struct SetCanaryScale {
+    /// Pods per component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// Percent of each component's replicas (rounded up, at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: Option<i32>,
+    /// Percent of each component's replicas equal to the candidate's traffic weight, as it
+    /// moves (rounded up, at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_traffic_weight: Option<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -454,6 +531,9 @@ pub struct RolloutStatus {
     /// The same for the background analysis (`strategy.canary.analysis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_baseline: Option<AnalysisBaseline>,
+    /// The last `setCanaryScale` step's scale of the candidate slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_scale: Option<SetCanaryScale>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -568,6 +648,24 @@ pub struct SlotStatus {
     /// Scaled to zero; the objects stay for an instant switch-back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub scaled_down: bool,
+    /// The slot's migration Jobs (`spec.migrations.enabled`): its Deployments exist only
+    /// once they `Succeeded`; absent when the slot's pods migrate at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_string_schema")]
+    pub migrations: Option<MigrationPhase>,
+}
+
+/// Where a slot's migration Jobs are. Decoded leniently, as `Phase`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MigrationPhase {
+    /// Jobs created or running.
+    Pending,
+    /// Every Job completed: the slot's Deployments may start.
+    Succeeded,
+    /// A Job failed; the slot never starts.
+    Failed,
+    #[serde(other)]
+    Unknown,
 }
 
 /// Everything a slot is rendered from. Ingress, strategy and routing are app-wide and
@@ -582,6 +680,9 @@ pub struct SlotTemplate {
     #[serde(default)]
     pub config: BTreeMap<String, String>,
     pub log_level: String,
+    /// Left out when default, so revisions recorded before the field existed keep their hash.
+    #[serde(default, skip_serializing_if = "MigrationsSpec::is_default")]
+    pub migrations: MigrationsSpec,
 }
 
 impl SlotTemplate {
@@ -593,6 +694,7 @@ impl SlotTemplate {
             dependencies: spec.dependencies.clone(),
             config: spec.config.clone(),
             log_level: spec.log_level.clone(),
+            migrations: spec.migrations.clone(),
         }
     }
 }

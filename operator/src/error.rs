@@ -28,6 +28,8 @@ pub enum Error {
         seen: String,
         current: String,
     },
+    #[error("prometheus: {0}")]
+    Prometheus(String),
 }
 
 impl Error {
@@ -42,6 +44,7 @@ impl Error {
             Error::Io(_) => "io",
             Error::LeaderElection(_) => "leader_election",
             Error::Stale { .. } => "stale",
+            Error::Prometheus(_) => "prometheus",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod fake_api;
 pub mod httproute;
 pub mod leader;
 pub mod metrics;
+pub mod prometheus;
 pub mod rollout;
 pub mod scrape;
 pub mod simulate;

@@ -12,9 +12,10 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::analysis::{DEFAULT_INTERVAL_SECONDS, MetricsSample, judge};
+use crate::builders::{migrating_components, migration_job_name};
 use crate::crd::{
-    AnalysisBaseline, CanaryStep, MessengerApp, MessengerAppStatus, RolloutStatus, Slot, SlotRole,
-    SlotStatus, SlotTemplate, StrategyType,
+    AnalysisBaseline, CanaryStep, MessengerApp, MessengerAppStatus, MigrationPhase, RolloutStatus,
+    Slot, SlotRole, SlotStatus, SlotTemplate, StrategyType,
 };
 
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i64 = 600;
@@ -62,6 +63,14 @@ impl SlotObservation {
     }
 }
 
+/// Where a Job is, from its conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
 /// The verdict of the analysis run for the current step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -80,6 +89,11 @@ pub struct Observed {
     pub analysis: Option<Verdict>,
     /// The candidate gateways' counters now, scraped while an analysis step runs.
     pub gateway_metrics: Option<MetricsSample>,
+    /// `gateway_metrics` is what Prometheus counted over the last analysis interval rather
+    /// than cumulative counters; `None` then means Prometheus did not answer.
+    pub metrics_window: bool,
+    /// The app's Jobs by name.
+    pub jobs: BTreeMap<String, JobState>,
 }
 
 impl Observed {
@@ -104,6 +118,10 @@ pub enum RolloutAction {
         revision: String,
     },
     SetWeight(i32),
+    /// A `setCanaryScale` step: the candidate slot's pods per component from now on.
+    SetCanaryScale(crate::crd::SetCanaryScale),
+    /// Before the candidate takes all traffic it runs its full replicas again.
+    CanaryScaleReset,
     Paused(String),
     Promoted {
         stable: Slot,
@@ -114,6 +132,13 @@ pub enum RolloutAction {
     ScaledDown(Slot),
     /// An analysis step measured a verdict.
     Analysis(Verdict),
+    /// Every migration Job of the slot completed; its Deployments start.
+    MigrationsSucceeded(Slot),
+    /// A migration Job of the slot failed; the slot never starts.
+    MigrationFailed {
+        slot: Slot,
+        job: String,
+    },
     Acknowledged(String),
     Ignored(String),
 }
@@ -187,6 +212,10 @@ fn record_slot(
         .as_ref()
         .map(|t| t.version.clone())
         .unwrap_or_default();
+    let migrations = template
+        .as_ref()
+        .filter(|t| t.migrations.enabled)
+        .map(|_| MigrationPhase::Pending);
     let record = SlotStatus {
         name: slot,
         version,
@@ -196,6 +225,7 @@ fn record_slot(
         weight: 0,
         scale_down_at: None,
         scaled_down: false,
+        migrations,
     };
     match slot_mut(status, slot) {
         Some(existing) => *existing = record,
@@ -304,6 +334,13 @@ pub fn next_state(app: &MessengerApp, observed: &Observed, now: &Time) -> Decisi
                     spec_revision.clone(),
                     SlotRole::Stable,
                 );
+                if running.is_some()
+                    && let Some(record) = slot_mut(&mut step.status, stable)
+                    && record.migrations.is_some()
+                {
+                    // Its pods already run: whatever they needed was migrated.
+                    record.migrations = Some(MigrationPhase::Succeeded);
+                }
                 if step.status.slots.len() > 1 || running.is_some() {
                     step.actions
                         .push(RolloutAction::AdoptedStableRevision(spec_revision.clone()));
@@ -314,10 +351,19 @@ pub fn next_state(app: &MessengerApp, observed: &Observed, now: &Time) -> Decisi
     let stable_revision = slot_ref(&step.status, stable)
         .map(|s| s.template_hash.clone())
         .unwrap_or_default();
+    observe_migrations(app, &mut step, observed);
 
     match step.status.rollout.clone() {
         None if spec_revision == stable_revision => {
-            if commands != Commands::default() {
+            let failed = slot_ref(&step.status, stable)
+                .is_some_and(|s| s.migrations == Some(MigrationPhase::Failed));
+            if failed && commands.retry {
+                // The first slot's migrations failed: run them again.
+                if let Some(record) = slot_mut(&mut step.status, stable) {
+                    record.migrations = Some(MigrationPhase::Pending);
+                }
+                step.actions.push(RolloutAction::Retried);
+            } else if commands != Commands::default() {
                 step.actions
                     .push(RolloutAction::Ignored("no rollout in progress".to_owned()));
             }
@@ -381,6 +427,47 @@ pub fn next_state(app: &MessengerApp, observed: &Observed, now: &Time) -> Decisi
     }
 }
 
+/// Moves each slot whose migration Jobs are pending to `Succeeded` once all of them
+/// completed, or to `Failed` once one failed. Both are final for the slot's revision
+/// (`retry` or a new revision starts over).
+fn observe_migrations(app: &MessengerApp, step: &mut Step, observed: &Observed) {
+    for record in &mut step.status.slots {
+        if record.migrations != Some(MigrationPhase::Pending) {
+            continue;
+        }
+        let states: Vec<(String, Option<JobState>)> = migrating_components()
+            .map(|c| {
+                let name = migration_job_name(app, c, record.name, &record.template_hash);
+                let state = observed.jobs.get(&name).copied();
+                (name, state)
+            })
+            .collect();
+        if let Some((job, _)) = states
+            .iter()
+            .find(|(_, state)| *state == Some(JobState::Failed))
+        {
+            record.migrations = Some(MigrationPhase::Failed);
+            step.actions.push(RolloutAction::MigrationFailed {
+                slot: record.name,
+                job: job.clone(),
+            });
+        } else if states
+            .iter()
+            .all(|(_, state)| *state == Some(JobState::Succeeded))
+        {
+            record.migrations = Some(MigrationPhase::Succeeded);
+            step.actions
+                .push(RolloutAction::MigrationsSucceeded(record.name));
+        }
+    }
+}
+
+/// A slot whose pods may run: it migrates at start-up, or its migration Jobs succeeded.
+fn migrated(status: &MessengerAppStatus, slot: Slot) -> bool {
+    slot_ref(status, slot)
+        .is_some_and(|s| matches!(s.migrations, None | Some(MigrationPhase::Succeeded)))
+}
+
 fn start(step: &mut Step, stable: Slot, template: SlotTemplate, revision: String, now: &Time) {
     let candidate = stable.other();
     let version = template.version.clone();
@@ -406,6 +493,7 @@ fn start(step: &mut Step, stable: Slot, template: SlotTemplate, revision: String
         analysis: Default::default(),
         analysis_baseline: None,
         background_baseline: None,
+        canary_scale: None,
     });
     step.actions.push(RolloutAction::Started {
         candidate,
@@ -480,8 +568,15 @@ fn progress(
         abort(step, settings, "AbortedByUser".to_owned(), now);
         return;
     }
+    let migration_failed = slot_ref(&step.status, candidate)
+        .is_some_and(|s| s.migrations == Some(MigrationPhase::Failed));
+    if migration_failed {
+        // Before any traffic moved: the candidate never got pods, let alone weight.
+        abort(step, settings, "MigrationFailed".to_owned(), now);
+        return;
+    }
     let seen = observed.slot(candidate);
-    if !seen.ready_at(&rollout.revision) {
+    if !migrated(&step.status, candidate) || !seen.ready_at(&rollout.revision) {
         let deadline = after(&rollout.started_at, settings.progress_deadline);
         if rollout.available_at.is_none() && (now.0 >= deadline || seen.deadline_exceeded) {
             abort(step, settings, "ProgressDeadlineExceeded".to_owned(), now);
@@ -551,14 +646,24 @@ fn progress(
             step.status.rollout = Some(rollout);
         }
         StrategyType::Canary => {
-            if commands.promote_full {
-                complete(step, settings, candidate, now);
-                return;
-            }
             let steps = &settings.steps;
+            if commands.promote_full {
+                // The remaining steps are skipped; the end below completes the rollout.
+                rollout.step_index = i32::try_from(steps.len()).unwrap_or(i32::MAX);
+            }
             let index = usize::try_from(rollout.step_index).unwrap_or(0);
             let mut advance = false;
             match steps.get(index) {
+                None if rollout.canary_scale.is_some() => {
+                    // A scaled-down candidate would take all traffic: back to its full
+                    // replicas first; the readiness gate above waits for them.
+                    rollout.canary_scale = None;
+                    step.actions.push(RolloutAction::CanaryScaleReset);
+                    step.wake_in(NEXT_STEP_SOON);
+                    rollout.step = Some(format!("{}/{}", steps.len(), steps.len()));
+                    step.status.rollout = Some(rollout);
+                    return;
+                }
                 None => {
                     complete(step, settings, candidate, now);
                     return;
@@ -571,6 +676,11 @@ fn progress(
                     if let Some(weight) = current.set_weight {
                         rollout.weight = weight;
                         step.actions.push(RolloutAction::SetWeight(weight));
+                        advance = true;
+                    } else if let Some(scale) = &current.set_canary_scale {
+                        rollout.canary_scale = Some(scale.clone());
+                        step.actions
+                            .push(RolloutAction::SetCanaryScale(scale.clone()));
                         advance = true;
                     } else if let Some(pause) = &current.pause {
                         match pause.duration_seconds {
@@ -643,9 +753,10 @@ fn progress(
     }
 }
 
-/// The candidate slot whose gateways the next decision wants measured: a canary rollout
-/// (not aborted) standing at an analysis step.
-pub fn wants_gateway_metrics(app: &MessengerApp) -> Option<Slot> {
+/// The candidate slot whose gateways the next decision wants measured, and the interval
+/// of the analysis: a canary rollout (not aborted) standing at an analysis step, or whose
+/// candidate carries traffic under a background analysis.
+pub fn wants_gateway_metrics(app: &MessengerApp) -> Option<(Slot, i64)> {
     if app.spec.strategy.type_ != StrategyType::Canary {
         return None;
     }
@@ -657,12 +768,13 @@ pub fn wants_gateway_metrics(app: &MessengerApp) -> Option<Slot> {
         .filter(|r| r.abort_reason.is_none())?;
     let canary = app.spec.strategy.canary.as_ref()?;
     let index = usize::try_from(rollout.step_index).ok()?;
-    let at_analysis_step = canary
-        .steps
-        .get(index)
-        .is_some_and(|s| s.analysis.is_some());
-    let background = canary.analysis.is_some() && rollout.weight > 0;
-    (at_analysis_step || background).then_some(rollout.candidate)
+    let step = canary.steps.get(index).and_then(|s| s.analysis.as_ref());
+    let background = canary.analysis.as_ref().filter(|_| rollout.weight > 0);
+    let thresholds = step.or(background)?;
+    let interval = thresholds
+        .interval_seconds
+        .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+    Some((rollout.candidate, interval))
 }
 
 /// One analysis measurement: the first scrape of a step becomes the baseline; once the
@@ -712,6 +824,26 @@ fn measure_with(
     let interval = thresholds
         .interval_seconds
         .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+    if observed.metrics_window {
+        // Prometheus answers for the interval itself: the baseline only times the
+        // measurements, one interval apart from the start of the step.
+        let due = slot.as_ref().map(|b| after(&b.taken_at, interval));
+        if due.is_some_and(|due| now.0 < due) {
+            step.wake_in(until(now, due.unwrap_or(now.0)));
+            return None;
+        }
+        *slot = Some(AnalysisBaseline {
+            taken_at: now.clone(),
+            sample: MetricsSample::default(),
+        });
+        step.wake_in(Duration::from_secs(interval as u64));
+        return due.map(|_| match &observed.gateway_metrics {
+            Some(window) => judge(&MetricsSample::default(), window, thresholds),
+            // A Prometheus that does not answer gives no verdict, and counts toward the
+            // inconclusive limit so a wrong URL cannot hold a rollout forever.
+            None => Verdict::Inconclusive,
+        });
+    }
     let Some(current) = &observed.gateway_metrics else {
         // Nothing scraped (no pods answering yet): look again soon.
         step.wake_in(Duration::from_secs(interval.clamp(1, 10) as u64));

@@ -604,14 +604,20 @@ fn invariants_hold_over_random_event_sequences() {
         } else {
             blue_green(serde_json::json!({"autoPromote": seed % 4 == 1}))
         };
-        let mut run = steady(spec);
+        // Every third app migrates through Jobs, whose outcomes are events too.
+        let migrating = seed % 3 == 0;
+        let mut run = if migrating {
+            steady_migrating(spec)
+        } else {
+            steady(spec)
+        };
         let mut now = 10;
         let mut token = 0;
         let mut history = Vec::new();
         for _ in 0..60 {
             now += rng.random_range(0..120);
             token += 1;
-            let event = rng.random_range(0..12);
+            let event = rng.random_range(0..13);
             history.push(event);
             match event {
                 0 | 1 => run.set_version(["2.0.0", "3.0.0", "1.0.0"][rng.random_range(0..3)]),
@@ -619,6 +625,16 @@ fn invariants_hold_over_random_event_sequences() {
                     let candidate = run.status().rollout.as_ref().map(|r| r.candidate);
                     if let Some(slot) = candidate {
                         run.ready(slot);
+                        if migrating {
+                            run.migration_jobs(slot, JobState::Succeeded);
+                        }
+                    }
+                }
+                12 => {
+                    if let Some(slot) = run.status().rollout.as_ref().map(|r| r.candidate)
+                        && migrating
+                    {
+                        run.migration_jobs(slot, JobState::Failed);
                     }
                 }
                 4 => {
@@ -670,6 +686,11 @@ fn invariants_hold_over_random_event_sequences() {
                     "weight {} is not one the steps name: {context}",
                     slot.weight
                 );
+                assert!(
+                    slot.weight == 0
+                        || matches!(slot.migrations, None | Some(MigrationPhase::Succeeded)),
+                    "traffic only reaches a slot whose migrations succeeded: {context}"
+                );
             }
             let promoted = decision
                 .actions
@@ -720,6 +741,7 @@ fn invariants_hold_over_random_event_sequences() {
                     RolloutAction::Restarted { .. } => "restarted",
                     RolloutAction::Retried => "retried",
                     RolloutAction::RecoveredActiveSlot(_) => "recovered",
+                    RolloutAction::MigrationFailed { .. } => "migration failed",
                     _ => continue,
                 };
                 *seen.entry(kind).or_default() += 1;
@@ -737,6 +759,7 @@ fn invariants_hold_over_random_event_sequences() {
         "restarted",
         "retried",
         "recovered",
+        "migration failed",
     ] {
         assert!(seen.get(kind).copied().unwrap_or(0) > 5, "{kind}: {seen:?}");
     }
@@ -879,4 +902,442 @@ fn background_analysis_aborts_a_canary_during_a_pause() {
         aborted.actions
     );
     assert_eq!(run.weights(), (100, 0));
+}
+
+impl Run {
+    /// Every migration Job of `slot` at its recorded revision is in `state`.
+    fn migration_jobs(&mut self, slot: Slot, state: JobState) {
+        let revision = self.slot(slot).template_hash.clone();
+        for component in migrating_components() {
+            let name = migration_job_name(&self.app, component, slot, &revision);
+            self.observed.jobs.insert(name, state);
+        }
+    }
+}
+
+fn with_migrations(mut spec: serde_json::Value) -> serde_json::Value {
+    spec["migrations"] = serde_json::json!({"enabled": true});
+    spec
+}
+
+/// A steady migrating app: blue at 1.0.0, migrated and Available.
+fn steady_migrating(spec: serde_json::Value) -> Run {
+    let mut run = Run::new(with_migrations(spec));
+    run.step(0);
+    run.migration_jobs(Slot::Blue, JobState::Succeeded);
+    run.step(1);
+    run.ready(Slot::Blue);
+    run.step(2);
+    run
+}
+
+#[test]
+fn the_first_slot_starts_only_after_its_migration_jobs_succeeded() {
+    let mut run = Run::new(with_migrations(canary_spec()));
+    let cases: &[(i64, Option<JobState>, MigrationPhase, Vec<RolloutAction>)] = &[
+        (0, None, MigrationPhase::Pending, vec![]),
+        (5, Some(JobState::Running), MigrationPhase::Pending, vec![]),
+        (
+            9,
+            Some(JobState::Succeeded),
+            MigrationPhase::Succeeded,
+            vec![RolloutAction::MigrationsSucceeded(Slot::Blue)],
+        ),
+        // Final: Jobs deleted later (or by hand) do not stop a migrated slot.
+        (10, None, MigrationPhase::Succeeded, vec![]),
+    ];
+    for (second, jobs, phase, actions) in cases {
+        run.observed.jobs.clear();
+        if let Some(state) = jobs {
+            run.migration_jobs(Slot::Blue, *state);
+        }
+        let decision = run.step(*second);
+        assert_eq!(decision.actions, *actions, "t={second}");
+        assert_eq!(run.slot(Slot::Blue).migrations, Some(*phase), "t={second}");
+        assert!(run.status().rollout.is_none(), "t={second}");
+    }
+}
+
+#[test]
+fn a_failed_first_migration_holds_the_slot_until_retry_runs_it_again() {
+    let mut run = Run::new(with_migrations(blue_green(serde_json::json!({}))));
+    run.step(0);
+    run.migration_jobs(Slot::Blue, JobState::Failed);
+    let failed = run.step(5);
+    assert!(matches!(
+        failed.actions.as_slice(),
+        [RolloutAction::MigrationFailed { slot: Slot::Blue, job }] if job.starts_with("demo-auth-blue-")
+    ));
+    assert_eq!(
+        run.slot(Slot::Blue).migrations,
+        Some(MigrationPhase::Failed)
+    );
+    run.step(100);
+    assert_eq!(
+        run.slot(Slot::Blue).migrations,
+        Some(MigrationPhase::Failed),
+        "final"
+    );
+    run.command(ANNOTATION_RETRY, "r1");
+    let retried = run.step(101);
+    assert_eq!(retried.actions, vec![RolloutAction::Retried]);
+    assert_eq!(
+        run.slot(Slot::Blue).migrations,
+        Some(MigrationPhase::Pending)
+    );
+}
+
+#[test]
+fn a_rollout_gates_on_its_migrations_and_a_failed_one_aborts_before_any_traffic_moves() {
+    for (strategy, spec) in [
+        ("BlueGreen", blue_green(serde_json::json!({}))),
+        ("Canary", canary_spec()),
+    ] {
+        for outcome in [JobState::Succeeded, JobState::Failed] {
+            let case = format!("{strategy}, Jobs {outcome:?}");
+            let mut run = steady_migrating(spec.clone());
+            run.set_version("2.0.0");
+            run.step(10);
+            assert_eq!(
+                run.slot(Slot::Green).migrations,
+                Some(MigrationPhase::Pending),
+                "{case}"
+            );
+            // Even Deployments that look Available (left from an earlier rollout at the
+            // same revision) move nothing before the migrations are done.
+            run.ready(Slot::Green);
+            run.migration_jobs(Slot::Green, JobState::Running);
+            let waiting = run.step(11);
+            assert_eq!(waiting.actions, vec![], "{case}");
+            assert_eq!(run.weights(), (100, 0), "{case}");
+            assert_eq!(run.status().active_slot, Some(Slot::Blue), "{case}");
+
+            run.migration_jobs(Slot::Green, outcome);
+            let decided = run.step(12);
+            match outcome {
+                JobState::Failed => {
+                    assert!(
+                        matches!(
+                            decided.actions.as_slice(),
+                            [
+                                RolloutAction::MigrationFailed { slot: Slot::Green, .. },
+                                RolloutAction::Aborted(reason),
+                            ] if reason == "MigrationFailed"
+                        ),
+                        "{case}: {:?}",
+                        decided.actions
+                    );
+                    assert_eq!(run.weights(), (100, 0), "{case}");
+                    assert_eq!(run.status().active_slot, Some(Slot::Blue), "{case}");
+                    assert_eq!(
+                        run.status()
+                            .rollout
+                            .as_ref()
+                            .and_then(|r| r.abort_reason.as_deref()),
+                        Some("MigrationFailed"),
+                        "{case}"
+                    );
+                    // Stays aborted; retry runs the migrations again.
+                    run.step(13);
+                    assert_eq!(run.weights(), (100, 0), "{case}");
+                    run.command(ANNOTATION_RETRY, "r1");
+                    let retried = run.step(14);
+                    assert_eq!(retried.actions, vec![RolloutAction::Retried], "{case}");
+                    assert_eq!(
+                        run.slot(Slot::Green).migrations,
+                        Some(MigrationPhase::Pending),
+                        "{case}"
+                    );
+                }
+                _ => {
+                    assert_eq!(
+                        decided.actions.first(),
+                        Some(&RolloutAction::MigrationsSucceeded(Slot::Green)),
+                        "{case}"
+                    );
+                    let moved = if strategy == "BlueGreen" {
+                        (0, 100)
+                    } else {
+                        (80, 20)
+                    };
+                    assert_eq!(run.weights(), moved, "{case}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_new_revision_mid_rollout_waits_for_its_own_migrations() {
+    let mut run = steady_migrating(canary_spec());
+    run.set_version("2.0.0");
+    run.step(10);
+    run.migration_jobs(Slot::Green, JobState::Succeeded);
+    run.step(11);
+    assert_eq!(
+        run.slot(Slot::Green).migrations,
+        Some(MigrationPhase::Succeeded)
+    );
+    run.set_version("2.0.1");
+    run.step(12);
+    assert_eq!(
+        run.slot(Slot::Green).migrations,
+        Some(MigrationPhase::Pending),
+        "the old revision's Jobs say nothing about the new one"
+    );
+    run.ready(Slot::Green);
+    run.step(13);
+    assert_eq!(run.weights(), (100, 0));
+}
+
+#[test]
+fn a_retry_deletes_the_failed_jobs_and_creates_them_again() {
+    use crate::builders::{ApiCapabilities, build_children_for};
+    use crate::controller::plan_migration_jobs;
+    let mut run = steady_migrating(blue_green(serde_json::json!({})));
+    run.set_version("2.0.0");
+    run.step(10);
+    let children = build_children_for(&run.app, run.status(), ApiCapabilities::ALL);
+    let names = |jobs: Vec<&k8s_openapi::api::batch::v1::Job>| -> Vec<String> {
+        jobs.iter().map(|j| j.name_any()).collect()
+    };
+    let (delete, create) = plan_migration_jobs(&children.jobs, run.status(), &run.observed.jobs);
+    assert!(delete.is_empty());
+    let green: Vec<String> = migrating_components()
+        .map(|c| {
+            migration_job_name(
+                &run.app,
+                c,
+                Slot::Green,
+                &run.slot(Slot::Green).template_hash,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names(create),
+        green,
+        "blue's Jobs exist, green's are created"
+    );
+
+    run.migration_jobs(Slot::Green, JobState::Failed);
+    run.step(11);
+    let (delete, create) = plan_migration_jobs(&children.jobs, run.status(), &run.observed.jobs);
+    assert!(
+        delete.is_empty() && create.is_empty(),
+        "a failed Job is kept for its logs"
+    );
+    run.command(ANNOTATION_RETRY, "r1");
+    run.step(12);
+    let (delete, create) = plan_migration_jobs(&children.jobs, run.status(), &run.observed.jobs);
+    assert_eq!(names(delete), green);
+    assert_eq!(names(create), green);
+}
+
+fn scaled_canary_spec() -> serde_json::Value {
+    serde_json::json!({"version": "1.0.0",
+    "components": {"gateway": {"replicas": 4}, "chat": {"replicas": 2}},
+    "ingress": {"host": "messenger.local", "className": "nginx"},
+    "strategy": {"type": "Canary", "canary": {"steps": [
+        {"setCanaryScale": {"replicas": 1}},
+        {"setWeight": 10},
+        {"setCanaryScale": {"matchTrafficWeight": true}},
+        {"setWeight": 50},
+        {"pause": {}}
+    ]}}})
+}
+
+/// Pods per component of `slot` as the builders render `run`'s status.
+fn pods(run: &Run, slot: Slot) -> Vec<i32> {
+    let children = crate::builders::build_children_for(
+        &run.app,
+        run.status(),
+        crate::builders::ApiCapabilities::ALL,
+    );
+    crate::component::Component::ALL
+        .into_iter()
+        .map(|c| {
+            let name = crate::builders::workload_name(&run.app, c, slot);
+            children
+                .deployments
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|d| d.spec.replicas)
+                .unwrap_or(-1)
+        })
+        .collect()
+}
+
+#[test]
+fn set_canary_scale_sizes_the_candidate_and_it_is_full_again_before_it_takes_all_traffic() {
+    let mut run = steady(scaled_canary_spec());
+    run.set_version("2.0.0");
+    run.step(10);
+    // (second, weights, candidate pods per component: gateway, auth, users, friends, chat,
+    // step index, action)
+    type Case = (i64, (i32, i32), [i32; 5], i32, Option<RolloutAction>);
+    let cases: &[Case] = &[
+        (
+            11,
+            (100, 0),
+            [1, 1, 1, 1, 1],
+            1,
+            Some(RolloutAction::SetCanaryScale(crate::crd::SetCanaryScale {
+                replicas: Some(1),
+                ..Default::default()
+            })),
+        ),
+        (
+            12,
+            (90, 10),
+            [1, 1, 1, 1, 1],
+            2,
+            Some(RolloutAction::SetWeight(10)),
+        ),
+        (13, (90, 10), [1, 1, 1, 1, 1], 3, None),
+        (
+            14,
+            (50, 50),
+            [2, 1, 1, 1, 1],
+            4,
+            Some(RolloutAction::SetWeight(50)),
+        ),
+    ];
+    for (second, weights, expected, index, action) in cases {
+        run.ready(Slot::Green);
+        let decision = run.step(*second);
+        assert_eq!(run.weights(), *weights, "at {second}");
+        assert_eq!(pods(&run, Slot::Green), expected.to_vec(), "at {second}");
+        assert_eq!(
+            pods(&run, Slot::Blue),
+            vec![4, 1, 1, 1, 2],
+            "stable untouched at {second}"
+        );
+        assert_eq!(
+            run.status().rollout.as_ref().unwrap().step_index,
+            *index,
+            "at {second}"
+        );
+        if let Some(action) = action {
+            assert!(
+                decision.actions.contains(action),
+                "at {second}: {:?}",
+                decision.actions
+            );
+        }
+    }
+    assert_eq!(
+        run.status().rollout.as_ref().unwrap().canary_scale,
+        Some(crate::crd::SetCanaryScale {
+            match_traffic_weight: Some(true),
+            ..Default::default()
+        })
+    );
+
+    // Promote past the last pause: first back to full size, and only once that is
+    // Available does the candidate take all traffic.
+    run.command(ANNOTATION_PROMOTE, "go");
+    run.step(20);
+    let reset = run.step(21);
+    assert_eq!(reset.actions, vec![RolloutAction::CanaryScaleReset]);
+    assert_eq!(pods(&run, Slot::Green), vec![4, 1, 1, 1, 2]);
+    assert_eq!(run.weights(), (50, 50), "no switch while scaling up");
+    run.unready(Slot::Green);
+    run.step(22);
+    assert_eq!(run.weights(), (50, 50), "still scaling up");
+    run.ready(Slot::Green);
+    let done = run.step(23);
+    assert_eq!(
+        done.actions,
+        vec![RolloutAction::Promoted {
+            stable: Slot::Green
+        }]
+    );
+    assert_eq!(run.weights(), (0, 100));
+    assert_eq!(pods(&run, Slot::Green), vec![4, 1, 1, 1, 2]);
+}
+
+#[test]
+fn promote_full_of_a_scaled_canary_scales_up_before_switching() {
+    let mut run = steady(scaled_canary_spec());
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    run.step(11);
+    run.step(12);
+    assert_eq!(run.weights(), (90, 10));
+    run.command(ANNOTATION_PROMOTE_FULL, "now");
+    let reset = run.step(13);
+    assert_eq!(reset.actions, vec![RolloutAction::CanaryScaleReset]);
+    assert_eq!(run.weights(), (90, 10));
+    assert_eq!(run.status().active_slot, Some(Slot::Blue));
+    let done = run.step(14);
+    assert_eq!(
+        done.actions,
+        vec![RolloutAction::Promoted {
+            stable: Slot::Green
+        }]
+    );
+    assert_eq!(run.weights(), (0, 100));
+}
+
+#[test]
+fn prometheus_windows_are_judged_once_an_interval_and_silence_is_inconclusive() {
+    use crate::analysis::MetricsSample;
+    let mut run = steady(
+        serde_json::json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {
+        "prometheus": {"url": "http://prometheus:9090"},
+        "steps": [
+            {"setWeight": 10},
+            {"analysis": {"maxErrorRate": 0.05, "intervalSeconds": 60, "minRequests": 10, "failureLimit": 2, "inconclusiveLimit": 2}},
+            {"setWeight": 50}
+        ]}}}),
+    );
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    run.step(11);
+    assert_eq!(wants_gateway_metrics(&run.app), Some((Slot::Green, 60)));
+    run.observed.metrics_window = true;
+    // What Prometheus counted over the interval (no answer: None), not running totals.
+    let window = |requests: f64, errors: f64| {
+        Some(MetricsSample {
+            requests,
+            errors,
+            buckets: Vec::new(),
+        })
+    };
+    // (second, what Prometheus answers, verdict, counts: successful, failed, inconclusive)
+    type WindowCase = (i64, Option<MetricsSample>, Option<Verdict>, (i32, i32, i32));
+    let cases: &[WindowCase] = &[
+        // The step's start only times the first window.
+        (12, window(500.0, 0.0), None, (0, 0, 0)),
+        (40, window(500.0, 0.0), None, (0, 0, 0)),
+        (72, None, Some(Verdict::Inconclusive), (0, 0, 1)),
+        (132, window(100.0, 20.0), Some(Verdict::Failed), (0, 1, 1)),
+        (150, window(100.0, 0.0), None, (0, 1, 1)),
+        (
+            192,
+            window(100.0, 1.0),
+            Some(Verdict::Successful),
+            (1, 1, 1),
+        ),
+    ];
+    for (second, metrics, verdict, counts) in cases {
+        run.observed.gateway_metrics = metrics.clone();
+        let decision = run.step(*second);
+        let analysed = decision.actions.iter().find_map(|a| match a {
+            RolloutAction::Analysis(v) => Some(*v),
+            _ => None,
+        });
+        assert_eq!(analysed, *verdict, "at {second}");
+        let rollout = run.status().rollout.clone().unwrap();
+        let a = &rollout.analysis;
+        assert_eq!(
+            (a.successful, a.failed, a.inconclusive),
+            *counts,
+            "at {second}"
+        );
+    }
+    run.step(193);
+    assert_eq!(run.weights(), (50, 50));
 }

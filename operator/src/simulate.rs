@@ -9,15 +9,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
+use crate::builders::{canary_scale_of, canary_scaled_replicas};
+use crate::builders::{migrating_components, migration_job_name};
 use crate::component::Component;
-use crate::crd::{MessengerApp, Slot, SlotStatus};
+use crate::crd::{
+    MessengerApp, MessengerAppStatus, MigrationPhase, SetCanaryScale, Slot, SlotStatus,
+};
 use crate::rollout::{
-    ANNOTATION_PROMOTE, Decision, Observed, RolloutAction, SlotObservation, Verdict, next_state,
+    ANNOTATION_PROMOTE, Decision, JobState, Observed, RolloutAction, SlotObservation, Verdict,
+    next_state,
 };
 
 /// Seconds until the simulated rollout's next event, for a table a person reads.
 pub const DEFAULT_READY_AFTER_SECONDS: i64 = 30;
 pub const DEFAULT_PROMOTE_AFTER_SECONDS: i64 = 60;
+/// Seconds the migration Jobs of a slot take (`spec.migrations.enabled`).
+pub const MIGRATION_SECONDS: i64 = 10;
 
 /// The conditions of one simulated rollout.
 #[derive(Clone, Debug)]
@@ -29,6 +36,8 @@ pub struct Scenario {
     pub fail_analysis_at_step: Option<i32>,
     /// A component of the new slot that never becomes Available.
     pub unready: Option<Component>,
+    /// The new slot's migration Jobs fail (with `spec.migrations.enabled`).
+    pub fail_migration: bool,
     /// Seconds the new slot needs to become Available.
     pub ready_after_seconds: i64,
     /// Seconds a person takes to `promote` a rollout that waits for one.
@@ -58,22 +67,39 @@ fn time(second: i64) -> Time {
     Time(Timestamp::from_second(EPOCH + second).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn replicas(record: &SlotStatus) -> i32 {
-    if record.scaled_down {
+/// Pods of all five components of `record`'s slot, as the builders render them.
+fn replicas(status: &MessengerAppStatus, record: &SlotStatus) -> i32 {
+    let migrated = matches!(record.migrations, None | Some(MigrationPhase::Succeeded));
+    if record.scaled_down || !migrated {
         return 0;
     }
+    let scale = canary_scale_of(status, record.name);
     record.template.as_ref().map_or(0, |t| {
         Component::ALL
             .into_iter()
-            .map(|c| match c {
-                Component::Gateway => t.components.gateway.replicas,
-                Component::Auth => t.components.auth.replicas,
-                Component::Users => t.components.users.replicas,
-                Component::Friends => t.components.friends.replicas,
-                Component::Chat => t.components.chat.replicas,
+            .map(|c| {
+                let full = match c {
+                    Component::Gateway => t.components.gateway.replicas,
+                    Component::Auth => t.components.auth.replicas,
+                    Component::Users => t.components.users.replicas,
+                    Component::Friends => t.components.friends.replicas,
+                    Component::Chat => t.components.chat.replicas,
+                };
+                scale.map_or(full, |(scale, weight)| {
+                    canary_scaled_replicas(scale, full, weight)
+                })
             })
             .sum()
     })
+}
+
+/// `replicas 2`, `weight 25%`, `matching the traffic weight`.
+pub fn describe_scale(scale: &SetCanaryScale) -> String {
+    match (scale.replicas, scale.weight) {
+        (Some(replicas), _) => format!("replicas {replicas}"),
+        (None, Some(weight)) => format!("weight {weight}%"),
+        (None, None) => "matching the traffic weight".to_owned(),
+    }
 }
 
 fn describe(action: &RolloutAction) -> String {
@@ -83,6 +109,10 @@ fn describe(action: &RolloutAction) -> String {
         RolloutAction::Started { candidate, .. } => format!("start rollout into {candidate}"),
         RolloutAction::Restarted { .. } => "restart rollout".to_owned(),
         RolloutAction::SetWeight(w) => format!("set weight {w}"),
+        RolloutAction::SetCanaryScale(scale) => {
+            format!("set canary scale: {}", describe_scale(scale))
+        }
+        RolloutAction::CanaryScaleReset => "scale candidate back to full".to_owned(),
         RolloutAction::Paused(why) => format!("paused ({why})"),
         RolloutAction::Promoted { stable } => format!("promote: {stable} is stable"),
         RolloutAction::Aborted(reason) => format!("abort: {reason}"),
@@ -92,6 +122,10 @@ fn describe(action: &RolloutAction) -> String {
         RolloutAction::Acknowledged(c) => format!("acknowledged {c}"),
         RolloutAction::Ignored(why) => format!("ignored: {why}"),
         RolloutAction::Analysis(verdict) => format!("analysis {verdict:?}"),
+        RolloutAction::MigrationsSucceeded(slot) => format!("migrations of {slot} succeeded"),
+        RolloutAction::MigrationFailed { slot, job } => {
+            format!("migration of {slot} failed ({job})")
+        }
     }
 }
 
@@ -110,8 +144,13 @@ pub fn simulate(scenario: &Scenario) -> Vec<Moment> {
     let mut app = scenario.app.clone();
     app.metadata.annotations.get_or_insert_with(BTreeMap::new);
     let mut observed = Observed::default();
-    // The stable slot as it runs today.
-    let first = next_state(&app, &observed, &time(0));
+    // The stable slot as it runs today (its migrations, if any, long done).
+    let mut first = next_state(&app, &observed, &time(0));
+    for record in &mut first.status.slots {
+        if record.migrations.is_some() {
+            record.migrations = Some(MigrationPhase::Succeeded);
+        }
+    }
     app.status = Some(first.status);
     let stable = app
         .status
@@ -136,7 +175,25 @@ pub fn simulate(scenario: &Scenario) -> Vec<Moment> {
     }
     let mut waiting_since: Option<i64> = None;
     let mut promotes = 0;
+    // When each slot's migration Jobs (by revision) were created.
+    let mut migrating: BTreeMap<(Slot, String), i64> = BTreeMap::new();
     while now <= HORIZON_SECONDS {
+        // Simulated Jobs: they finish `MIGRATION_SECONDS` after they were created, failing
+        // for the new slot when asked to.
+        observed.jobs.clear();
+        for ((slot, revision), since) in &migrating {
+            let state = if now - since < MIGRATION_SECONDS {
+                JobState::Running
+            } else if *slot != stable && scenario.fail_migration {
+                JobState::Failed
+            } else {
+                JobState::Succeeded
+            };
+            for component in migrating_components() {
+                let name = migration_job_name(&app, component, *slot, revision);
+                observed.jobs.insert(name, state);
+            }
+        }
         // Simulated cluster: a slot becomes Available `ready_after` seconds after it was
         // rendered at its revision, except the unready component.
         for (slot, (revision, since)) in &rendered {
@@ -170,7 +227,14 @@ pub fn simulate(scenario: &Scenario) -> Vec<Moment> {
             });
         let decision = next_state(&app, &observed, &time(now));
         for record in &decision.status.slots {
-            if record.template.is_none() {
+            if record.migrations == Some(MigrationPhase::Pending) {
+                migrating
+                    .entry((record.name, record.template_hash.clone()))
+                    .or_insert(now);
+            }
+            // Deployments exist once the slot's migrations (if any) succeeded.
+            let migrated = matches!(record.migrations, None | Some(MigrationPhase::Succeeded));
+            if record.template.is_none() || !migrated {
                 continue;
             }
             let fresh = rendered
@@ -215,7 +279,7 @@ pub fn simulate(scenario: &Scenario) -> Vec<Moment> {
                 .status
                 .slots
                 .iter()
-                .map(|s| (s.name, replicas(s)))
+                .map(|s| (s.name, replicas(&decision.status, s)))
                 .collect(),
             actions,
         };
@@ -248,10 +312,15 @@ pub fn simulate(scenario: &Scenario) -> Vec<Moment> {
         } else {
             decision.requeue_after.map(|d| d.as_secs().max(1) as i64)
         };
-        // Readiness is the other clock: wake when a rendered slot is due.
+        // Readiness and migrations are the other clocks: wake when one is due.
         let readiness = rendered
             .values()
             .map(|(_, since)| since + scenario.ready_after_seconds - now)
+            .chain(
+                migrating
+                    .values()
+                    .map(|since| since + MIGRATION_SECONDS - now),
+            )
             .filter(|d| *d > 0)
             .min();
         match next.into_iter().chain(readiness).min() {

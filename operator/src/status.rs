@@ -2,6 +2,7 @@
 //! had to be skipped, to the next `MessengerAppStatus`, plus the transitions worth an Event.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -11,8 +12,8 @@ use k8s_openapi::api::core::v1::Service;
 
 use crate::builders::{LABEL_SLOT, REVISION_ANNOTATION, workload_name};
 use crate::component::Component;
-use crate::crd::{ComponentStatus, MessengerApp, MessengerAppStatus, Phase, Slot};
-use crate::rollout::{Decision, Observed, SlotObservation};
+use crate::crd::{ComponentStatus, MessengerApp, MessengerAppStatus, MigrationPhase, Phase, Slot};
+use crate::rollout::{Decision, JobState, Observed, SlotObservation};
 use crate::validate::InvalidSpec;
 
 pub const CONDITION_READY: &str = "Ready";
@@ -95,11 +96,33 @@ pub fn observe_slot(app: &MessengerApp, slot: Slot, deployments: &[Deployment]) 
     seen
 }
 
-/// Everything the state machine needs from the children: both slots' Deployments and the
-/// slot the entry Service selects.
+/// Where a Job is: `Complete` or `Failed` (its conditions), else still running.
+pub fn job_state(job: &Job) -> JobState {
+    let holds = |type_: &str| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True")
+            })
+    };
+    if holds("Failed") {
+        JobState::Failed
+    } else if holds("Complete") {
+        JobState::Succeeded
+    } else {
+        JobState::Running
+    }
+}
+
+/// Everything the state machine needs from the children: both slots' Deployments, the
+/// app's Jobs and the slot the entry Service selects.
 pub fn observe(
     app: &MessengerApp,
     deployments: &[Deployment],
+    jobs: &[Job],
     entry: Option<&Service>,
 ) -> Observed {
     let entry_slot = entry
@@ -119,6 +142,11 @@ pub fn observe(
         entry_slot,
         analysis: None,
         gateway_metrics: None,
+        metrics_window: false,
+        jobs: jobs
+            .iter()
+            .map(|job| (job.name_any(), job_state(job)))
+            .collect(),
     }
 }
 
@@ -166,7 +194,16 @@ pub fn compute_status(
             components.extend(component_list(record.name));
         }
     }
-    let aborted = status.rollout.as_ref().and_then(|r| r.abort_reason.clone());
+    // The first slot of an app whose migrations failed never starts: as bad as an abort.
+    let stable_migration_failed = status
+        .slots
+        .iter()
+        .any(|s| s.name == slot && s.migrations == Some(MigrationPhase::Failed));
+    let aborted = status
+        .rollout
+        .as_ref()
+        .and_then(|r| r.abort_reason.clone())
+        .or_else(|| stable_migration_failed.then(|| "MigrationFailed".to_owned()));
 
     let mut conditions = Vec::new();
     let mut set = |type_: &str, status: bool, reason: &str, message: String| {
@@ -224,14 +261,15 @@ pub fn compute_status(
             CONDITION_DEGRADED,
             true,
             reason,
-            format!(
-                "rollout of {} aborted ({reason}); all traffic is on slot {slot}; change the spec or retry",
-                status
-                    .rollout
-                    .as_ref()
-                    .map(|r| r.version.as_str())
-                    .unwrap_or_default()
-            ),
+            match &status.rollout {
+                Some(rollout) => format!(
+                    "rollout of {} aborted ({reason}); all traffic is on slot {slot}; change the spec or retry",
+                    rollout.version
+                ),
+                None => format!(
+                    "the migration Jobs of slot {slot} failed, so it never started; see their logs, then change the spec or retry"
+                ),
+            },
         ),
         None => set(
             CONDITION_DEGRADED,
@@ -454,7 +492,7 @@ mod tests {
         skipped: &[String],
         now: &Time,
     ) -> MessengerAppStatus {
-        let decision = crate::rollout::next_state(app, &observe(app, deployments, None), now);
+        let decision = crate::rollout::next_state(app, &observe(app, deployments, &[], None), now);
         compute_status(app, &decision, deployments, skipped, now)
     }
 

@@ -95,6 +95,20 @@ pub fn validate(app: &MessengerApp) -> Result<(), InvalidSpec> {
                 .to_owned(),
         );
     }
+    if let Some(limit) = spec.migrations.backoff_limit
+        && !(0..=10).contains(&limit)
+    {
+        problems.push(format!(
+            "spec.migrations.backoffLimit must be 0..=10, got {limit}"
+        ));
+    }
+    if let Some(seconds) = spec.migrations.active_deadline_seconds
+        && seconds < 1
+    {
+        problems.push(format!(
+            "spec.migrations.activeDeadlineSeconds must be at least 1, got {seconds}"
+        ));
+    }
     if let Some(ingress) = &spec.ingress {
         if ingress.router == TrafficRouter::GatewayApi && ingress.gateway_ref.is_none() {
             problems.push("spec.ingress: router gatewayAPI needs gatewayRef".to_owned());
@@ -106,16 +120,60 @@ pub fn validate(app: &MessengerApp) -> Result<(), InvalidSpec> {
     if spec.strategy.type_ == StrategyType::Canary {
         match &spec.strategy.canary {
             Some(canary) if !canary.steps.is_empty() => {
+                if let Some(prometheus) = &canary.prometheus {
+                    let url = &prometheus.url;
+                    let host = url.strip_prefix("http://").unwrap_or_default();
+                    if host.is_empty() || url.chars().any(char::is_whitespace) {
+                        problems.push(format!(
+                            "spec.strategy.canary.prometheus.url {url:?} must be an http:// URL (plain HTTP, e.g. http://prometheus.monitoring:9090)"
+                        ));
+                    }
+                    if prometheus
+                        .selector
+                        .as_deref()
+                        .is_some_and(|s| s.trim().is_empty())
+                    {
+                        problems.push(
+                            "spec.strategy.canary.prometheus.selector must not be empty".to_owned(),
+                        );
+                    }
+                }
                 for (i, step) in canary.steps.iter().enumerate() {
                     let set = [
                         step.set_weight.is_some(),
                         step.pause.is_some(),
                         step.analysis.is_some(),
+                        step.set_canary_scale.is_some(),
                     ];
                     if set.iter().filter(|x| **x).count() != 1 {
                         problems.push(format!(
-                            "spec.strategy.canary.steps[{i}] must set exactly one of setWeight, pause, analysis"
+                            "spec.strategy.canary.steps[{i}] must set exactly one of setWeight, pause, analysis, setCanaryScale"
                         ));
+                    }
+                    if let Some(scale) = &step.set_canary_scale {
+                        let field = format!("spec.strategy.canary.steps[{i}].setCanaryScale");
+                        let set = [
+                            scale.replicas.is_some(),
+                            scale.weight.is_some(),
+                            scale.match_traffic_weight.is_some(),
+                        ];
+                        if set.iter().filter(|x| **x).count() != 1 {
+                            problems.push(format!(
+                                "{field} must set exactly one of replicas, weight, matchTrafficWeight"
+                            ));
+                        }
+                        for (name, value) in
+                            [("replicas", scale.replicas), ("weight", scale.weight)]
+                        {
+                            if let Some(v) = value
+                                && !(1..=100).contains(&v)
+                            {
+                                problems.push(format!("{field}.{name} must be 1..=100, got {v}"));
+                            }
+                        }
+                        if scale.match_traffic_weight == Some(false) {
+                            problems.push(format!("{field}.matchTrafficWeight can only be true"));
+                        }
                     }
                     if let Some(w) = step.set_weight
                         && !(0..=100).contains(&w)
@@ -295,6 +353,72 @@ mod tests {
                 serde_json::json!({"version": "1", "components": {"users": {"replicas": 101}}}),
                 Some("replicas must be"),
             ),
+            (
+                "canary scale steps",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"replicas": 1}}, {"setCanaryScale": {"weight": 25}}, {"setCanaryScale": {"matchTrafficWeight": true}}, {"setWeight": 10}]}}}),
+                None,
+            ),
+            (
+                "canary scale with two fields",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"replicas": 1, "weight": 20}}]}}}),
+                Some("exactly one of replicas, weight, matchTrafficWeight"),
+            ),
+            (
+                "canary scale of zero pods",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"weight": 0}}]}}}),
+                Some("setCanaryScale.weight must be 1..=100"),
+            ),
+            (
+                "canary scale matching no weight",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"matchTrafficWeight": false}}]}}}),
+                Some("matchTrafficWeight can only be true"),
+            ),
+            (
+                "canary step with scale and weight",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 10, "setCanaryScale": {"replicas": 2}}]}}}),
+                Some("exactly one of setWeight, pause, analysis, setCanaryScale"),
+            ),
+            (
+                "prometheus analysis",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"prometheus": {"url": "http://prometheus.monitoring:9090"}, "steps": [{"analysis": {"maxErrorRate": 0.01}}]}}}),
+                None,
+            ),
+            (
+                "prometheus over https",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"prometheus": {"url": "https://prometheus"}, "steps": [{"setWeight": 5}]}}}),
+                Some("must be an http:// URL"),
+            ),
+            (
+                "migrations as Jobs",
+                "chat",
+                serde_json::json!({"version": "1", "migrations": {"enabled": true, "backoffLimit": 0, "activeDeadlineSeconds": 120}}),
+                None,
+            ),
+            (
+                "migration retries out of range",
+                "chat",
+                serde_json::json!({"version": "1", "migrations": {"enabled": true, "backoffLimit": 11}}),
+                Some("backoffLimit must be 0..=10"),
+            ),
+            (
+                "migration deadline of zero",
+                "chat",
+                serde_json::json!({"version": "1", "migrations": {"activeDeadlineSeconds": 0}}),
+                Some("activeDeadlineSeconds must be at least 1"),
+            ),
+            (
+                "MIGRATE_ON_START is the operator's",
+                "chat",
+                serde_json::json!({"version": "1", "components": {"auth": {"env": [{"name": "MIGRATE_ON_START", "value": "true"}]}}}),
+                Some("redefines MIGRATE_ON_START"),
+            ),
         ];
         for (case, name, spec, expected) in cases {
             let result = validate(&app(name, spec.clone()));
@@ -398,6 +522,30 @@ mod cel_tests {
                 "chat",
                 serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 10, "pause": {}}]}}}),
                 Some("exactly one"),
+            ),
+            (
+                "canary scale",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"weight": 50}}, {"setCanaryScale": {"matchTrafficWeight": true}}]}}}),
+                None,
+            ),
+            (
+                "canary scale with two fields",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"replicas": 1, "weight": 20}}]}}}),
+                Some("exactly one of replicas, weight, matchTrafficWeight"),
+            ),
+            (
+                "canary scale matching no weight",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setCanaryScale": {"matchTrafficWeight": false}}]}}}),
+                Some("matchTrafficWeight can only be true"),
+            ),
+            (
+                "canary step with scale and weight",
+                "chat",
+                serde_json::json!({"version": "1", "strategy": {"type": "Canary", "canary": {"steps": [{"setWeight": 10, "setCanaryScale": {"replicas": 2}}]}}}),
+                Some("exactly one of setWeight, pause, analysis, setCanaryScale"),
             ),
         ];
         for (case, name, spec, expected) in cases {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -1497,13 +1498,7 @@ async fn a_wiped_status_is_recovered_from_the_entry_service_and_the_serving_slot
         json!({"version": "1.0.0", "strategy": {"blueGreen": {"scaleDownDelaySeconds": 3600}}});
     create_app(&client, &ns, "demo", spec).await;
     let ctx = context(&client);
-    reconcile_now(&client, &ctx, &ns, "demo").await;
-    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
-    reconcile_now(&client, &ctx, &ns, "demo").await;
-    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
-    reconcile_now(&client, &ctx, &ns, "demo").await;
-    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
-    reconcile_now(&client, &ctx, &ns, "demo").await;
+    roll_out_to_green(&client, &ctx, &ns).await;
     assert_eq!(
         selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
         Some("green")
@@ -1537,6 +1532,18 @@ async fn a_wiped_status_is_recovered_from_the_entry_service_and_the_serving_slot
             .await
             .contains(&"ActiveSlotRecovered".to_owned())
     );
+}
+
+/// App `demo` from its first reconcile: blue up and Available, then version 2.0.0 rolled
+/// into green, which is Available.
+async fn roll_out_to_green(client: &Client, ctx: &Arc<Context>, ns: &str) {
+    reconcile_now(client, ctx, ns, "demo").await;
+    simulate_readiness(client, ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(client, ctx, ns, "demo").await;
+    patch_app(client, ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(client, ctx, ns, "demo").await;
+    simulate_readiness(client, ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(client, ctx, ns, "demo").await;
 }
 
 /// A `/metrics` endpoint whose body the test sets.
@@ -1593,13 +1600,7 @@ async fn canary_analysis_reads_the_candidate_gateway_pods_and_aborts_on_errors()
             timeout: Duration::from_secs(2),
         })),
     );
-    reconcile_now(&client, &ctx, &ns, "demo").await;
-    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
-    reconcile_now(&client, &ctx, &ns, "demo").await;
-    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
-    reconcile_now(&client, &ctx, &ns, "demo").await;
-    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
-    reconcile_now(&client, &ctx, &ns, "demo").await;
+    roll_out_to_green(&client, &ctx, &ns).await;
     let status = get_app(&client, &ns, "demo").await.status.unwrap();
     assert_eq!(status.rollout.as_ref().unwrap().weight, 10);
 
@@ -1828,4 +1829,419 @@ async fn operator_process_killed_mid_canary_resumes_with_the_same_weights() {
     )
     .await;
     drop(operator);
+}
+
+/// The app's migration Jobs of `slot`, by name.
+async fn migration_jobs(client: &Client, ns: &str, slot: &str) -> Vec<Job> {
+    let mut jobs = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("messenger.dev/slot={slot}")))
+        .await
+        .unwrap()
+        .items;
+    jobs.sort_by_key(|j| j.name_any());
+    jobs
+}
+
+/// Ends every migration Job of `slot` with condition `outcome` (`Complete` or `Failed`),
+/// the way the Job controller would.
+async fn finish_migration_jobs(client: &Client, ns: &str, slot: &str, outcome: &str) {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    for job in migration_jobs(client, ns, slot).await {
+        let count = if outcome == "Complete" {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        let status = json!({"status": {
+            count: 1,
+            "conditions": [{"type": outcome, "status": "True", "reason": "Simulated", "message": "simulated"}]
+        }});
+        api.patch_status(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn deployment_names(client: &Client, ns: &str) -> Vec<String> {
+    let mut names: Vec<String> = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn migration_jobs_run_before_a_slot_starts_and_a_failed_one_aborts_before_traffic_moves() {
+    let client = cluster().await;
+    let ns = namespace(&client, "migrations").await;
+    let mut spec = full_spec();
+    spec["version"] = json!("1.0.0");
+    spec["migrations"] = json!({"enabled": true});
+    spec["ingress"] =
+        json!({"host": "messenger.local", "router": "ingressNginx", "className": "nginx"});
+    spec["strategy"] =
+        json!({"type": "Canary", "canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+
+    // A new app: the first slot's Jobs, no pods yet.
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let jobs = migration_jobs(&client, &ns, "blue").await;
+    let names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+    let revision = get_app(&client, &ns, "demo").await.status.unwrap().slots[0]
+        .template_hash
+        .clone();
+    assert_eq!(
+        names,
+        ["auth", "friends", "users"]
+            .map(|c| format!("demo-{c}-blue-{}", &revision[..8]))
+            .to_vec()
+    );
+    let container = &jobs[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(container.args, Some(vec!["migrate".to_owned()]));
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/messenger/messenger-auth:1.0.0")
+    );
+    assert!(
+        deployment_names(&client, &ns).await.is_empty(),
+        "no pods before the migrations"
+    );
+
+    finish_migration_jobs(&client, &ns, "blue", "Complete").await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(deployment_names(&client, &ns).await.len(), 5);
+    let auth = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("demo-auth-blue")
+        .await
+        .unwrap();
+    let env = auth.spec.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "MIGRATE_ON_START" && e.value.as_deref() == Some("false")),
+        "the pods do not migrate again at start-up"
+    );
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "blue")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        get_app(&client, &ns, "demo").await.status.unwrap().phase,
+        Some(Phase::Healthy)
+    );
+
+    // A rollout whose migrations fail: aborted before the candidate ever had pods or traffic.
+    patch_app(&client, &ns, "demo", json!({"spec": {"version": "2.0.0"}})).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(migration_jobs(&client, &ns, "green").await.len(), 3);
+    let mut blue = slot_deployments("demo", "blue");
+    blue.sort();
+    assert_eq!(
+        deployment_names(&client, &ns).await,
+        blue,
+        "the candidate has no pods while it migrates"
+    );
+    finish_migration_jobs(&client, &ns, "green", "Failed").await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        find_condition(Some(&status), CONDITION_DEGRADED)
+            .unwrap()
+            .reason,
+        "MigrationFailed"
+    );
+    assert_eq!(router_weights(&client, &ns, "ingressNginx").await, (0, 100));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+    assert!(
+        !deployment_names(&client, &ns)
+            .await
+            .iter()
+            .any(|d| d.ends_with("-green")),
+        "the failed slot never started"
+    );
+    let reasons = event_reasons(&client, &ns).await;
+    assert!(
+        reasons.contains(&"MigrationFailed".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"RolloutAborted".to_owned()),
+        "{reasons:?}"
+    );
+
+    // Retry: the failed Jobs are replaced by new ones, which succeed; the canary goes on.
+    let failed_uids: Vec<String> = migration_jobs(&client, &ns, "green")
+        .await
+        .iter()
+        .map(|j| j.uid().unwrap())
+        .collect();
+    patch_app(
+        &client,
+        &ns,
+        "demo",
+        json!({"metadata": {"annotations": {"messenger.dev/retry": "1"}}}),
+    )
+    .await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let rerun = eventually(
+        "the retried Jobs exist",
+        Duration::from_secs(10),
+        || async {
+            reconcile_now(&client, &ctx, &ns, "demo").await;
+            let jobs = migration_jobs(&client, &ns, "green").await;
+            (jobs.len() == 3
+                && jobs
+                    .iter()
+                    .all(|j| !failed_uids.contains(&j.uid().unwrap())))
+            .then_some(jobs)
+        },
+    )
+    .await;
+    assert!(rerun.iter().all(|j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_none()
+    }));
+    assert_eq!(router_weights(&client, &ns, "ingressNginx").await, (0, 100));
+    finish_migration_jobs(&client, &ns, "green", "Complete").await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(router_weights(&client, &ns, "ingressNginx").await, (20, 80));
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    assert_eq!(
+        get_app(&client, &ns, "demo").await.status.unwrap().phase,
+        Some(Phase::Paused)
+    );
+}
+
+/// A Prometheus of the test's own (Debian's `prometheus`, or `PROMETHEUS_BIN`; installed by
+/// scripts/test-deps.sh) scraping `target` every second, with the labels Prometheus's
+/// `kubernetes-pods` job would give the candidate slot's gateway pod of app `demo` in `ns`.
+struct PrometheusProcess {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl PrometheusProcess {
+    async fn start(ns: &str, target_port: u16) -> PrometheusProcess {
+        let binary = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".to_owned());
+        let dir = std::env::temp_dir().join(format!("messenger-prometheus-{ns}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n\
+             - job_name: gateway\n\
+             \x20 static_configs:\n\
+             \x20 - targets: ['127.0.0.1:{target_port}']\n\
+             \x20   labels: {{namespace: '{ns}', app_kubernetes_io_instance: demo, app_kubernetes_io_component: gateway, messenger_dev_slot: green}}\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(&binary)
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {binary} ({e}): install Debian's prometheus (scripts/test-deps.sh does) or set PROMETHEUS_BIN")
+            });
+        let url = format!("http://127.0.0.1:{port}");
+        let process = PrometheusProcess { child, dir, url };
+        let ready = format!("{}/-/ready", process.url);
+        eventually("Prometheus is ready", Duration::from_secs(30), || async {
+            let response = reqwest::get(&ready).await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        process
+    }
+}
+
+impl Drop for PrometheusProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn canary_analysis_with_prometheus_queries_promql_and_aborts_on_errors() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let client = cluster().await;
+    let ns = namespace(&client, "promql").await;
+
+    // The candidate gateway: 5 requests every 100 ms, all 5xx once `failing` is set.
+    let (port, body) = metrics_endpoint().await;
+    let failing = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let failing = failing.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut errors) = (0, 0);
+            loop {
+                if failing.load(Ordering::Relaxed) {
+                    errors += 5;
+                } else {
+                    ok += 5;
+                }
+                *body.lock().unwrap() = gateway_metrics(ok, errors);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let prometheus = PrometheusProcess::start(&ns, port).await;
+
+    let analysis = json!({"maxErrorRate": 0.05, "intervalSeconds": 3, "minRequests": 20, "inconclusiveLimit": 30});
+    let spec = json!({"version": "1.0.0", "strategy": {"type": "Canary", "canary": {
+        "prometheus": {"url": prometheus.url},
+        "steps": [{"setWeight": 10}, {"analysis": analysis}, {"setWeight": 50}, {"analysis": analysis}, {"setWeight": 90}]
+    }}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    roll_out_to_green(&client, &ctx, &ns).await;
+    assert_eq!(
+        get_app(&client, &ns, "demo")
+            .await
+            .status
+            .unwrap()
+            .rollout
+            .unwrap()
+            .weight,
+        10
+    );
+
+    // Healthy traffic as Prometheus counts it: the analysis passes, the canary moves on.
+    let rollout = eventually(
+        "the analysis over Prometheus passes",
+        Duration::from_secs(60),
+        || async {
+            reconcile_now(&client, &ctx, &ns, "demo").await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let rollout = get_app(&client, &ns, "demo").await.status?.rollout?;
+            (rollout.weight == 50).then_some(rollout)
+        },
+    )
+    .await;
+    assert_eq!(rollout.analysis.successful, 1, "{rollout:?}");
+    assert_eq!(rollout.analysis.failed, 0, "{rollout:?}");
+
+    // Now every request fails: the next analysis aborts the rollout.
+    failing.store(true, Ordering::Relaxed);
+    let status = eventually(
+        "the analysis over Prometheus fails",
+        Duration::from_secs(60),
+        || async {
+            reconcile_now(&client, &ctx, &ns, "demo").await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let status = get_app(&client, &ns, "demo").await.status?;
+            status
+                .rollout
+                .as_ref()?
+                .abort_reason
+                .is_some()
+                .then_some(status)
+        },
+    )
+    .await;
+    traffic.abort();
+    let rollout = status.rollout.as_ref().unwrap();
+    assert_eq!(rollout.abort_reason.as_deref(), Some("AnalysisFailed"));
+    assert_eq!((rollout.analysis.failed, rollout.weight), (1, 0));
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("blue")
+    );
+}
+
+/// (candidate gateway replicas, whether the entry Service selects both slots).
+async fn replica_weights(client: &Client, ns: &str) -> (i32, bool) {
+    let green = image_and_replicas(client, ns, "demo-gateway-green").await.1;
+    let both = selected_slot(client, ns, "demo-gateway").await.is_none();
+    (green, both)
+}
+
+#[tokio::test]
+async fn canary_without_a_router_sizes_the_candidate_gateways_for_each_step_weight() {
+    let client = cluster().await;
+    let ns = namespace(&client, "canary-none").await;
+    let spec = json!({"version": "1.0.0", "components": {"gateway": {"replicas": 4}},
+    "strategy": {"type": "Canary", "canary": {"steps": [
+        {"setWeight": 20}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}
+    ]}}});
+    create_app(&client, &ns, "demo", spec).await;
+    let ctx = context(&client);
+    roll_out_to_green(&client, &ctx, &ns).await;
+    // 20%: ceil(4 × 20 / 80) = 1 candidate gateway beside the 4 stable ones, one Service.
+    assert_eq!(replica_weights(&client, &ns).await, (1, true));
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-gateway-blue")
+            .await
+            .1,
+        4
+    );
+    let promote = |token: &'static str| json!({"metadata": {"annotations": {"messenger.dev/promote": token}}});
+    // The resized candidate gateway becomes Available again, then the pause is promoted.
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    patch_app(&client, &ns, "demo", promote("1")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    // 50%: as many candidate gateways as stable ones.
+    assert_eq!(replica_weights(&client, &ns).await, (4, true));
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-gateway-blue")
+            .await
+            .1,
+        4
+    );
+
+    simulate_readiness(&client, &ns, &slot_deployments("demo", "green")).await;
+    patch_app(&client, &ns, "demo", promote("2")).await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    reconcile_now(&client, &ctx, &ns, "demo").await;
+    let status = get_app(&client, &ns, "demo").await.status.unwrap();
+    assert_eq!(status.active_slot.map(|s| s.as_str()), Some("green"));
+    assert_eq!(
+        selected_slot(&client, &ns, "demo-gateway").await.as_deref(),
+        Some("green"),
+        "after the last step the entry selects the new slot alone"
+    );
+    assert_eq!(
+        image_and_replicas(&client, &ns, "demo-gateway-green")
+            .await
+            .1,
+        4,
+        "the new slot runs its own replicas"
+    );
 }

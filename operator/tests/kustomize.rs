@@ -417,6 +417,8 @@ fn cluster_role_grants_only_what_the_operator_uses() {
         ("secrets", vec!["create"]),
         // Canary analysis finds the candidate gateway pods to scrape.
         ("pods", vec!["list"]),
+        // Migration Jobs are created once and never patched.
+        ("jobs.batch", vec!["create", "delete", "list", "watch"]),
     ]);
     for child in [
         "deployments.apps",
@@ -1214,6 +1216,10 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         ("patch", "events.events.k8s.io"),
         ("create", "secrets"),
         ("list", "pods"),
+        ("list", "jobs.batch"),
+        ("watch", "jobs.batch"),
+        ("create", "jobs.batch"),
+        ("delete", "jobs.batch"),
     ];
     for child in [
         "deployments.apps",
@@ -1249,6 +1255,7 @@ fn operator_service_account_may_do_what_the_controller_does_and_no_more() {
         (app_namespace.as_str(), "delete", "secrets"),
         (app_namespace.as_str(), "create", "pods"),
         (app_namespace.as_str(), "update", "deployments.apps"),
+        (app_namespace.as_str(), "patch", "jobs.batch"),
         (
             app_namespace.as_str(),
             "delete",

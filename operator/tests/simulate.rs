@@ -21,6 +21,7 @@ fn scenario(file: &str) -> Scenario {
         to_version: "0.2.0".into(),
         fail_analysis_at_step: None,
         unready: None,
+        fail_migration: false,
         ready_after_seconds: DEFAULT_READY_AFTER_SECONDS,
         promote_after_seconds: DEFAULT_PROMOTE_AFTER_SECONDS,
     }
@@ -108,4 +109,77 @@ fn a_component_that_never_becomes_available_aborts_at_the_progress_deadline() {
             .iter()
             .all(|m| green(m) == 0 && m.stable == Slot::Blue)
     );
+}
+
+#[test]
+fn a_failed_migration_aborts_before_the_new_slot_has_pods_or_traffic() {
+    let mut failing = scenario("messengerapp_canary.yaml");
+    failing.fail_migration = true;
+    let timeline = simulate(&failing);
+    let abort = timeline
+        .iter()
+        .find(|m| m.actions.iter().any(|a| a == "abort: MigrationFailed"))
+        .expect("the failed migration aborts");
+    assert!(
+        abort
+            .actions
+            .iter()
+            .any(|a| a.starts_with("migration of green failed (messenger-canary-nginx-auth-green-")),
+        "{:?}",
+        abort.actions
+    );
+    for m in &timeline {
+        assert_eq!(green(m), 0, "at {}", m.at_seconds);
+        assert_eq!(
+            m.replicas.get(&Slot::Green),
+            Some(&0),
+            "at {}",
+            m.at_seconds
+        );
+        assert_eq!(m.stable, Slot::Blue);
+    }
+    assert_eq!(timeline.last().unwrap().phase, "Degraded");
+}
+
+#[test]
+fn set_canary_scale_shows_in_the_pods_of_each_moment() {
+    let mut app = sample("messengerapp_canary.yaml");
+    app.spec.components.gateway.replicas = 4;
+    let canary = app.spec.strategy.canary.as_mut().unwrap();
+    canary.steps = serde_json::from_value(serde_json::json!([
+        {"setCanaryScale": {"replicas": 1}},
+        {"setWeight": 10},
+        {"setCanaryScale": {"matchTrafficWeight": true}},
+        {"setWeight": 50},
+        {"pause": {"durationSeconds": 30}}
+    ]))
+    .unwrap();
+    let timeline = simulate(&Scenario {
+        app,
+        ..scenario("messengerapp_canary.yaml")
+    });
+    let pods_at = |weight: i32| {
+        timeline
+            .iter()
+            .find(|m| green(m) == weight)
+            .and_then(|m| m.replicas.get(&Slot::Green).copied())
+    };
+    // One pod per component at 10%; half the gateways (2 of 4) and one of each other at 50%.
+    assert_eq!(pods_at(10), Some(5));
+    assert_eq!(pods_at(50), Some(6));
+    let reset = timeline
+        .iter()
+        .position(|m| {
+            m.actions
+                .iter()
+                .any(|a| a == "scale candidate back to full")
+        })
+        .expect("scaled back before the switch");
+    let promoted = timeline
+        .iter()
+        .position(|m| m.actions.iter().any(|a| a == "promote: green is stable"))
+        .expect("promoted");
+    assert!(reset < promoted);
+    assert_eq!(timeline[reset].replicas.get(&Slot::Green), Some(&8));
+    assert_eq!(timeline[reset].stable, Slot::Blue);
 }

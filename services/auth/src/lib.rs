@@ -79,7 +79,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             redis_prefix,
         } => {
             let pool = postgres::connect(database_url.expose()).await?;
-            postgres::migrate(&pool, &MIGRATOR).await?;
+            postgres::prepare_schema(&pool, &MIGRATOR, config.service.migrate_on_start).await?;
             let redis = redis::connect(redis_url.expose()).await?;
             let relay = OutboxRelay::new(
                 pool.clone(),
@@ -150,4 +150,19 @@ async fn serve(
     served
 }
 
-messenger_common::grpc_service!("auth", Config, Error, run);
+/// `messenger-auth migrate`: applies the migrations to `DATABASE_URL` (creating the
+/// database if needed); with `AUTH_STORE=memory` there is nothing to migrate.
+pub async fn migrate(config: Config) -> Result<messenger_common::service::Migrated, Error> {
+    use messenger_common::service::Migrated;
+    match config.store {
+        StoreConfig::InMemory => Ok(Migrated::NothingToMigrate),
+        StoreConfig::Real { database_url, .. } => {
+            let pool = postgres::connect(database_url.expose()).await?;
+            postgres::migrate(&pool, &MIGRATOR).await?;
+            pool.close().await;
+            Ok(Migrated::Applied)
+        }
+    }
+}
+
+messenger_common::grpc_service!("auth", Config, Error, run, migrate = migrate);

@@ -353,6 +353,11 @@ pub struct ServiceConfig {
     /// Calls served at once before new ones are answered `RESOURCE_EXHAUSTED`
     /// (`GRPC_MAX_CONCURRENT_CALLS`, default 1024).
     pub max_concurrent_calls: usize,
+    /// Whether a service with a database applies its migrations at start-up
+    /// (`MIGRATE_ON_START`, default `true`). The operator sets `false` when a migrations
+    /// Job (`<binary> migrate`) runs them before the new version's pods start; the
+    /// service then only checks that they were applied.
+    pub migrate_on_start: bool,
 }
 
 impl ServiceConfig {
@@ -390,6 +395,7 @@ impl ServiceConfig {
                 }
                 limit => limit,
             },
+            migrate_on_start: env_flag_from(&lookup, "MIGRATE_ON_START", true)?,
         })
     }
 }
@@ -460,6 +466,10 @@ mod tests {
             !config.grpc_reflection,
             "reflection is off unless asked for"
         );
+        assert!(
+            config.migrate_on_start,
+            "services migrate at start-up by default"
+        );
     }
 
     #[test]
@@ -473,10 +483,12 @@ mod tests {
                 ("REQUEST_TIMEOUT", "750ms"),
                 ("GRPC_REFLECTION", "TRUE"),
                 ("GRPC_MAX_CONCURRENT_CALLS", "64"),
+                ("MIGRATE_ON_START", "false"),
             ]),
         )
         .unwrap();
         assert_eq!(config.max_concurrent_calls, 64);
+        assert!(!config.migrate_on_start);
         assert_eq!(config.grpc_addr, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(config.admin_addr, "[::1]:7002".parse().unwrap());
         assert_eq!(config.log_format, LogFormat::Json);
@@ -499,6 +511,7 @@ mod tests {
             ("GRPC_REFLECTION", "1"),
             ("GRPC_MAX_CONCURRENT_CALLS", "0"),
             ("GRPC_MAX_CONCURRENT_CALLS", "many"),
+            ("MIGRATE_ON_START", "no"),
         ];
         for (name, value) in cases {
             let error = ServiceConfig::from_lookup(AUTH, vars(&[(name, value)]))

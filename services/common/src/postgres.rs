@@ -113,6 +113,42 @@ pub async fn migrate(pool: &PgPool, service_migrations: &Migrator) -> Result<(),
     Ok(())
 }
 
+/// Brings the database to the schema this binary expects at start-up: applies the
+/// migrations (`migrate_on_start`, the default), or — when a migrations Job ran `<binary>
+/// migrate` before this version's pods started (`MIGRATE_ON_START=false`) — only checks
+/// that every migration this binary knows is applied, so a pod never serves on a schema
+/// it was not built for.
+pub async fn prepare_schema(
+    pool: &PgPool,
+    service_migrations: &Migrator,
+    migrate_on_start: bool,
+) -> Result<(), Error> {
+    if migrate_on_start {
+        return migrate(pool, service_migrations).await;
+    }
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(versions) => versions,
+            // 42P01 undefined_table: nothing was ever migrated.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(error) => return Err(error.into()),
+        };
+    let missing = COMMON_MIGRATOR
+        .iter()
+        .chain(service_migrations.iter())
+        .find(|m| !applied.contains(&m.version));
+    match missing {
+        None => Ok(()),
+        Some(m) => Err(Error::Other(format!(
+            "migration {} ({}) is not applied and MIGRATE_ON_START=false: run this binary with the `migrate` argument first (the operator's migrations Job does)",
+            m.version, m.description
+        ))),
+    }
+}
+
 /// Applies only the common migrations, for a service without migrations of its own.
 pub async fn migrate_common(pool: &PgPool) -> Result<(), Error> {
     tolerant(&COMMON_MIGRATOR).run(pool).await?;

@@ -43,6 +43,47 @@ pub trait Service: 'static {
         listeners: Self::Listeners,
         shutdown: Shutdown,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Applies its database migrations and returns: what `<binary> migrate` runs (the
+    /// operator's migrations Job, before a new version's pods start). A service without a
+    /// database keeps this default, which has nothing to apply.
+    fn migrate(
+        _config: Self::Config,
+    ) -> impl Future<Output = Result<Migrated, Self::Error>> + Send {
+        std::future::ready(Ok(Migrated::NothingToMigrate))
+    }
+}
+
+/// What `<binary> migrate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrated {
+    /// Every migration is applied (those applied before were left alone).
+    Applied,
+    /// The service keeps no schema (no database, or in-memory storage).
+    NothingToMigrate,
+}
+
+/// What a service binary was asked to do by its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No argument: serve until SIGTERM/SIGINT.
+    Serve,
+    /// `migrate`: apply the database migrations and exit.
+    Migrate,
+}
+
+impl Mode {
+    /// Reads the arguments after the program name; anything else is refused with the usage.
+    pub fn from_args(name: &str, args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
+        let args: Vec<String> = args.into_iter().collect();
+        match args.as_slice() {
+            [] => Ok(Mode::Serve),
+            [one] if one == "migrate" => Ok(Mode::Migrate),
+            _ => Err(format!(
+                "unexpected arguments {args:?}; usage: messenger-{name} [migrate]"
+            )),
+        }
+    }
 }
 
 /// A listener could not be bound.
@@ -67,9 +108,17 @@ pub async fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListene
 }
 
 /// A service binary's `main`: reads the configuration, starts logging, binds the
-/// listeners and runs until SIGTERM/SIGINT. Any failure ends with one line naming it and
-/// exit status 1.
+/// listeners and runs until SIGTERM/SIGINT — or, with the argument `migrate`, applies the
+/// database migrations and exits. Any failure ends with one line naming it and exit
+/// status 1 (2 for bad arguments).
 pub async fn main<S: Service>() -> ExitCode {
+    let mode = match Mode::from_args(S::NAME, std::env::args().skip(1)) {
+        Ok(mode) => mode,
+        Err(usage) => {
+            eprintln!("messenger-{}: {usage}", S::NAME);
+            return ExitCode::from(2);
+        }
+    };
     let config = match S::config_from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -78,6 +127,23 @@ pub async fn main<S: Service>() -> ExitCode {
         }
     };
     crate::telemetry::init(S::NAME, S::log_format(&config));
+    if mode == Mode::Migrate {
+        return match S::migrate(config).await {
+            Ok(Migrated::Applied) => {
+                tracing::info!("migrations applied");
+                ExitCode::SUCCESS
+            }
+            Ok(Migrated::NothingToMigrate) => {
+                tracing::info!("{} keeps no database schema: nothing to migrate", S::NAME);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(%error, "migrations failed");
+                eprintln!("messenger-{}: migrations failed: {error}", S::NAME);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let listeners = match S::bind(&config).await {
         Ok(listeners) => listeners,
         Err(error) => {
@@ -100,10 +166,22 @@ pub async fn main<S: Service>() -> ExitCode {
 ///
 /// ```ignore
 /// messenger_common::grpc_service!("friends", Config, Error, run);
+/// // with `<binary> migrate` applying its database migrations:
+/// messenger_common::grpc_service!("friends", Config, Error, run, migrate = migrate);
 /// ```
 #[macro_export]
 macro_rules! grpc_service {
     ($name:literal, $config:ty, $error:ty, $run:path) => {
+        $crate::grpc_service!(@impl $name, $config, $error, $run, {});
+    };
+    ($name:literal, $config:ty, $error:ty, $run:path, migrate = $migrate:path) => {
+        $crate::grpc_service!(@impl $name, $config, $error, $run, {
+            async fn migrate(config: $config) -> Result<$crate::service::Migrated, $error> {
+                $migrate(config).await
+            }
+        });
+    };
+    (@impl $name:literal, $config:ty, $error:ty, $run:path, { $($migrate:tt)* }) => {
         #[doc = concat!("The ", $name, " service, started by its binary and by `messenger dev` through [`messenger_common::Service`].")]
         pub struct Service;
 
@@ -134,6 +212,8 @@ macro_rules! grpc_service {
             ) -> Result<(), $error> {
                 $run(config, listeners, shutdown).await
             }
+
+            $($migrate)*
         }
     };
 }

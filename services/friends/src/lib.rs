@@ -93,7 +93,7 @@ pub async fn run_with_directory(
         .await;
     }
     let pool = postgres::connect(config.database_url.expose()).await?;
-    postgres::migrate(&pool, &MIGRATOR).await?;
+    postgres::prepare_schema(&pool, &MIGRATOR, config.service.migrate_on_start).await?;
     // Connected on first use: the cache is optional, so Redis need not be up at start-up.
     let cache = RedisRelationshipCache::connect_lazily(
         config.redis_url.expose(),
@@ -193,4 +193,17 @@ async fn create_events_topic(brokers: String, shutdown: Shutdown) {
     }
 }
 
-messenger_common::grpc_service!("friends", Config, Error, run);
+/// `messenger-friends migrate`: applies the migrations to `DATABASE_URL` (creating the
+/// database if needed); on in-memory storage there is nothing to migrate.
+pub async fn migrate(config: Config) -> Result<messenger_common::service::Migrated, Error> {
+    use messenger_common::service::Migrated;
+    if config.in_memory.is_some() {
+        return Ok(Migrated::NothingToMigrate);
+    }
+    let pool = postgres::connect(config.database_url.expose()).await?;
+    postgres::migrate(&pool, &MIGRATOR).await?;
+    pool.close().await;
+    Ok(Migrated::Applied)
+}
+
+messenger_common::grpc_service!("friends", Config, Error, run, migrate = migrate);

@@ -60,7 +60,8 @@ pub async fn run(
         }
     };
     let pool = messenger_common::postgres::connect(storage.database_url.expose()).await?;
-    messenger_common::postgres::migrate(&pool, &MIGRATOR).await?;
+    messenger_common::postgres::prepare_schema(&pool, &MIGRATOR, config.service.migrate_on_start)
+        .await?;
     let cache = RedisProfileCache::connect_lazily(
         storage.redis_url.expose(),
         storage.redis_key_prefix.clone(),
@@ -186,4 +187,17 @@ async fn serve(
     Ok(())
 }
 
-messenger_common::grpc_service!("users", Config, UsersError, run);
+/// `messenger-users migrate`: applies the migrations to `DATABASE_URL` (creating the
+/// database if needed); on in-memory storage there is nothing to migrate.
+pub async fn migrate(config: Config) -> Result<messenger_common::service::Migrated, UsersError> {
+    use messenger_common::service::Migrated;
+    let Storage::Real(storage) = &config.storage else {
+        return Ok(Migrated::NothingToMigrate);
+    };
+    let pool = messenger_common::postgres::connect(storage.database_url.expose()).await?;
+    messenger_common::postgres::migrate(&pool, &MIGRATOR).await?;
+    pool.close().await;
+    Ok(Migrated::Applied)
+}
+
+messenger_common::grpc_service!("users", Config, UsersError, run, migrate = migrate);
