@@ -46,6 +46,15 @@ scripts/images.sh test "$images_env"
 # shellcheck disable=SC1090
 source "$images_env"
 
+# The OpenID Connect provider of the OAuth tests (npm, cached under ~/.cache/messenger).
+echo "test: OpenID Connect provider (scripts/oidc-provider.sh)" >&2
+if OIDC_PROVIDER_MODULES=$(scripts/oidc-provider.sh); then
+  export OIDC_PROVIDER_MODULES
+  OIDC_SKIP_REASON=
+else
+  OIDC_SKIP_REASON="scripts/oidc-provider.sh could not install oauth2-mock-server (see above)"
+fi
+
 # Tests whose component is missing are counted and reported as skipped, never run to
 # pass silently; everything else runs.
 excluded=()
@@ -71,6 +80,11 @@ fi
 if [ -n "${IMAGES_SKIP_REASON:-}" ]; then
   report_skip 'binary_id(messenger-system-tests::images)' "container image and compose" \
     "$IMAGES_SKIP_REASON" "install Debian's podman and docker-compose to run them"
+fi
+if [ -n "${OIDC_SKIP_REASON:-}" ]; then
+  report_skip 'binary_id(messenger-system-tests::oauth) or test(/oidc_provider/)' \
+    "OpenID Connect provider" "$OIDC_SKIP_REASON" \
+    "install Node.js 20.19+ and npm with access to the npm registry to run them"
 fi
 filter=()
 if [ ${#excluded[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::Args;
+use messenger_common::config::process_env;
 use messenger_common::events::{EventsConfig, InMemoryEventBus};
 use messenger_common::service::BindError;
 use messenger_common::{ConfigError, LogFormat, Service, Shutdown};
@@ -290,8 +291,19 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         .map_err(config_error("friends"))?;
     let mut chat =
         messenger_chat::Config::from_lookup(plan.lookup("chat")).map_err(config_error("chat"))?;
-    let mut auth =
-        messenger_auth::Config::from_lookup(plan.lookup("auth")).map_err(config_error("auth"))?;
+    // Sign-in providers (AUTH_OAUTH_*) come from the environment; their callback is this
+    // gateway unless AUTH_OAUTH_REDIRECT_BASE_URL says otherwise.
+    let (auth_vars, gateway_url) = (plan.lookup("auth"), plan.gateway_url.clone());
+    let mut auth = messenger_auth::Config::from_lookup(move |name: &str| {
+        auth_vars(name).or_else(|| match name {
+            "AUTH_OAUTH_REDIRECT_BASE_URL" => {
+                Some(process_env(name).unwrap_or_else(|| gateway_url.clone()))
+            }
+            _ if name.starts_with("AUTH_OAUTH_") => process_env(name),
+            _ => None,
+        })
+    })
+    .map_err(config_error("auth"))?;
     let mut gateway = messenger_gateway::Config::from_lookup(plan.lookup("gateway"))
         .map_err(config_error("gateway"))?;
     if in_memory {

@@ -17,6 +17,9 @@
 #[path = "support/dev.rs"]
 mod dev_process;
 #[allow(dead_code)]
+#[path = "support/oidc.rs"]
+mod oidc;
+#[allow(dead_code)]
 #[path = "support/process.rs"]
 mod process;
 
@@ -44,10 +47,14 @@ struct Messenger {
     dev: DevProcess,
 }
 
-/// Starts `messenger dev` and returns where the web client is served. The one place that
-/// knows how the messenger is started for this test.
+/// Starts `messenger dev` (with `env`) and returns where the web client is served. The
+/// one place that knows how the messenger is started for this test.
 async fn start_messenger() -> Messenger {
-    let dev = DevProcess::start(&[]);
+    start_messenger_with(&[]).await
+}
+
+async fn start_messenger_with(env: &[(&str, String)]) -> Messenger {
+    let dev = DevProcess::start_with_env(&[], env);
     Messenger {
         base_url: format!("{}/", dev.gateway_url()),
         dev,
@@ -541,4 +548,47 @@ async fn two_people_befriend_and_chat_live_in_two_browsers() {
     for browser in [ada_browser, bob_browser] {
         browser.close().await.expect("close the browser");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_signs_in_through_the_oidc_provider() {
+    let provider = oidc::TestProvider::start();
+    // messenger dev's own gateway is the callback (no AUTH_OAUTH_REDIRECT_BASE_URL).
+    let mut env = provider.auth_env("");
+    env.retain(|(key, _)| *key != "AUTH_OAUTH_REDIRECT_BASE_URL");
+    let driver = ChromeDriver::start();
+    let messenger = start_messenger_with(&env).await;
+    let browser = driver.session(1200, 800).await;
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..4];
+    let octavia = Person {
+        browser: &browser,
+        nickname: format!("octavia_{tag}"),
+        email: format!("octavia_{tag}@example.com"),
+    };
+    let url = messenger.base_url.clone();
+    with_evidence(
+        [(&browser, "octavia"), (&browser, "octavia-again")],
+        &messenger.dev,
+        async {
+            octavia.open(&url).await;
+            octavia
+                .sees("[data-testid=oauth-corp]", "Sign in with Test provider")
+                .await;
+            save_screenshot(&browser, "web-client-sign-in-providers.png").await;
+            octavia.click("[data-testid=oauth-corp]").await;
+            // The provider's own login page.
+            octavia.type_into("#login", &octavia.nickname).await;
+            octavia.click("#sign-in").await;
+            // Back in the messenger, signed in as the user the provider named, live.
+            octavia.sees("#me-nickname", &octavia.nickname).await;
+            octavia.sees("#live-state", "live").await;
+            let address = browser.current_url().await.expect("the page's URL");
+            assert_eq!(
+                address.as_str(),
+                url,
+                "no token or code left in the address"
+            );
+        },
+    )
+    .await;
 }

@@ -7,6 +7,7 @@ use messenger_common::events::{EventsConfig, InMemoryEventBus};
 use messenger_common::identity::InternalKey;
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
+use crate::oauth::OAuthConfig;
 use crate::store::LoginLimits;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
@@ -59,6 +60,8 @@ pub struct Config {
     pub login_limits: LoginLimits,
     /// Verifies every call's identity assertion (`INTERNAL_AUTH_KEY`, required).
     pub internal_key: InternalKey,
+    /// Sign-in providers (`AUTH_OAUTH_*`); none by default.
+    pub oauth: OAuthConfig,
 }
 
 impl Config {
@@ -139,6 +142,7 @@ impl Config {
                 defaults.max_delay,
             )?,
         };
+        let oauth = OAuthConfig::from_lookup(&lookup)?;
         Ok(Self {
             service,
             store,
@@ -146,6 +150,7 @@ impl Config {
             token_ttl,
             login_limits,
             internal_key,
+            oauth,
         })
     }
 
@@ -161,6 +166,7 @@ impl Config {
             token_ttl: DEFAULT_TOKEN_TTL,
             login_limits: LoginLimits::default(),
             internal_key,
+            oauth: OAuthConfig::default(),
         }
     }
 }

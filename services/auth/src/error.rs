@@ -24,8 +24,30 @@ pub enum AuthError {
         whole_seconds_up(*retry_after)
     )]
     TooManyAttempts { retry_after: Duration },
-    #[error("OAuth sign-in is not implemented yet")]
-    OAuthNotImplemented,
+    #[error("no OAuth provider named {0:?} is configured")]
+    UnknownProvider(String),
+    /// The flow the callback belongs to is missing, used, expired or does not match.
+    #[error("{0}")]
+    OAuthFlow(String),
+    /// The provider or its ID token says no: the user cancelled, or the token failed
+    /// validation (signature, issuer, audience, expiry, nonce).
+    #[error("{0}")]
+    OAuthDenied(String),
+    /// The provider cannot be reached or answers nonsense.
+    #[error("{0}")]
+    ProviderFailed(String),
+    #[error("an account with this email already exists: sign in to it and link {0} from there")]
+    EmailBelongsToAccount(String),
+    #[error("this {0} identity is already linked to an account")]
+    IdentityTaken(String),
+    #[error("a {0} identity is already linked to this account; unlink it first")]
+    ProviderAlreadyLinked(String),
+    #[error("the account does not exist")]
+    AccountNotFound,
+    #[error("{0} is not linked to this account")]
+    NotLinked(String),
+    #[error("{0} is this account's only way to sign in; link another provider before unlinking it")]
+    LastSignInMethod(String),
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
     #[error("operating system randomness failed: {0}")]
@@ -60,8 +82,17 @@ impl From<AuthError> for ServiceError {
                 Self::Unauthenticated(error.to_string())
             }
             AuthError::TooManyAttempts { .. } => Self::ResourceExhausted(error.to_string()),
-            // ServiceError has no Unimplemented; the only caller maps it itself.
-            AuthError::OAuthNotImplemented => Self::FailedPrecondition(error.to_string()),
+            AuthError::UnknownProvider(_)
+            | AuthError::AccountNotFound
+            | AuthError::NotLinked(_) => Self::NotFound(error.to_string()),
+            AuthError::OAuthFlow(_) => Self::InvalidArgument(error.to_string()),
+            AuthError::OAuthDenied(_) => Self::Unauthenticated(error.to_string()),
+            AuthError::ProviderFailed(_) | AuthError::LastSignInMethod(_) => {
+                Self::FailedPrecondition(error.to_string())
+            }
+            AuthError::EmailBelongsToAccount(_)
+            | AuthError::IdentityTaken(_)
+            | AuthError::ProviderAlreadyLinked(_) => Self::AlreadyExists(error.to_string()),
             AuthError::Database(e) => e.into(),
             AuthError::Redis(e) => e.into(),
             other @ (AuthError::PasswordHash(_)
@@ -76,7 +107,6 @@ impl From<AuthError> for ServiceError {
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::OAuthNotImplemented => tonic::Status::unimplemented(error.to_string()),
             AuthError::TooManyAttempts { retry_after } => {
                 let mut status: tonic::Status = ServiceError::from(error).into();
                 // Machine-readable twin of the message, for the gateway's Retry-After.
@@ -131,9 +161,19 @@ mod tests {
                 "too many failed login attempts; retry in 91s",
             ),
             (
-                AuthError::OAuthNotImplemented,
-                Code::Unimplemented,
-                "OAuth sign-in is not implemented yet",
+                AuthError::UnknownProvider("nope".into()),
+                Code::NotFound,
+                "no OAuth provider named \"nope\" is configured",
+            ),
+            (
+                AuthError::EmailBelongsToAccount("corp".into()),
+                Code::AlreadyExists,
+                "an account with this email already exists: sign in to it and link corp from there",
+            ),
+            (
+                AuthError::LastSignInMethod("corp".into()),
+                Code::FailedPrecondition,
+                "corp is this account's only way to sign in; link another provider before unlinking it",
             ),
             (
                 AuthError::PasswordHash("bad salt".into()),

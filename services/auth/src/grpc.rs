@@ -7,14 +7,15 @@ use chrono::{DateTime, Utc};
 use messenger_common::identity::Caller;
 use messenger_proto::v1::auth_service_server;
 use messenger_proto::v1::{
-    CheckSessionsRequest, CheckSessionsResponse, LoginRequest, LoginResponse, LogoutRequest,
-    LogoutResponse, OAuthSignInRequest, RegisterRequest, RegisterResponse, ValidateTokenRequest,
-    ValidateTokenResponse,
+    CheckSessionsRequest, CheckSessionsResponse, ListOAuthProvidersRequest,
+    ListOAuthProvidersResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+    OAuthProvider, OAuthSignInRequest, OAuthSignInResponse, RegisterRequest, RegisterResponse,
+    StartOAuthRequest, StartOAuthResponse, UnlinkOAuthRequest, UnlinkOAuthResponse,
+    ValidateTokenRequest, ValidateTokenResponse, o_auth_sign_in_response,
 };
 use tonic::{Request, Response, Status};
 
-use crate::error::AuthError;
-use crate::service::AuthService;
+use crate::service::{AuthService, IssuedToken, OAuthCallback, OAuthOutcome};
 
 /// Most digests one `CheckSessions` call may ask about.
 pub const MAX_CHECKED_SESSIONS: usize = 1000;
@@ -57,6 +58,25 @@ pub fn client_address<T>(request: &Request<T>) -> String {
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
+/// Ok when the verified caller is the gateway.
+fn require_gateway<T>(request: &Request<T>, what: &str) -> Result<(), Status> {
+    match messenger_common::identity::caller(request) {
+        Some(Caller::Service(name)) if name == GATEWAY => Ok(()),
+        _ => Err(Status::unauthenticated(format!(
+            "only the gateway may {what}"
+        ))),
+    }
+}
+
+fn login_response(issued: &IssuedToken) -> LoginResponse {
+    LoginResponse {
+        access_token: issued.token.expose().to_owned(),
+        token_type: "Bearer".to_owned(),
+        expires_at: Some(timestamp(issued.session.expires_at)),
+        user_id: issued.session.user_id.to_string(),
+    }
+}
+
 fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
@@ -90,12 +110,7 @@ impl auth_service_server::AuthService for AuthGrpc {
             .service
             .login(&request.email, &request.password, &client)
             .await?;
-        Ok(Response::new(LoginResponse {
-            access_token: issued.token.expose().to_owned(),
-            token_type: "Bearer".to_owned(),
-            expires_at: Some(timestamp(issued.session.expires_at)),
-            user_id: issued.session.user_id.to_string(),
-        }))
+        Ok(Response::new(login_response(&issued)))
     }
 
     async fn logout(
@@ -127,14 +142,7 @@ impl auth_service_server::AuthService for AuthGrpc {
         request: Request<CheckSessionsRequest>,
     ) -> Result<Response<CheckSessionsResponse>, Status> {
         // Which tokens are alive is the gateway's business only.
-        match messenger_common::identity::caller(&request) {
-            Some(Caller::Service(name)) if name == GATEWAY => {}
-            _ => {
-                return Err(Status::unauthenticated(
-                    "only the gateway may check sessions",
-                ));
-            }
-        }
+        require_gateway(&request, "check sessions")?;
         let digests = request.into_inner().token_digests;
         if digests.len() > MAX_CHECKED_SESSIONS {
             return Err(Status::invalid_argument(format!(
@@ -145,11 +153,96 @@ impl auth_service_server::AuthService for AuthGrpc {
         Ok(Response::new(CheckSessionsResponse { ended }))
     }
 
+    async fn list_o_auth_providers(
+        &self,
+        _request: Request<ListOAuthProvidersRequest>,
+    ) -> Result<Response<ListOAuthProvidersResponse>, Status> {
+        let providers = self
+            .service
+            .oauth_providers()
+            .into_iter()
+            .map(|provider| OAuthProvider {
+                kind: provider.kind.label().to_owned(),
+                name: provider.name,
+                display_name: provider.display_name,
+            })
+            .collect();
+        Ok(Response::new(ListOAuthProvidersResponse { providers }))
+    }
+
+    async fn start_o_auth(
+        &self,
+        request: Request<StartOAuthRequest>,
+    ) -> Result<Response<StartOAuthResponse>, Status> {
+        // A signed-in user links; the gateway itself starts a sign-in.
+        let link_user = match messenger_common::identity::caller(&request) {
+            Some(Caller::User(user_id)) => Some(*user_id),
+            Some(Caller::Service(name)) if name == GATEWAY => None,
+            _ => {
+                return Err(Status::unauthenticated(
+                    "only the gateway or a signed-in user may start an OAuth flow",
+                ));
+            }
+        };
+        let started = self
+            .service
+            .start_oauth(&request.into_inner().provider, link_user)
+            .await?;
+        Ok(Response::new(StartOAuthResponse {
+            authorization_url: started.authorization_url.to_string(),
+            flow_id: started.flow_id.expose().to_owned(),
+            expires_at: Some(timestamp(started.expires_at)),
+        }))
+    }
+
     async fn o_auth_sign_in(
         &self,
-        _request: Request<OAuthSignInRequest>,
-    ) -> Result<Response<LoginResponse>, Status> {
-        Err(AuthError::OAuthNotImplemented.into())
+        request: Request<OAuthSignInRequest>,
+    ) -> Result<Response<OAuthSignInResponse>, Status> {
+        require_gateway(&request, "complete an OAuth flow")?;
+        let request = request.into_inner();
+        let outcome = self
+            .service
+            .finish_oauth(OAuthCallback {
+                provider: &request.provider,
+                flow_id: &request.flow_id,
+                state: &request.state,
+                code: &request.code,
+                error: &request.error,
+                error_description: &request.error_description,
+            })
+            .await?;
+        let response = match outcome {
+            OAuthOutcome::SignedIn { issued, created } => OAuthSignInResponse {
+                outcome: Some(o_auth_sign_in_response::Outcome::SignedIn(login_response(
+                    &issued,
+                ))),
+                created,
+            },
+            OAuthOutcome::Linked { user_id } => OAuthSignInResponse {
+                outcome: Some(o_auth_sign_in_response::Outcome::LinkedUserId(
+                    user_id.to_string(),
+                )),
+                created: false,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn unlink_o_auth(
+        &self,
+        request: Request<UnlinkOAuthRequest>,
+    ) -> Result<Response<UnlinkOAuthResponse>, Status> {
+        let Some(Caller::User(user_id)) = messenger_common::identity::caller(&request).cloned()
+        else {
+            return Err(Status::unauthenticated(
+                "only a signed-in user may unlink a provider",
+            ));
+        };
+        self.service
+            .unlink_oauth(user_id, &request.into_inner().provider)
+            .await?;
+        Ok(Response::new(UnlinkOAuthResponse {}))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod oauth;
 pub mod password;
 pub mod service;
 pub mod store;
@@ -33,10 +34,12 @@ pub use messenger_common::Error;
 pub use service::{AuthService, AuthStores};
 
 use crate::grpc::AuthGrpc;
+use crate::oauth::OAuthProviders;
 use crate::password::PasswordHasher;
 use crate::store::{
-    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, PostgresAccountStore,
-    RedisLoginAttemptLimiter, RedisSessionStore,
+    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore,
+    InMemorySessionStore, PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore,
+    RedisSessionStore,
 };
 
 /// The auth service's own migrations (the `accounts` table); `run` applies them after
@@ -52,6 +55,7 @@ impl AuthStores {
             accounts: Arc::new(InMemoryAccountStore::new(events)),
             sessions: Arc::new(InMemorySessionStore::new()),
             login_attempts: Arc::new(InMemoryLoginAttemptLimiter::new(config.login_limits)),
+            oauth_flows: Arc::new(InMemoryOAuthFlowStore::new()),
         }
     }
 }
@@ -94,9 +98,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 sessions: Arc::new(RedisSessionStore::new(redis.clone(), redis_prefix.clone())),
                 login_attempts: Arc::new(RedisLoginAttemptLimiter::new(
                     redis.clone(),
-                    redis_prefix,
+                    redis_prefix.clone(),
                     config.login_limits,
                 )),
+                oauth_flows: Arc::new(RedisOAuthFlowStore::new(redis.clone(), redis_prefix)),
             };
             let readiness = [
                 Arc::new(pool.clone()) as Arc<dyn ReadinessCheck>,
@@ -124,7 +129,8 @@ async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), Error> {
     let hasher = PasswordHasher::new().map_err(|e| Error::Other(e.to_string()))?;
-    let service = AuthService::new(stores, hasher, config.token_ttl);
+    let providers = OAuthProviders::new(&config.oauth).map_err(Error::Other)?;
+    let service = AuthService::new(stores, hasher, config.token_ttl).with_oauth(providers);
     let metrics = admin.metrics.clone();
 
     let admin_task = tokio::spawn(admin::serve_with_listener(

@@ -1,5 +1,6 @@
-//! The auth use cases — register, login, logout, validate — over the storage traits.
-//! No gRPC types here; `grpc.rs` adapts requests and responses.
+//! The auth use cases — register, login, logout, validate, and sign-in / link / unlink
+//! through OAuth providers — over the storage traits. No gRPC types here; `grpc.rs`
+//! adapts requests and responses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,12 @@ use crate::domain::{
     Email, Nickname, PASSWORD_MAX_CHARS, PASSWORD_TOO_LONG, Password, ValidationError,
 };
 use crate::error::AuthError;
+use crate::oauth::{OAuthProviders, ProviderConfig, nickname_for};
 use crate::password::PasswordHasher;
-use crate::store::{Account, AccountStore, LoginAttemptLimiter, Session, SessionStore};
+use crate::store::{
+    Account, AccountStore, LoginAttemptLimiter, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session,
+    SessionStore,
+};
 use crate::token::AccessToken;
 
 /// The storage the service runs on.
@@ -22,6 +27,7 @@ pub struct AuthStores {
     pub accounts: Arc<dyn AccountStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub login_attempts: Arc<dyn LoginAttemptLimiter>,
+    pub oauth_flows: Arc<dyn OAuthFlowStore>,
 }
 
 /// What a successful login hands out.
@@ -31,11 +37,39 @@ pub struct IssuedToken {
     pub session: Session,
 }
 
+/// A begun OAuth flow, as the gateway hands it to the browser.
+#[derive(Debug)]
+pub struct StartedFlow {
+    pub authorization_url: url::Url,
+    /// The flow's secret handle (same shape as an access token); only its digest is kept.
+    pub flow_id: AccessToken,
+    pub expires_at: chrono::DateTime<Utc>,
+}
+
+/// The provider's redirect, as the gateway received it.
+#[derive(Debug, Default)]
+pub struct OAuthCallback<'a> {
+    pub provider: &'a str,
+    pub flow_id: &'a str,
+    pub state: &'a str,
+    pub code: &'a str,
+    pub error: &'a str,
+    pub error_description: &'a str,
+}
+
+/// How a completed OAuth flow ended.
+#[derive(Debug)]
+pub enum OAuthOutcome {
+    SignedIn { issued: IssuedToken, created: bool },
+    Linked { user_id: Uuid },
+}
+
 #[derive(Clone)]
 pub struct AuthService {
     stores: AuthStores,
     hasher: PasswordHasher,
     token_ttl: Duration,
+    oauth: Arc<OAuthProviders>,
 }
 
 impl AuthService {
@@ -44,7 +78,15 @@ impl AuthService {
             stores,
             hasher,
             token_ttl,
+            oauth: Arc::new(OAuthProviders::none()),
         }
+    }
+
+    /// The same service signing in through these providers.
+    #[must_use]
+    pub fn with_oauth(mut self, providers: OAuthProviders) -> Self {
+        self.oauth = Arc::new(providers);
+        self
     }
 
     /// Creates the account and (atomically, through the store) its `UserRegistered`
@@ -68,7 +110,7 @@ impl AuthService {
             .await?;
         let account = Account {
             user_id: Uuid::now_v7(),
-            email,
+            email: Some(email),
             nickname,
             password_hash: Some(password_hash),
             created_at: Utc::now(),
@@ -126,23 +168,182 @@ impl AuthService {
             _ => return Err(AuthError::InvalidCredentials),
         };
 
+        let issued = self.issue_token(account.user_id).await?;
+        self.stores
+            .login_attempts
+            .attempt_succeeded(&email, client)
+            .await?;
+        tracing::info!(user_id = %account.user_id, "login succeeded");
+        Ok(issued)
+    }
+
+    /// A fresh access token for the user.
+    async fn issue_token(&self, user_id: Uuid) -> Result<IssuedToken, AuthError> {
         let token = AccessToken::generate()?;
         let ttl = chrono::Duration::from_std(self.token_ttl)
             .map_err(|e| AuthError::CorruptData(format!("token TTL out of range: {e}")))?;
         let session = Session {
-            user_id: account.user_id,
+            user_id,
             expires_at: Utc::now() + ttl,
         };
         self.stores
             .sessions
             .insert(&token.digest(), &session)
             .await?;
-        self.stores
-            .login_attempts
-            .attempt_succeeded(&email, client)
-            .await?;
-        tracing::info!(user_id = %account.user_id, "login succeeded");
         Ok(IssuedToken { token, session })
+    }
+
+    /// The configured providers, in the order of `AUTH_OAUTH_PROVIDERS`.
+    pub fn oauth_providers(&self) -> Vec<ProviderConfig> {
+        self.oauth.configs().cloned().collect()
+    }
+
+    /// Begins a flow with `provider`: a sign-in, or with `link_user` a link to that
+    /// (signed-in) user's account. The flow is kept by the digest of its id until the
+    /// callback takes it or it expires.
+    pub async fn start_oauth(
+        &self,
+        provider: &str,
+        link_user: Option<Uuid>,
+    ) -> Result<StartedFlow, AuthError> {
+        let provider = self.oauth.get(provider)?;
+        if let Some(user_id) = link_user
+            && self.stores.accounts.find_by_id(user_id).await?.is_none()
+        {
+            return Err(AuthError::AccountNotFound);
+        }
+        let request = provider.authorization_request().await?;
+        let ttl = chrono::Duration::from_std(self.oauth.flow_ttl())
+            .map_err(|e| AuthError::CorruptData(format!("flow TTL out of range: {e}")))?;
+        let flow = OAuthFlow {
+            provider: provider.config().name.clone(),
+            state: request.state,
+            pkce_verifier: request.pkce_verifier,
+            nonce: request.nonce,
+            link_user,
+            expires_at: Utc::now() + ttl,
+        };
+        let flow_id = AccessToken::generate()?;
+        self.stores
+            .oauth_flows
+            .insert(&flow_id.digest(), &flow)
+            .await?;
+        Ok(StartedFlow {
+            authorization_url: request.url,
+            flow_id,
+            expires_at: flow.expires_at,
+        })
+    }
+
+    /// Completes the flow the callback belongs to. The flow is taken first, so whatever
+    /// happens next, the same callback (or its code) never works twice.
+    pub async fn finish_oauth(
+        &self,
+        callback: OAuthCallback<'_>,
+    ) -> Result<OAuthOutcome, AuthError> {
+        const START_AGAIN: &str =
+            "this sign-in is unknown, expired or already completed; start it again";
+        let provider = self.oauth.get(callback.provider)?;
+        let flow_id = AccessToken::parse(callback.flow_id)
+            .ok_or_else(|| AuthError::OAuthFlow(START_AGAIN.into()))?;
+        let flow = self
+            .stores
+            .oauth_flows
+            .take(&flow_id.digest())
+            .await?
+            .ok_or_else(|| AuthError::OAuthFlow(START_AGAIN.into()))?;
+        let name = provider.config().name.clone();
+        if flow.provider != name {
+            return Err(AuthError::OAuthFlow(format!(
+                "this callback is for {name}, but the sign-in was started with {}",
+                flow.provider
+            )));
+        }
+        if !callback.error.is_empty() {
+            // The provider's words, cut short: they come back through the browser.
+            let cut = |text: &str| -> String { text.chars().take(200).collect() };
+            let description = match callback.error_description {
+                "" => String::new(),
+                text => format!(" ({})", cut(text)),
+            };
+            return Err(AuthError::OAuthDenied(format!(
+                "{name} did not sign you in: {}{description}",
+                cut(callback.error)
+            )));
+        }
+        if callback.state != flow.state {
+            return Err(AuthError::OAuthFlow(
+                "the state does not match the sign-in that was started; start it again".into(),
+            ));
+        }
+        if callback.code.is_empty() {
+            return Err(AuthError::OAuthFlow(format!("{name} sent no code")));
+        }
+        let identity = provider
+            .identify(callback.code, &flow.pkce_verifier, flow.nonce.as_deref())
+            .await?;
+        let key = OAuthIdentity {
+            provider: name.clone(),
+            subject: identity.subject.clone(),
+        };
+        if let Some(user_id) = flow.link_user {
+            match self.stores.accounts.find_by_identity(&key).await? {
+                Some(account) if account.user_id == user_id => {}
+                Some(_) => return Err(AuthError::IdentityTaken(name)),
+                None => self.stores.accounts.link(user_id, &key).await?,
+            }
+            tracing::info!(%user_id, provider = %name, "provider linked");
+            return Ok(OAuthOutcome::Linked { user_id });
+        }
+        if let Some(account) = self.stores.accounts.find_by_identity(&key).await? {
+            let issued = self.issue_token(account.user_id).await?;
+            tracing::info!(user_id = %account.user_id, provider = %name, "OAuth sign-in");
+            return Ok(OAuthOutcome::SignedIn {
+                issued,
+                created: false,
+            });
+        }
+        // Never merged silently: whoever owns the account signs in to it and links.
+        if let Some(email) = &identity.verified_email
+            && self.stores.accounts.find_by_email(email).await?.is_some()
+        {
+            return Err(AuthError::EmailBelongsToAccount(name));
+        }
+        let account = Account {
+            user_id: Uuid::now_v7(),
+            email: identity.verified_email.clone(),
+            nickname: nickname_for(&identity),
+            password_hash: None,
+            created_at: Utc::now(),
+        };
+        let event = messenger_common::events::new_event(Payload::UserRegistered(UserRegistered {
+            user_id: account.user_id.to_string(),
+            nickname: account.nickname.as_str().to_owned(),
+        }));
+        self.stores
+            .accounts
+            .create_with_identity(&account, &key, &event)
+            .await
+            .map_err(|error| match error {
+                AuthError::EmailTaken => AuthError::EmailBelongsToAccount(name.clone()),
+                other => other,
+            })?;
+        tracing::info!(user_id = %account.user_id, provider = %name, "account registered through OAuth");
+        let issued = self.issue_token(account.user_id).await?;
+        Ok(OAuthOutcome::SignedIn {
+            issued,
+            created: true,
+        })
+    }
+
+    /// Removes the user's link to `provider`, unless it is their only way in.
+    pub async fn unlink_oauth(&self, user_id: Uuid, provider: &str) -> Result<(), AuthError> {
+        if provider.is_empty() {
+            return Err(AuthError::OAuthFlow("provider is required".into()));
+        }
+        self.stores.accounts.unlink(user_id, provider).await?;
+        tracing::info!(%user_id, %provider, "provider unlinked");
+        Ok(())
     }
 
     /// Revokes the token at once. Unknown or already revoked tokens are fine.
@@ -252,8 +453,160 @@ mod tests {
             accounts: Arc::new(InMemoryAccountStore::new(Arc::new(InMemoryEventBus::new()))),
             sessions: Arc::new(InMemorySessionStore::new()),
             login_attempts: Arc::new(limiter),
+            oauth_flows: Arc::new(crate::store::InMemoryOAuthFlowStore::new()),
         };
         AuthService::new(stores, hasher, Duration::from_secs(60))
+    }
+
+    /// A service with two plain OAuth 2.0 providers whose endpoints nobody listens on:
+    /// starting a flow needs no network, completing one fails at the code exchange.
+    fn with_unreachable_providers() -> AuthService {
+        let lookup = |name: &str| -> Option<String> {
+            let value = match name {
+                "AUTH_OAUTH_PROVIDERS" => "corp,other",
+                "AUTH_OAUTH_REDIRECT_BASE_URL" => "https://chat.example.com",
+                "AUTH_OAUTH_CORP_CLIENT_ID" | "AUTH_OAUTH_OTHER_CLIENT_ID" => "messenger",
+                "AUTH_OAUTH_CORP_CLIENT_SECRET" => "a-client-secret",
+                "AUTH_OAUTH_CORP_AUTHORIZE_URL" | "AUTH_OAUTH_OTHER_AUTHORIZE_URL" => {
+                    "http://127.0.0.1:9/authorize"
+                }
+                "AUTH_OAUTH_CORP_TOKEN_URL" | "AUTH_OAUTH_OTHER_TOKEN_URL" => {
+                    "http://127.0.0.1:9/token"
+                }
+                "AUTH_OAUTH_CORP_USERINFO_URL" | "AUTH_OAUTH_OTHER_USERINFO_URL" => {
+                    "http://127.0.0.1:9/userinfo"
+                }
+                _ => return None,
+            };
+            Some(value.to_owned())
+        };
+        let config = crate::oauth::OAuthConfig::from_lookup(&lookup).unwrap();
+        service(LoginLimits::default()).with_oauth(OAuthProviders::new(&config).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_flow_starts_with_pkce_and_state_and_is_completed_at_most_once() {
+        let auth = with_unreachable_providers();
+        let started = auth.start_oauth("corp", None).await.unwrap();
+        let url = &started.authorization_url;
+        let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(
+            url.as_str().split('?').next(),
+            Some("http://127.0.0.1:9/authorize")
+        );
+        assert_eq!(query["response_type"], "code");
+        assert_eq!(query["client_id"], "messenger");
+        assert_eq!(query["code_challenge_method"], "S256");
+        assert_eq!(
+            query["redirect_uri"],
+            "https://chat.example.com/v1/auth/oauth/corp/callback"
+        );
+        // Nothing secret in the URL: no verifier, no client secret, no flow id.
+        assert!(!url.as_str().contains("a-client-secret"));
+        assert!(!url.as_str().contains(started.flow_id.expose()));
+        let state = query["state"].clone();
+        let callback = |flow_id, state, code| OAuthCallback {
+            provider: "corp",
+            flow_id,
+            state,
+            code,
+            ..OAuthCallback::default()
+        };
+        // The right state and a code: the exchange fails (nobody listens), and the flow
+        // is used up all the same.
+        let error = auth
+            .finish_oauth(callback(started.flow_id.expose(), &state, "code"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AuthError::ProviderFailed(_)), "{error:?}");
+        let error = auth
+            .finish_oauth(callback(started.flow_id.expose(), &state, "code"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AuthError::OAuthFlow(_)), "{error:?}");
+        assert_eq!(auth.stores.accounts.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn callbacks_that_do_not_match_their_flow_are_refused_and_use_it_up() {
+        let auth = with_unreachable_providers();
+        let state_of = |started: &StartedFlow| {
+            started
+                .authorization_url
+                .query_pairs()
+                .find(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+                .unwrap()
+        };
+        /// (callback provider, state suffix, error, what the refusal is)
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&AuthError) -> bool,
+        );
+        let cases: [Case; 4] = [
+            (
+                "corp",
+                "x",
+                "",
+                |e| matches!(e, AuthError::OAuthFlow(m) if m.contains("state")),
+            ),
+            (
+                "other",
+                "",
+                "",
+                |e| matches!(e, AuthError::OAuthFlow(m) if m.contains("started with corp")),
+            ),
+            (
+                "corp",
+                "",
+                "access_denied",
+                |e| matches!(e, AuthError::OAuthDenied(m) if m.contains("access_denied")),
+            ),
+            ("nope", "", "", |e| {
+                matches!(e, AuthError::UnknownProvider(_))
+            }),
+        ];
+        for (provider, suffix, error, expected) in cases {
+            let started = auth.start_oauth("corp", None).await.unwrap();
+            let state = format!("{}{suffix}", state_of(&started));
+            let refusal = auth
+                .finish_oauth(OAuthCallback {
+                    provider,
+                    flow_id: started.flow_id.expose(),
+                    state: &state,
+                    code: "code",
+                    error,
+                    ..OAuthCallback::default()
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                expected(&refusal),
+                "{provider} {suffix} {error}: {refusal:?}"
+            );
+        }
+        // A flow id nobody issued.
+        let forged = AccessToken::generate().unwrap();
+        let refusal = auth
+            .finish_oauth(OAuthCallback {
+                provider: "corp",
+                flow_id: forged.expose(),
+                state: "s",
+                code: "c",
+                ..OAuthCallback::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(refusal, AuthError::OAuthFlow(_)), "{refusal:?}");
+        // Linking needs an account to link to.
+        let refusal = auth
+            .start_oauth("corp", Some(Uuid::now_v7()))
+            .await
+            .unwrap_err();
+        assert!(matches!(refusal, AuthError::AccountNotFound), "{refusal:?}");
+        assert_eq!(auth.stores.accounts.count().await.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -261,7 +614,7 @@ mod tests {
         let auth = service(LoginLimits::default());
         let account = Account {
             user_id: Uuid::now_v7(),
-            email: Email::parse("oauth@example.com").unwrap(),
+            email: Some(Email::parse("oauth@example.com").unwrap()),
             nickname: Nickname::parse("oauth_user").unwrap(),
             password_hash: None,
             created_at: Utc::now(),

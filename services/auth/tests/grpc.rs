@@ -16,8 +16,8 @@ use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
 use messenger_proto::v1::event::Payload;
 use messenger_proto::v1::{
-    LoginRequest, LoginResponse, LogoutRequest, OAuthSignInRequest, RegisterRequest,
-    ValidateTokenRequest,
+    ListOAuthProvidersRequest, LoginRequest, LoginResponse, LogoutRequest, OAuthSignInRequest,
+    RegisterRequest, StartOAuthRequest, UnlinkOAuthRequest, ValidateTokenRequest,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -667,18 +667,44 @@ async fn expired_tokens_stop_validating() {
 }
 
 #[tokio::test]
-async fn oauth_sign_in_is_unimplemented() {
+async fn oauth_calls_for_an_unconfigured_provider_or_from_the_wrong_caller_are_refused() {
     let auth = TestAuth::start().await;
+    let providers = auth
+        .client()
+        .list_o_auth_providers(ListOAuthProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(providers.providers.is_empty());
+    let status = auth
+        .client()
+        .start_o_auth(StartOAuthRequest {
+            provider: "google".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("google"), "{status:?}");
     let status = auth
         .client()
         .o_auth_sign_in(OAuthSignInRequest {
             provider: "google".into(),
+            flow_id: "x".repeat(43),
             code: "code".into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    // Unlinking acts for a signed-in user, never for the gateway itself.
+    let status = auth
+        .client()
+        .unlink_o_auth(UnlinkOAuthRequest {
+            provider: "google".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     auth.stop().await;
 }
 

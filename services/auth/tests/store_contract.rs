@@ -9,9 +9,10 @@ use chrono::Utc;
 use messenger_auth::AuthError;
 use messenger_auth::domain::{Email, Nickname};
 use messenger_auth::store::{
-    Account, AccountStore, InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore,
-    LimiterClock, LoginAttemptLimiter, LoginLimits, PostgresAccountStore, RedisLoginAttemptLimiter,
-    RedisSessionStore, Session, SessionStore,
+    Account, AccountStore, InMemoryAccountStore, InMemoryLoginAttemptLimiter,
+    InMemoryOAuthFlowStore, InMemorySessionStore, LimiterClock, LoginAttemptLimiter, LoginLimits,
+    OAuthFlow, OAuthFlowStore, OAuthIdentity, PostgresAccountStore, RedisLoginAttemptLimiter,
+    RedisOAuthFlowStore, RedisSessionStore, Session, SessionStore,
 };
 use messenger_auth::token::AccessToken;
 use messenger_common::events::{InMemoryEventBus, new_event};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 fn account(email: &str) -> Account {
     Account {
         user_id: Uuid::now_v7(),
-        email: Email::parse(email).expect("test email is valid"),
+        email: Some(Email::parse(email).expect("test email is valid")),
         nickname: Nickname::parse("contract_user").expect("test nickname is valid"),
         password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into()),
         created_at: Utc::now(),
@@ -67,7 +68,11 @@ async fn account_store_contract(store: Arc<dyn AccountStore>) {
     let error = store.create(&again, &registered(&again)).await.unwrap_err();
     assert!(matches!(error, AuthError::EmailTaken), "{error:?}");
     assert_eq!(store.count().await.unwrap(), 1);
-    let still = store.find_by_email(&alice.email).await.unwrap().unwrap();
+    let still = store
+        .find_by_email(alice.email.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(still.user_id, alice.user_id);
 
     // Concurrent registrations of one new email: exactly one wins, the rest are
@@ -91,6 +96,126 @@ async fn account_store_contract(store: Arc<dyn AccountStore>) {
     }
     assert_eq!(won, 1);
     assert_eq!(store.count().await.unwrap(), 2);
+
+    identity_contract(store.as_ref(), &alice).await;
+}
+
+fn identity(provider: &str, subject: &str) -> OAuthIdentity {
+    OAuthIdentity {
+        provider: provider.to_owned(),
+        subject: subject.to_owned(),
+    }
+}
+
+/// Accounts made by a provider, links and unlinks; `alice` has a password.
+async fn identity_contract(store: &dyn AccountStore, alice: &Account) {
+    let before = store.count().await.unwrap();
+    // An account a provider created: no email, no password.
+    let ada = Account {
+        email: None,
+        password_hash: None,
+        ..account("unused@example.com")
+    };
+    let corp_ada = identity("corp", "sub-ada");
+    store
+        .create_with_identity(&ada, &corp_ada, &registered(&ada))
+        .await
+        .unwrap();
+    let found = store.find_by_identity(&corp_ada).await.unwrap().unwrap();
+    assert_eq!((found.user_id, found.email), (ada.user_id, None));
+    assert_eq!(
+        store
+            .find_by_id(ada.user_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        ada.user_id
+    );
+    // The subject belongs to its provider only.
+    assert!(
+        store
+            .find_by_identity(&identity("other", "sub-ada"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The same identity or a taken email cannot make a second account.
+    let twin = Account {
+        email: None,
+        ..account("unused@example.com")
+    };
+    let error = store
+        .create_with_identity(&twin, &corp_ada, &registered(&twin))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AuthError::IdentityTaken(_)), "{error:?}");
+    let clash = account("alice@example.com");
+    let error = store
+        .create_with_identity(&clash, &identity("corp", "sub-new"), &registered(&clash))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AuthError::EmailTaken), "{error:?}");
+    assert_eq!(store.count().await.unwrap(), before + 1);
+
+    // Linking: to an existing account, one identity per provider, each identity once.
+    let corp_alice = identity("corp", "sub-alice");
+    store.link(alice.user_id, &corp_alice).await.unwrap();
+    assert_eq!(
+        store
+            .find_by_identity(&corp_alice)
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        alice.user_id
+    );
+    let error = store
+        .link(alice.user_id, &identity("corp", "sub-other"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AuthError::ProviderAlreadyLinked(_)),
+        "{error:?}"
+    );
+    let error = store.link(alice.user_id, &corp_ada).await.unwrap_err();
+    assert!(matches!(error, AuthError::IdentityTaken(_)), "{error:?}");
+    let error = store
+        .link(Uuid::now_v7(), &identity("corp", "sub-nobody"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AuthError::AccountNotFound), "{error:?}");
+    assert_eq!(
+        store.linked_providers(alice.user_id).await.unwrap(),
+        ["corp"]
+    );
+
+    // Unlinking never leaves an account without a way in.
+    let error = store.unlink(ada.user_id, "corp").await.unwrap_err();
+    assert!(matches!(error, AuthError::LastSignInMethod(_)), "{error:?}");
+    store
+        .link(ada.user_id, &identity("github", "583231"))
+        .await
+        .unwrap();
+    store.unlink(ada.user_id, "corp").await.unwrap();
+    assert_eq!(
+        store.linked_providers(ada.user_id).await.unwrap(),
+        ["github"]
+    );
+    assert!(store.find_by_identity(&corp_ada).await.unwrap().is_none());
+    let error = store.unlink(ada.user_id, "github").await.unwrap_err();
+    assert!(matches!(error, AuthError::LastSignInMethod(_)), "{error:?}");
+    store.unlink(alice.user_id, "corp").await.unwrap();
+    let error = store.unlink(alice.user_id, "corp").await.unwrap_err();
+    assert!(matches!(error, AuthError::NotLinked(_)), "{error:?}");
+    assert!(
+        store
+            .linked_providers(alice.user_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -226,6 +351,66 @@ async fn redis_session_store_meets_the_contract() {
         .await
         .expect("TEST_REDIS_URL reachable");
     session_store_contract(Arc::new(RedisSessionStore::new(redis, unique_prefix()))).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// OAuthFlowStore
+
+fn flow(expires_in: chrono::Duration) -> OAuthFlow {
+    OAuthFlow {
+        provider: "corp".into(),
+        state: "state-123".into(),
+        pkce_verifier: "verifier-456".into(),
+        nonce: Some("nonce-789".into()),
+        link_user: Some(Uuid::now_v7()),
+        expires_at: Utc::now() + expires_in,
+    }
+}
+
+async fn oauth_flow_store_contract(store: Arc<dyn OAuthFlowStore>) {
+    // Taken once, then gone: a replayed callback finds nothing.
+    let id = AccessToken::generate().unwrap().digest();
+    let begun = flow(chrono::Duration::minutes(5));
+    store.insert(&id, &begun).await.unwrap();
+    let taken = store.take(&id).await.unwrap().expect("the flow");
+    assert_eq!(taken, begun);
+    assert_eq!(store.take(&id).await.unwrap(), None);
+    // Unknown and expired flows are not there.
+    let unknown = AccessToken::generate().unwrap().digest();
+    assert_eq!(store.take(&unknown).await.unwrap(), None);
+    let stale = AccessToken::generate().unwrap().digest();
+    store
+        .insert(&stale, &flow(chrono::Duration::seconds(-1)))
+        .await
+        .unwrap();
+    assert_eq!(store.take(&stale).await.unwrap(), None);
+    // Many callbacks racing for one flow: exactly one gets it.
+    let raced = AccessToken::generate().unwrap().digest();
+    store.insert(&raced, &begun).await.unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, raced) = (store.clone(), raced.clone());
+            tokio::spawn(async move { store.take(&raced).await.unwrap() })
+        })
+        .collect();
+    let mut got = 0;
+    for racer in racers {
+        got += usize::from(racer.await.unwrap().is_some());
+    }
+    assert_eq!(got, 1);
+}
+
+#[tokio::test]
+async fn in_memory_oauth_flow_store_meets_the_contract() {
+    oauth_flow_store_contract(Arc::new(InMemoryOAuthFlowStore::new())).await;
+}
+
+#[tokio::test]
+async fn redis_oauth_flow_store_meets_the_contract() {
+    let redis = messenger_common::redis::connect(&redis_url())
+        .await
+        .expect("TEST_REDIS_URL reachable");
+    oauth_flow_store_contract(Arc::new(RedisOAuthFlowStore::new(redis, unique_prefix()))).await;
 }
 
 #[tokio::test]

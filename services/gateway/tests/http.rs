@@ -24,6 +24,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/auth/register"),
     ("POST", "/v1/auth/login"),
     ("POST", "/v1/auth/logout"),
+    ("GET", "/v1/auth/oauth/providers"),
+    ("GET", "/v1/auth/oauth/{provider}/start"),
+    ("GET", "/v1/auth/oauth/{provider}/callback"),
+    ("POST", "/v1/auth/oauth/{provider}/link"),
+    ("DELETE", "/v1/auth/oauth/{provider}/link"),
+    ("POST", "/v1/auth/oauth/session"),
     ("GET", "/v1/users/me"),
     ("PATCH", "/v1/users/me"),
     ("GET", "/v1/users/{user_id}"),
@@ -131,7 +137,8 @@ async fn the_openapi_document_lists_exactly_the_routed_api() {
         let concrete = path
             .replace("{user_id}", "8a5b1c8e-0000-4000-8000-000000000001")
             .replace("{chat_id}", "8a5b1c8e-0000-4000-8000-000000000002")
-            .replace("{nickname}", "someone");
+            .replace("{nickname}", "someone")
+            .replace("{provider}", "corp");
         let (status, _, body) = send(app(), json_request(method, &concrete, "{}")).await;
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert!(
@@ -139,6 +146,38 @@ async fn the_openapi_document_lists_exactly_the_routed_api() {
             "{method} {path} is documented but not routed"
         );
     }
+}
+
+#[tokio::test]
+async fn an_oauth_callback_or_hand_over_without_its_cookie_is_refused_before_auth_is_asked() {
+    // No services behind: these answers come from the gateway alone.
+    let (status, headers, problem) = send(
+        app(),
+        Request::get("/v1/auth/oauth/corp/callback?state=s&code=c")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("cookie"),
+        "{problem}"
+    );
+    // The (absent) flow cookie is cleared anyway.
+    let cleared = headers["set-cookie"].to_str().unwrap();
+    assert!(cleared.starts_with("messenger_oauth_flow=;"), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+
+    let (status, headers, problem) = send(
+        app(),
+        Request::post("/v1/auth/oauth/session")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "{problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
 }
 
 #[tokio::test]

@@ -39,8 +39,11 @@ export const session = {
   },
 };
 
-/** Calls `path`; resolves with the parsed JSON body (or null), rejects with ApiError. */
-export async function call(method, path, body) {
+/**
+ * Calls `path`; resolves with the parsed JSON body (or null), rejects with ApiError.
+ * Cookies are never sent, except with `{ cookies: true }` (the OAuth hand-over).
+ */
+export async function call(method, path, body, { cookies = false } = {}) {
   const headers = { accept: "application/json" };
   const current = session.get();
   if (current?.token) headers.authorization = `Bearer ${current.token}`;
@@ -51,7 +54,7 @@ export async function call(method, path, body) {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
+      credentials: cookies ? "same-origin" : "omit",
       cache: "no-store",
     });
   } catch {
@@ -109,6 +112,9 @@ export const api = {
     call("POST", "/v1/auth/register", { email, password, nickname }),
   login: (email, password) => call("POST", "/v1/auth/login", { email, password }),
   logout: () => call("POST", "/v1/auth/logout"),
+  oauthProviders: () => call("GET", "/v1/auth/oauth/providers"),
+  // The token of a sign-in just completed at a provider, from its one-time HttpOnly cookie.
+  oauthSession: () => call("POST", "/v1/auth/oauth/session", undefined, { cookies: true }),
   me: () => call("GET", "/v1/users/me"),
   updateMe: (change) => call("PATCH", "/v1/users/me", change),
   user: (id) => call("GET", `/v1/users/${enc(id)}`),

@@ -143,6 +143,35 @@ $("register-form").addEventListener("submit", (event) => {
   });
 });
 
+// "Sign in with …": one link per configured provider. The provider sends the browser
+// back to the gateway, which redirects here with #oauth-signed-in; the token is then
+// fetched from a one-time cookie, so it never appears in a URL.
+async function showProviders() {
+  let answer;
+  try {
+    answer = await api.oauthProviders();
+  } catch (error) {
+    console.warn("no sign-in providers:", error);
+    return;
+  }
+  const buttons = answer.providers.map((provider) =>
+    h("li", {},
+      h("a", {
+        class: "button oauth-button",
+        href: provider.start_url,
+        "data-testid": `oauth-${provider.name}`,
+        text: `Sign in with ${provider.display_name}`,
+      })));
+  $("oauth-buttons").replaceChildren(...buttons);
+  $("oauth-providers").hidden = buttons.length === 0;
+}
+
+async function finishProviderSignIn() {
+  const login = await api.oauthSession();
+  session.set({ token: login.access_token, userId: login.user_id });
+  await enter();
+}
+
 async function signIn(email, password, nickname) {
   const login = await api.login(email, password);
   session.set({ token: login.access_token, userId: login.user_id, nickname });
@@ -800,8 +829,22 @@ async function refreshAll() {
 // ---------------------------------------------------------------------------------
 // Start: a session kept in this tab goes straight in.
 
-if (session.get()?.token) {
-  enter().catch(report);
+const arrival = location.hash;
+if (arrival === "#oauth-signed-in" || arrival === "#oauth-linked") {
+  history.replaceState(null, "", location.pathname);
+}
+showProviders();
+if (arrival === "#oauth-signed-in") {
+  finishProviderSignIn().catch((error) => {
+    showSignin();
+    report(error);
+  });
+} else if (session.get()?.token) {
+  enter()
+    .then(() => {
+      if (arrival === "#oauth-linked") notice("The provider is linked: you can sign in with it now.");
+    })
+    .catch(report);
 } else {
   showSignin();
 }

@@ -30,9 +30,14 @@ impl DevProcess {
     /// Starts `messenger dev <args> --port-offset <offset>` and waits for its banner; on a
     /// port another test holds, tries another offset.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`DevProcess::start`] with extra environment variables (`AUTH_OAUTH_*`, ...).
+    pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Self {
         let mut output = String::new();
         for _ in 0..5 {
-            match Self::start_with_offset(args, port_offset()) {
+            match Self::start_with(args, env, port_offset()) {
                 Ok(dev) => return dev,
                 Err(failed) if failed.contains("Address already in use") => output = failed,
                 Err(failed) => panic!("messenger dev did not start:\n{failed}"),
@@ -44,6 +49,10 @@ impl DevProcess {
     /// Like [`DevProcess::start`] with a given offset; `Err` holds what it printed when it
     /// exited instead of starting.
     pub fn start_with_offset(args: &[&str], port_offset: u16) -> Result<Self, String> {
+        Self::start_with(args, &[], port_offset)
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, String)], port_offset: u16) -> Result<Self, String> {
         let mut child = Command::new(binary("messenger"))
             .arg("dev")
             .args(args)
@@ -53,6 +62,7 @@ impl DevProcess {
             .env_remove("REDIS_URL")
             .env_remove("KAFKA_BROKERS")
             .env_remove("MONGODB_URI")
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -38,12 +38,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// Starts `messenger-<name>` on free ports (an `HTTP_ADDR` in `env` wins, for a
+    /// gateway whose address must be known before it starts).
     pub fn start(name: &'static str, env: &[(&str, String)]) -> Self {
-        let (grpc_port, http_port, admin_port) = (
-            testing::free_port(),
-            testing::free_port(),
-            testing::free_port(),
-        );
+        let http_port = env
+            .iter()
+            .find(|(key, _)| *key == "HTTP_ADDR")
+            .and_then(|(_, addr)| addr.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(testing::free_port);
+        let (grpc_port, admin_port) = (testing::free_port(), testing::free_port());
         let log = std::env::temp_dir().join(format!("{}.log", testing::unique_name(name)));
         let output = std::fs::File::create(&log).expect("create the log file");
         let mut command = Command::new(binary(&format!("messenger-{name}")));
@@ -170,12 +173,20 @@ pub struct Backend {
     pub users: Service,
     pub friends: Service,
     pub chat: Service,
-    _databases: [TestDatabase; 3],
+    databases: [TestDatabase; 3],
 }
 
 impl Backend {
     /// Starts the four services; `chat_env` chooses chat's store (`CHAT_STORE`, ...).
     pub async fn start(chat_env: Vec<(&'static str, String)>) -> Self {
+        Self::start_with(Vec::new(), chat_env).await
+    }
+
+    /// [`Backend::start`] with extra variables for auth (`AUTH_OAUTH_*`, ...).
+    pub async fn start_with(
+        auth_env: Vec<(&'static str, String)>,
+        chat_env: Vec<(&'static str, String)>,
+    ) -> Self {
         let (redis, kafka) = (testing::redis_url(), testing::kafka_brokers());
         let prefix = testing::unique_prefix();
         let databases = [
@@ -198,6 +209,7 @@ impl Backend {
             &[
                 common(Some(&databases[0])),
                 vec![("AUTH_REDIS_PREFIX", format!("{prefix}auth:"))],
+                auth_env,
             ]
             .concat(),
         );
@@ -241,12 +253,18 @@ impl Backend {
             users,
             friends,
             chat,
-            _databases: databases,
+            databases,
         };
         for service in backend.callers_first() {
             service.wait_ready();
         }
         backend
+    }
+
+    /// Auth's database (the tests count accounts in it).
+    #[allow(dead_code)] // only the OAuth test looks inside
+    pub fn auth_database_url(&self) -> &str {
+        self.databases[0].url()
     }
 
     /// The services in the order they stop: callers first, so none loses a peer while

@@ -11,10 +11,12 @@ use messenger_common::EventPublisher;
 use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::Event;
 
+use uuid::Uuid;
+
 use super::{
     Account, AccountStore, AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock,
-    LoginAttemptLimiter, LoginLimits, Session, SessionStore, attempt_abandoned, attempt_succeeded,
-    begin_attempt, client_group,
+    LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session,
+    SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group, may_unlink,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -26,19 +28,61 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Accounts keyed by normalised email. Publishes `UserRegistered` straight to the
-/// in-process event bus (there is no outbox without a database).
+/// Accounts by user id, with indexes by normalised email and by provider identity, behind
+/// one lock. Publishes `UserRegistered` straight to the in-process event bus (there is no
+/// outbox without a database).
 pub struct InMemoryAccountStore {
-    accounts: tokio::sync::Mutex<HashMap<Email, Account>>,
+    accounts: tokio::sync::Mutex<Accounts>,
     events: Arc<dyn EventPublisher>,
+}
+
+#[derive(Default)]
+struct Accounts {
+    by_id: HashMap<Uuid, Account>,
+    by_email: HashMap<Email, Uuid>,
+    by_identity: HashMap<OAuthIdentity, Uuid>,
+}
+
+impl Accounts {
+    fn providers_of(&self, user_id: Uuid) -> Vec<String> {
+        let mut providers: Vec<String> = self
+            .by_identity
+            .iter()
+            .filter(|(_, owner)| **owner == user_id)
+            .map(|(identity, _)| identity.provider.clone())
+            .collect();
+        providers.sort();
+        providers
+    }
+
+    fn email_taken(&self, account: &Account) -> bool {
+        account
+            .email
+            .as_ref()
+            .is_some_and(|email| self.by_email.contains_key(email))
+    }
+
+    fn insert(&mut self, account: &Account) {
+        if let Some(email) = &account.email {
+            self.by_email.insert(email.clone(), account.user_id);
+        }
+        self.by_id.insert(account.user_id, account.clone());
+    }
 }
 
 impl InMemoryAccountStore {
     pub fn new(events: Arc<dyn EventPublisher>) -> Self {
         Self {
-            accounts: tokio::sync::Mutex::new(HashMap::new()),
+            accounts: tokio::sync::Mutex::new(Accounts::default()),
             events,
         }
+    }
+
+    async fn publish(&self, account: &Account, event: &Event) -> Result<(), AuthError> {
+        self.events
+            .publish(AUTH_EVENTS, &account.user_id.to_string(), event)
+            .await
+            .map_err(|e| AuthError::Publish(e.to_string()))
     }
 }
 
@@ -47,23 +91,96 @@ impl AccountStore for InMemoryAccountStore {
     async fn create(&self, account: &Account, event: &Event) -> Result<(), AuthError> {
         // Held across the publish so "stored" and "published" happen together or not at all.
         let mut accounts = self.accounts.lock().await;
-        if accounts.contains_key(&account.email) {
+        if accounts.email_taken(account) {
             return Err(AuthError::EmailTaken);
         }
-        self.events
-            .publish(AUTH_EVENTS, &account.user_id.to_string(), event)
-            .await
-            .map_err(|e| AuthError::Publish(e.to_string()))?;
-        accounts.insert(account.email.clone(), account.clone());
+        self.publish(account, event).await?;
+        accounts.insert(account);
         Ok(())
     }
 
     async fn find_by_email(&self, email: &Email) -> Result<Option<Account>, AuthError> {
-        Ok(self.accounts.lock().await.get(email).cloned())
+        let accounts = self.accounts.lock().await;
+        Ok(accounts
+            .by_email
+            .get(email)
+            .and_then(|id| accounts.by_id.get(id))
+            .cloned())
     }
 
     async fn count(&self) -> Result<u64, AuthError> {
-        Ok(self.accounts.lock().await.len() as u64)
+        Ok(self.accounts.lock().await.by_id.len() as u64)
+    }
+
+    async fn find_by_id(&self, user_id: Uuid) -> Result<Option<Account>, AuthError> {
+        Ok(self.accounts.lock().await.by_id.get(&user_id).cloned())
+    }
+
+    async fn find_by_identity(
+        &self,
+        identity: &OAuthIdentity,
+    ) -> Result<Option<Account>, AuthError> {
+        let accounts = self.accounts.lock().await;
+        Ok(accounts
+            .by_identity
+            .get(identity)
+            .and_then(|id| accounts.by_id.get(id))
+            .cloned())
+    }
+
+    async fn create_with_identity(
+        &self,
+        account: &Account,
+        identity: &OAuthIdentity,
+        event: &Event,
+    ) -> Result<(), AuthError> {
+        let mut accounts = self.accounts.lock().await;
+        if accounts.email_taken(account) {
+            return Err(AuthError::EmailTaken);
+        }
+        if accounts.by_identity.contains_key(identity) {
+            return Err(AuthError::IdentityTaken(identity.provider.clone()));
+        }
+        self.publish(account, event).await?;
+        accounts.insert(account);
+        accounts
+            .by_identity
+            .insert(identity.clone(), account.user_id);
+        Ok(())
+    }
+
+    async fn link(&self, user_id: Uuid, identity: &OAuthIdentity) -> Result<(), AuthError> {
+        let mut accounts = self.accounts.lock().await;
+        if !accounts.by_id.contains_key(&user_id) {
+            return Err(AuthError::AccountNotFound);
+        }
+        if accounts.by_identity.contains_key(identity) {
+            return Err(AuthError::IdentityTaken(identity.provider.clone()));
+        }
+        if accounts.providers_of(user_id).contains(&identity.provider) {
+            return Err(AuthError::ProviderAlreadyLinked(identity.provider.clone()));
+        }
+        accounts.by_identity.insert(identity.clone(), user_id);
+        Ok(())
+    }
+
+    async fn unlink(&self, user_id: Uuid, provider: &str) -> Result<(), AuthError> {
+        let mut accounts = self.accounts.lock().await;
+        let has_password = accounts
+            .by_id
+            .get(&user_id)
+            .ok_or(AuthError::AccountNotFound)?
+            .password_hash
+            .is_some();
+        may_unlink(has_password, &accounts.providers_of(user_id), provider)?;
+        accounts
+            .by_identity
+            .retain(|identity, owner| !(*owner == user_id && identity.provider == provider));
+        Ok(())
+    }
+
+    async fn linked_providers(&self, user_id: Uuid) -> Result<Vec<String>, AuthError> {
+        Ok(self.accounts.lock().await.providers_of(user_id))
     }
 }
 
@@ -104,6 +221,34 @@ impl SessionStore for InMemorySessionStore {
     async fn remove(&self, digest: &TokenDigest) -> Result<(), AuthError> {
         lock(&self.sessions).remove(digest);
         Ok(())
+    }
+}
+
+/// Flows by id digest; expired ones are dropped when another is stored.
+#[derive(Default)]
+pub struct InMemoryOAuthFlowStore {
+    flows: Mutex<HashMap<TokenDigest, OAuthFlow>>,
+}
+
+impl InMemoryOAuthFlowStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl OAuthFlowStore for InMemoryOAuthFlowStore {
+    async fn insert(&self, id: &TokenDigest, flow: &OAuthFlow) -> Result<(), AuthError> {
+        let mut flows = lock(&self.flows);
+        let now = Utc::now();
+        flows.retain(|_, f| f.expires_at > now);
+        flows.insert(id.clone(), flow.clone());
+        Ok(())
+    }
+
+    async fn take(&self, id: &TokenDigest) -> Result<Option<OAuthFlow>, AuthError> {
+        let flow = lock(&self.flows).remove(id);
+        Ok(flow.filter(|f| f.expires_at > Utc::now()))
     }
 }
 

@@ -20,15 +20,18 @@ pub mod memory;
 pub mod postgres;
 pub mod redis;
 
-pub use memory::{InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore};
+pub use memory::{
+    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore, InMemorySessionStore,
+};
 pub use postgres::PostgresAccountStore;
-pub use redis::{RedisLoginAttemptLimiter, RedisSessionStore};
+pub use redis::{RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisSessionStore};
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub user_id: Uuid,
-    pub email: Email,
+    /// `None` for an account a provider created without vouching for an email.
+    pub email: Option<Email>,
     pub nickname: Nickname,
     /// argon2id PHC string; `None` for an account that signs in only through OAuth.
     pub password_hash: Option<String>,
@@ -45,6 +48,56 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn find_by_email(&self, email: &Email) -> Result<Option<Account>, AuthError>;
 
     async fn count(&self) -> Result<u64, AuthError>;
+
+    async fn find_by_id(&self, user_id: Uuid) -> Result<Option<Account>, AuthError>;
+
+    /// The account a provider identity signs in to.
+    async fn find_by_identity(
+        &self,
+        identity: &OAuthIdentity,
+    ) -> Result<Option<Account>, AuthError>;
+
+    /// Stores a new account, its first identity and its `UserRegistered` event
+    /// atomically. `EmailTaken` / `IdentityTaken` when another account won the race.
+    async fn create_with_identity(
+        &self,
+        account: &Account,
+        identity: &OAuthIdentity,
+        event: &Event,
+    ) -> Result<(), AuthError>;
+
+    /// Links the identity to an existing account: `IdentityTaken` when it belongs to
+    /// any account already, `ProviderAlreadyLinked` when the account has another identity
+    /// of that provider, `AccountNotFound` when there is no such account.
+    async fn link(&self, user_id: Uuid, identity: &OAuthIdentity) -> Result<(), AuthError>;
+
+    /// Removes the account's identity of `provider`, atomically with the check that the
+    /// account keeps a way to sign in (a password or another identity):
+    /// `NotLinked`, or `LastSignInMethod` and nothing changes.
+    async fn unlink(&self, user_id: Uuid, provider: &str) -> Result<(), AuthError>;
+
+    /// The providers linked to the account, sorted by name.
+    async fn linked_providers(&self, user_id: Uuid) -> Result<Vec<String>, AuthError>;
+}
+
+/// The rule every store applies atomically before unlinking `provider`: it must be
+/// linked, and the account must keep a way to sign in (its password or another provider).
+pub fn may_unlink(has_password: bool, linked: &[String], provider: &str) -> Result<(), AuthError> {
+    if !linked.iter().any(|p| p == provider) {
+        return Err(AuthError::NotLinked(provider.to_owned()));
+    }
+    if !has_password && linked.len() == 1 {
+        return Err(AuthError::LastSignInMethod(provider.to_owned()));
+    }
+    Ok(())
+}
+
+/// Who a user is at a provider: the provider's name (as configured) and its stable
+/// subject identifier for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OAuthIdentity {
+    pub provider: String,
+    pub subject: String,
 }
 
 /// What a valid access token resolves to.
@@ -64,6 +117,42 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes the session; removing an unknown one is not an error.
     async fn remove(&self, digest: &TokenDigest) -> Result<(), AuthError>;
+}
+
+/// A begun authorization code flow: kept until the callback takes it (once) or it
+/// expires. `Debug` hides the secrets.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OAuthFlow {
+    pub provider: String,
+    /// The `state` sent to the provider; the callback must bring the same one.
+    pub state: String,
+    pub pkce_verifier: String,
+    /// The `nonce` sent to an OpenID Connect provider; its ID token must carry it.
+    pub nonce: Option<String>,
+    /// The signed-in user who asked to link the provider; `None` for a sign-in.
+    pub link_user: Option<Uuid>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for OAuthFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthFlow")
+            .field("provider", &self.provider)
+            .field("link_user", &self.link_user)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Begun OAuth flows by the digest of their flow id (the browser holds the id itself).
+#[async_trait]
+pub trait OAuthFlowStore: Send + Sync + 'static {
+    /// Keeps the flow until `flow.expires_at`.
+    async fn insert(&self, id: &TokenDigest, flow: &OAuthFlow) -> Result<(), AuthError>;
+
+    /// Removes and returns the flow, in one step so only one caller ever gets it;
+    /// `None` when unknown, already taken or expired.
+    async fn take(&self, id: &TokenDigest) -> Result<Option<OAuthFlow>, AuthError>;
 }
 
 /// How failed logins are throttled. Every subject below gets `max_*` failures free within

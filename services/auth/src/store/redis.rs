@@ -6,6 +6,8 @@
 //! - `login-failures:pair:<sha256 hex of email>:<client group>`,
 //!   `login-failures:client:<client group>` and `login-failures:account:<sha256 hex of email>`
 //!   → `"<failures> <window start, unix ms> <last failure, unix ms>"` (see `FailureCount`);
+//! - `oauth-flow:<sha256 hex of flow id>` → the begun flow as JSON, expiring with it,
+//!   taken with GETDEL so only one callback ever gets it;
 //! - `login-known:<sha256 hex of email>:<client group>` → until when (unix ms) that client
 //!   group is known to the account.
 
@@ -20,7 +22,8 @@ use uuid::Uuid;
 
 use super::{
     AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock, LoginAttemptLimiter, LoginLimits,
-    Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group,
+    OAuthFlow, OAuthFlowStore, Session, SessionStore, attempt_abandoned, attempt_succeeded,
+    begin_attempt, client_group,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -101,6 +104,60 @@ impl SessionStore for RedisSessionStore {
         let mut redis = self.redis.clone();
         let _: u64 = redis.del(self.key(digest)).await?;
         Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisOAuthFlowStore {
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisOAuthFlowStore {
+    pub fn new(redis: ConnectionManager, prefix: impl Into<String>) -> Self {
+        Self {
+            redis,
+            prefix: prefix.into(),
+        }
+    }
+
+    fn key(&self, id: &TokenDigest) -> String {
+        format!("{}oauth-flow:{}", self.prefix, id.as_str())
+    }
+}
+
+#[async_trait]
+impl OAuthFlowStore for RedisOAuthFlowStore {
+    async fn insert(&self, id: &TokenDigest, flow: &OAuthFlow) -> Result<(), AuthError> {
+        let ttl_ms = (flow.expires_at - Utc::now()).num_milliseconds();
+        let Ok(ttl_ms @ 1..) = u64::try_from(ttl_ms) else {
+            return Ok(());
+        };
+        let value = serde_json::to_string(flow)
+            .map_err(|e| AuthError::CorruptData(format!("OAuth flow: {e}")))?;
+        let mut redis = self.redis.clone();
+        let _: () = redis::cmd("SET")
+            .arg(self.key(id))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    async fn take(&self, id: &TokenDigest) -> Result<Option<OAuthFlow>, AuthError> {
+        let mut redis = self.redis.clone();
+        let value: Option<String> = redis::cmd("GETDEL")
+            .arg(self.key(id))
+            .query_async(&mut redis)
+            .await?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let flow: OAuthFlow = serde_json::from_str(&value)
+            .map_err(|_| AuthError::CorruptData("unreadable OAuth flow".into()))?;
+        Ok((flow.expires_at > Utc::now()).then_some(flow))
     }
 }
 

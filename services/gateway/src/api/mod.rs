@@ -6,6 +6,7 @@ pub mod chats;
 pub mod events;
 pub mod extract;
 pub mod friends;
+pub mod oauth;
 pub mod types;
 pub mod users;
 
@@ -115,6 +116,11 @@ fn api_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(auth::register))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
+        .routes(routes!(oauth::providers))
+        .routes(routes!(oauth::start))
+        .routes(routes!(oauth::callback))
+        .routes(routes!(oauth::link, oauth::unlink))
+        .routes(routes!(oauth::session))
         .routes(routes!(users::get_me, users::patch_me))
         .routes(routes!(users::get_user))
         .routes(routes!(users::get_by_nickname))
