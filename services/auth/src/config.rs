@@ -7,7 +7,7 @@ use messenger_common::events::{EventsConfig, InMemoryEventBus};
 use messenger_common::identity::InternalKey;
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
-use crate::store::LoginLimits;
+use crate::store::{LoginLimits, RegisterLimits};
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "auth",
@@ -57,6 +57,8 @@ pub struct Config {
     /// Lifetime of an access token (`AUTH_TOKEN_TTL`).
     pub token_ttl: Duration,
     pub login_limits: LoginLimits,
+    /// Registrations per client (`AUTH_REGISTER_MAX_PER_CLIENT` per `AUTH_REGISTER_WINDOW`).
+    pub register_limits: RegisterLimits,
     /// Verifies every call's identity assertion (`INTERNAL_AUTH_KEY`, required).
     pub internal_key: InternalKey,
 }
@@ -139,12 +141,26 @@ impl Config {
                 defaults.max_delay,
             )?,
         };
+        let register_defaults = RegisterLimits::default();
+        let register_limits = RegisterLimits {
+            max_per_client: at_least_one(
+                &lookup,
+                "AUTH_REGISTER_MAX_PER_CLIENT",
+                register_defaults.max_per_client,
+            )?,
+            window: env_nonzero_duration_from(
+                &lookup,
+                "AUTH_REGISTER_WINDOW",
+                register_defaults.window,
+            )?,
+        };
         Ok(Self {
             service,
             store,
             events,
             token_ttl,
             login_limits,
+            register_limits,
             internal_key,
         })
     }
@@ -160,6 +176,7 @@ impl Config {
             events,
             token_ttl: DEFAULT_TOKEN_TTL,
             login_limits: LoginLimits::default(),
+            register_limits: RegisterLimits::default(),
             internal_key,
         }
     }
@@ -221,6 +238,13 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(config.login_limits.max_delay, Duration::from_secs(60));
+        assert_eq!(
+            config.register_limits,
+            RegisterLimits {
+                max_per_client: 20,
+                window: Duration::from_secs(3600),
+            }
+        );
     }
 
     #[test]
@@ -233,6 +257,8 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "40"),
             ("AUTH_LOGIN_ACCOUNT_WINDOW", "2h"),
             ("AUTH_LOGIN_MAX_DELAY", "30s"),
+            ("AUTH_REGISTER_MAX_PER_CLIENT", "3"),
+            ("AUTH_REGISTER_WINDOW", "10m"),
             ("AUTH_STORE", "memory"),
         ]))
         .unwrap();
@@ -247,6 +273,13 @@ mod tests {
                 account_window: Duration::from_secs(7200),
                 first_delay: Duration::from_secs(1),
                 max_delay: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(
+            config.register_limits,
+            RegisterLimits {
+                max_per_client: 3,
+                window: Duration::from_secs(600),
             }
         );
         assert_eq!(config.store, StoreConfig::InMemory);
@@ -278,6 +311,9 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "0"),
             ("AUTH_LOGIN_ACCOUNT_WINDOW", "0s"),
             ("AUTH_LOGIN_MAX_DELAY", "soon"),
+            ("AUTH_REGISTER_MAX_PER_CLIENT", "0"),
+            ("AUTH_REGISTER_MAX_PER_CLIENT", "many"),
+            ("AUTH_REGISTER_WINDOW", "0s"),
             ("AUTH_STORE", "mongo"),
             ("INTERNAL_AUTH_KEY", ""),
             ("INTERNAL_AUTH_KEY", "shorter-than-32-bytes"),

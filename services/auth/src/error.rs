@@ -24,6 +24,11 @@ pub enum AuthError {
         whole_seconds_up(*retry_after)
     )]
     TooManyAttempts { retry_after: Duration },
+    #[error(
+        "too many registrations from this address; retry in {}s",
+        whole_seconds_up(*retry_after)
+    )]
+    TooManyRegistrations { retry_after: Duration },
     #[error("OAuth sign-in is not implemented yet")]
     OAuthNotImplemented,
     #[error("password hashing failed: {0}")]
@@ -42,7 +47,8 @@ pub enum AuthError {
     Publish(String),
 }
 
-/// Response metadata on `RESOURCE_EXHAUSTED`: whole seconds until a login may be tried.
+/// Response metadata on `RESOURCE_EXHAUSTED`: whole seconds until a login (or a
+/// registration) may be tried.
 pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
 /// Seconds to wait, rounded up so a client that waits that long is let in (at least 1).
@@ -59,7 +65,9 @@ impl From<AuthError> for ServiceError {
             AuthError::InvalidCredentials | AuthError::InvalidToken => {
                 Self::Unauthenticated(error.to_string())
             }
-            AuthError::TooManyAttempts { .. } => Self::ResourceExhausted(error.to_string()),
+            AuthError::TooManyAttempts { .. } | AuthError::TooManyRegistrations { .. } => {
+                Self::ResourceExhausted(error.to_string())
+            }
             // ServiceError has no Unimplemented; the only caller maps it itself.
             AuthError::OAuthNotImplemented => Self::FailedPrecondition(error.to_string()),
             AuthError::Database(e) => e.into(),
@@ -77,7 +85,8 @@ impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         match error {
             AuthError::OAuthNotImplemented => tonic::Status::unimplemented(error.to_string()),
-            AuthError::TooManyAttempts { retry_after } => {
+            AuthError::TooManyAttempts { retry_after }
+            | AuthError::TooManyRegistrations { retry_after } => {
                 let mut status: tonic::Status = ServiceError::from(error).into();
                 // Machine-readable twin of the message, for the gateway's Retry-After.
                 if let Ok(value) = whole_seconds_up(retry_after).to_string().parse() {
@@ -129,6 +138,13 @@ mod tests {
                 },
                 Code::ResourceExhausted,
                 "too many failed login attempts; retry in 91s",
+            ),
+            (
+                AuthError::TooManyRegistrations {
+                    retry_after: Duration::from_secs(120),
+                },
+                Code::ResourceExhausted,
+                "too many registrations from this address; retry in 120s",
             ),
             (
                 AuthError::OAuthNotImplemented,

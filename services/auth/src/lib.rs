@@ -35,8 +35,9 @@ pub use service::{AuthService, AuthStores};
 use crate::grpc::AuthGrpc;
 use crate::password::PasswordHasher;
 use crate::store::{
-    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, PostgresAccountStore,
-    RedisLoginAttemptLimiter, RedisSessionStore,
+    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryRegistrationLimiter,
+    InMemorySessionStore, PostgresAccountStore, RedisLoginAttemptLimiter, RedisRegistrationLimiter,
+    RedisSessionStore,
 };
 
 /// The auth service's own migrations (the `accounts` table); `run` applies them after
@@ -52,6 +53,7 @@ impl AuthStores {
             accounts: Arc::new(InMemoryAccountStore::new(events)),
             sessions: Arc::new(InMemorySessionStore::new()),
             login_attempts: Arc::new(InMemoryLoginAttemptLimiter::new(config.login_limits)),
+            registrations: Arc::new(InMemoryRegistrationLimiter::new(config.register_limits)),
         }
     }
 }
@@ -89,8 +91,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                 sessions: Arc::new(RedisSessionStore::new(redis.clone(), redis_prefix.clone())),
                 login_attempts: Arc::new(RedisLoginAttemptLimiter::new(
                     redis.clone(),
-                    redis_prefix,
+                    redis_prefix.clone(),
                     config.login_limits,
+                )),
+                registrations: Arc::new(RedisRegistrationLimiter::new(
+                    redis.clone(),
+                    redis_prefix,
+                    config.register_limits,
                 )),
             };
             let readiness = [
