@@ -8,7 +8,7 @@ use messenger_common::identity::InternalKey;
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
 use crate::oauth::OAuthConfig;
-use crate::store::LoginLimits;
+use crate::store::{LoginLimits, RegisterLimits};
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "auth",
@@ -58,6 +58,8 @@ pub struct Config {
     /// Lifetime of an access token (`AUTH_TOKEN_TTL`).
     pub token_ttl: Duration,
     pub login_limits: LoginLimits,
+    /// Registrations per client (`AUTH_REGISTER_MAX_PER_CLIENT` per `AUTH_REGISTER_WINDOW`).
+    pub register_limits: RegisterLimits,
     /// Verifies every call's identity assertion (`INTERNAL_AUTH_KEY`, required).
     pub internal_key: InternalKey,
     /// Sign-in providers (`AUTH_OAUTH_*`); none by default.
@@ -143,12 +145,26 @@ impl Config {
             )?,
         };
         let oauth = OAuthConfig::from_lookup(&lookup)?;
+        let register_defaults = RegisterLimits::default();
+        let register_limits = RegisterLimits {
+            max_per_client: at_least_one(
+                &lookup,
+                "AUTH_REGISTER_MAX_PER_CLIENT",
+                register_defaults.max_per_client,
+            )?,
+            window: env_nonzero_duration_from(
+                &lookup,
+                "AUTH_REGISTER_WINDOW",
+                register_defaults.window,
+            )?,
+        };
         Ok(Self {
             service,
             store,
             events,
             token_ttl,
             login_limits,
+            register_limits,
             internal_key,
             oauth,
         })
@@ -165,6 +181,7 @@ impl Config {
             events,
             token_ttl: DEFAULT_TOKEN_TTL,
             login_limits: LoginLimits::default(),
+            register_limits: RegisterLimits::default(),
             internal_key,
             oauth: OAuthConfig::default(),
         }
@@ -227,6 +244,13 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(config.login_limits.max_delay, Duration::from_secs(60));
+        assert_eq!(
+            config.register_limits,
+            RegisterLimits {
+                max_per_client: 20,
+                window: Duration::from_secs(3600),
+            }
+        );
     }
 
     #[test]
@@ -239,6 +263,8 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "40"),
             ("AUTH_LOGIN_ACCOUNT_WINDOW", "2h"),
             ("AUTH_LOGIN_MAX_DELAY", "30s"),
+            ("AUTH_REGISTER_MAX_PER_CLIENT", "3"),
+            ("AUTH_REGISTER_WINDOW", "10m"),
             ("AUTH_STORE", "memory"),
         ]))
         .unwrap();
@@ -253,6 +279,13 @@ mod tests {
                 account_window: Duration::from_secs(7200),
                 first_delay: Duration::from_secs(1),
                 max_delay: Duration::from_secs(30),
+            }
+        );
+        assert_eq!(
+            config.register_limits,
+            RegisterLimits {
+                max_per_client: 3,
+                window: Duration::from_secs(600),
             }
         );
         assert_eq!(config.store, StoreConfig::InMemory);
@@ -284,6 +317,9 @@ mod tests {
             ("AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", "0"),
             ("AUTH_LOGIN_ACCOUNT_WINDOW", "0s"),
             ("AUTH_LOGIN_MAX_DELAY", "soon"),
+            ("AUTH_REGISTER_MAX_PER_CLIENT", "0"),
+            ("AUTH_REGISTER_MAX_PER_CLIENT", "many"),
+            ("AUTH_REGISTER_WINDOW", "0s"),
             ("AUTH_STORE", "mongo"),
             ("INTERNAL_AUTH_KEY", ""),
             ("INTERNAL_AUTH_KEY", "shorter-than-32-bytes"),

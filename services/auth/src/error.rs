@@ -48,6 +48,11 @@ pub enum AuthError {
     NotLinked(String),
     #[error("{0} is this account's only way to sign in; link another provider before unlinking it")]
     LastSignInMethod(String),
+    #[error(
+        "too many registrations from this address; retry in {}s",
+        whole_seconds_up(*retry_after)
+    )]
+    TooManyRegistrations { retry_after: Duration },
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
     #[error("operating system randomness failed: {0}")]
@@ -64,7 +69,8 @@ pub enum AuthError {
     Publish(String),
 }
 
-/// Response metadata on `RESOURCE_EXHAUSTED`: whole seconds until a login may be tried.
+/// Response metadata on `RESOURCE_EXHAUSTED`: whole seconds until a login (or a
+/// registration) may be tried.
 pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
 /// Seconds to wait, rounded up so a client that waits that long is let in (at least 1).
@@ -81,7 +87,9 @@ impl From<AuthError> for ServiceError {
             AuthError::InvalidCredentials | AuthError::InvalidToken => {
                 Self::Unauthenticated(error.to_string())
             }
-            AuthError::TooManyAttempts { .. } => Self::ResourceExhausted(error.to_string()),
+            AuthError::TooManyAttempts { .. } | AuthError::TooManyRegistrations { .. } => {
+                Self::ResourceExhausted(error.to_string())
+            }
             AuthError::UnknownProvider(_)
             | AuthError::AccountNotFound
             | AuthError::NotLinked(_) => Self::NotFound(error.to_string()),
@@ -107,7 +115,8 @@ impl From<AuthError> for ServiceError {
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::TooManyAttempts { retry_after } => {
+            AuthError::TooManyAttempts { retry_after }
+            | AuthError::TooManyRegistrations { retry_after } => {
                 let mut status: tonic::Status = ServiceError::from(error).into();
                 // Machine-readable twin of the message, for the gateway's Retry-After.
                 if let Ok(value) = whole_seconds_up(retry_after).to_string().parse() {
@@ -174,6 +183,13 @@ mod tests {
                 AuthError::LastSignInMethod("corp".into()),
                 Code::FailedPrecondition,
                 "corp is this account's only way to sign in; link another provider before unlinking it",
+            ),
+            (
+                AuthError::TooManyRegistrations {
+                    retry_after: Duration::from_secs(120),
+                },
+                Code::ResourceExhausted,
+                "too many registrations from this address; retry in 120s",
             ),
             (
                 AuthError::PasswordHash("bad salt".into()),

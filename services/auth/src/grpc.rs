@@ -40,7 +40,8 @@ impl AuthGrpc {
 /// The only caller whose `x-client-ip` is believed.
 pub const GATEWAY: &str = "gateway";
 
-/// The end user's address: `x-client-ip` when the verified caller is the gateway and it
+/// The end user's address (for the per-client login and registration limits):
+/// `x-client-ip` when the verified caller is the gateway and it
 /// holds an IP address, else the peer of the connection. Anyone else could pick a fresh
 /// address per attempt and escape the per-client login limit.
 pub fn client_address<T>(request: &Request<T>) -> String {
@@ -90,10 +91,16 @@ impl auth_service_server::AuthService for AuthGrpc {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let client = client_address(&request);
         let request = request.into_inner();
         let user_id = self
             .service
-            .register(&request.email, &request.password, &request.nickname)
+            .register(
+                &request.email,
+                &request.password,
+                &request.nickname,
+                &client,
+            )
             .await?;
         Ok(Response::new(RegisterResponse {
             user_id: user_id.to_string(),

@@ -37,8 +37,7 @@ use crate::grpc::AuthGrpc;
 use crate::oauth::OAuthProviders;
 use crate::password::PasswordHasher;
 use crate::store::{
-    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore,
-    InMemorySessionStore, PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore,
+    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore, InMemorySessionStore, PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore, InMemoryRegistrationLimiter, RedisRegistrationLimiter,
     RedisSessionStore,
 };
 
@@ -56,6 +55,7 @@ impl AuthStores {
             sessions: Arc::new(InMemorySessionStore::new()),
             login_attempts: Arc::new(InMemoryLoginAttemptLimiter::new(config.login_limits)),
             oauth_flows: Arc::new(InMemoryOAuthFlowStore::new()),
+            registrations: Arc::new(InMemoryRegistrationLimiter::new(config.register_limits)),
         }
     }
 }
@@ -101,7 +101,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                     redis_prefix.clone(),
                     config.login_limits,
                 )),
-                oauth_flows: Arc::new(RedisOAuthFlowStore::new(redis.clone(), redis_prefix)),
+                oauth_flows: Arc::new(RedisOAuthFlowStore::new(redis.clone(), redis_prefix.clone())),
+                registrations: Arc::new(RedisRegistrationLimiter::new(
+                    redis.clone(),
+                    redis_prefix,
+                    config.register_limits,
+                )),
             };
             let readiness = [
                 Arc::new(pool.clone()) as Arc<dyn ReadinessCheck>,

@@ -16,8 +16,7 @@ use crate::error::AuthError;
 use crate::oauth::{OAuthProviders, ProviderConfig, nickname_for};
 use crate::password::PasswordHasher;
 use crate::store::{
-    Account, AccountStore, LoginAttemptLimiter, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session,
-    SessionStore,
+    Account, AccountStore, LoginAttemptLimiter, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session, SessionStore, RegistrationLimiter,
 };
 use crate::token::AccessToken;
 
@@ -28,6 +27,7 @@ pub struct AuthStores {
     pub sessions: Arc<dyn SessionStore>,
     pub login_attempts: Arc<dyn LoginAttemptLimiter>,
     pub oauth_flows: Arc<dyn OAuthFlowStore>,
+    pub registrations: Arc<dyn RegistrationLimiter>,
 }
 
 /// What a successful login hands out.
@@ -90,16 +90,21 @@ impl AuthService {
     }
 
     /// Creates the account and (atomically, through the store) its `UserRegistered`
-    /// event. Returns the new user id.
+    /// event. Returns the new user id. `client` is the caller's address: each client may
+    /// register only so many accounts per window (see `RegisterLimits`).
     pub async fn register(
         &self,
         email: &str,
         password: &str,
         nickname: &str,
+        client: &str,
     ) -> Result<Uuid, AuthError> {
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
         let nickname = Nickname::parse(nickname).map_err(ValidationError::from)?;
+        // Counted before the email is looked up, so probing which emails are taken costs
+        // the same budget as registering.
+        self.stores.registrations.begin_registration(client).await?;
         // Saves the argon2 work for the common case; the unique index decides races.
         if self.stores.accounts.find_by_email(&email).await?.is_some() {
             return Err(AuthError::EmailTaken);
@@ -430,8 +435,8 @@ fn exceeds_password_cap(password: &str) -> bool {
 mod tests {
     use super::*;
     use crate::store::{
-        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemorySessionStore, LimiterClock,
-        LoginLimits,
+        InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryRegistrationLimiter,
+        InMemorySessionStore, LimiterClock, LoginLimits, RegisterLimits,
     };
     use messenger_common::events::InMemoryEventBus;
 
@@ -449,11 +454,21 @@ mod tests {
         limiter: InMemoryLoginAttemptLimiter,
         hasher: PasswordHasher,
     ) -> AuthService {
+        let registrations = InMemoryRegistrationLimiter::new(RegisterLimits::default());
+        service_with_parts(limiter, registrations, hasher)
+    }
+
+    fn service_with_parts(
+        limiter: InMemoryLoginAttemptLimiter,
+        registrations: InMemoryRegistrationLimiter,
+        hasher: PasswordHasher,
+    ) -> AuthService {
         let stores = AuthStores {
             accounts: Arc::new(InMemoryAccountStore::new(Arc::new(InMemoryEventBus::new()))),
             sessions: Arc::new(InMemorySessionStore::new()),
             login_attempts: Arc::new(limiter),
             oauth_flows: Arc::new(crate::store::InMemoryOAuthFlowStore::new()),
+            registrations: Arc::new(registrations),
         };
         AuthService::new(stores, hasher, Duration::from_secs(60))
     }
@@ -610,6 +625,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_client_registers_only_so_many_accounts_per_window() {
+        let clock = LimiterClock::manual(1_800_000_000_000);
+        let limits = RegisterLimits {
+            max_per_client: 2,
+            window: Duration::from_secs(600),
+        };
+        let auth = service_with_parts(
+            InMemoryLoginAttemptLimiter::new(LoginLimits::default()),
+            InMemoryRegistrationLimiter::new(limits).with_clock(clock.clone()),
+            PasswordHasher::new().unwrap(),
+        );
+        // Two from one IPv6 /64 (one of them refused for its email: it still counts)...
+        auth.register("first@example.com", PASSWORD, "first", "2001:db8:7:7::1")
+            .await
+            .unwrap();
+        let taken = auth
+            .register("first@example.com", PASSWORD, "again", "2001:db8:7:7::2")
+            .await
+            .unwrap_err();
+        assert!(matches!(taken, AuthError::EmailTaken), "{taken:?}");
+        // ...then another address of that /64 waits out the window.
+        clock.advance(Duration::from_secs(60));
+        let refused = auth
+            .register("third@example.com", PASSWORD, "third", "2001:db8:7:7::3")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, AuthError::TooManyRegistrations { retry_after } if retry_after == Duration::from_secs(540)),
+            "{refused:?}"
+        );
+        let status = tonic::Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "540");
+        // A refused registration stores nothing; other clients are not affected.
+        assert_eq!(auth.stores.accounts.count().await.unwrap(), 1);
+        auth.register("third@example.com", PASSWORD, "third", "2001:db8:7:8::1")
+            .await
+            .unwrap();
+        // Input refused before the limiter is not counted.
+        let invalid = auth
+            .register("not-an-email", PASSWORD, "fourth", "198.51.100.9")
+            .await
+            .unwrap_err();
+        assert!(matches!(invalid, AuthError::Invalid(_)), "{invalid:?}");
+        auth.register("fourth@example.com", PASSWORD, "fourth", "198.51.100.9")
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(540));
+        auth.register("fifth@example.com", PASSWORD, "fifth", "2001:db8:7:7::3")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn an_account_without_a_password_cannot_log_in_with_one() {
         let auth = service(LoginLimits::default());
         let account = Account {
@@ -637,7 +706,7 @@ mod tests {
         let auth = service_with(
             InMemoryLoginAttemptLimiter::new(LoginLimits::default()).with_clock(clock),
         );
-        auth.register("owner@example.com", PASSWORD, "owner")
+        auth.register("owner@example.com", PASSWORD, "owner", "192.0.2.200")
             .await
             .unwrap();
         // A stranger at one IPv4 address, then at fifteen addresses of one IPv6 /64: five
@@ -677,7 +746,7 @@ mod tests {
             ..LoginLimits::default()
         };
         let auth = service_with(InMemoryLoginAttemptLimiter::new(limits).with_clock(clock.clone()));
-        auth.register("slow@example.com", PASSWORD, "slow")
+        auth.register("slow@example.com", PASSWORD, "slow", "192.0.2.200")
             .await
             .unwrap();
         let wrong = "not the password";
@@ -720,7 +789,7 @@ mod tests {
             max_failures_per_account: 1,
             ..LoginLimits::default()
         });
-        auth.register("long@example.com", PASSWORD, "long_pw")
+        auth.register("long@example.com", PASSWORD, "long_pw", "192.0.2.200")
             .await
             .unwrap();
         // Just under gRPC's 4 MiB message limit, and one character over the cap.
@@ -760,7 +829,7 @@ mod tests {
         };
         let hasher = PasswordHasher::with_slots(1, 1).unwrap();
         let auth = service_with_hasher(InMemoryLoginAttemptLimiter::new(limits), hasher.clone());
-        auth.register("queued@example.com", PASSWORD, "queued")
+        auth.register("queued@example.com", PASSWORD, "queued", "192.0.2.200")
             .await
             .unwrap();
         // Every login slot is busy: each login queues until its deadline ends it.

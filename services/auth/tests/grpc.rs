@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use messenger_auth::config::StoreConfig;
-use messenger_auth::store::LoginLimits;
+use messenger_auth::store::{LoginLimits, RegisterLimits};
 use messenger_auth::{Config, Listeners, run};
 use messenger_common::Shutdown;
 use messenger_common::events::EventsConfig;
@@ -103,6 +103,22 @@ impl TestAuth {
                 password: password.into(),
                 nickname: nickname.into(),
             })
+            .await
+            .map(|r| r.into_inner().user_id)
+    }
+
+    async fn register_from(&self, client_ip: &str, email: &str) -> Result<String, Status> {
+        let nickname = email.split('@').next().unwrap_or_default().to_owned();
+        let mut request = Request::new(RegisterRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            nickname,
+        });
+        request
+            .metadata_mut()
+            .insert("x-client-ip", client_ip.parse().unwrap());
+        self.client()
+            .register(request)
             .await
             .map(|r| r.into_inner().user_id)
     }
@@ -548,6 +564,55 @@ async fn guesses_from_many_addresses_slow_unknown_addresses_only() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     // Home (another address of the same /64) is still let in.
     auth.login_from("2001:db8:face:1::77", "popular@example.com", PASSWORD)
+        .await
+        .unwrap();
+    auth.stop().await;
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_client_address_with_a_retry_after() {
+    let auth = TestAuth::start_with(|config| {
+        config.register_limits = RegisterLimits {
+            max_per_client: 2,
+            window: Duration::from_secs(3600),
+        };
+    })
+    .await;
+    auth.register_from("203.0.113.5", "reg_one@example.com")
+        .await
+        .unwrap();
+    auth.register_from("203.0.113.5", "reg_two@example.com")
+        .await
+        .unwrap();
+    let status = auth
+        .register_from("203.0.113.5", "reg_three@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("too many registrations"),
+        "{}",
+        status.message()
+    );
+    let retry_after: u64 = status
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        auth.account_count().await,
+        2,
+        "the refused one stored nothing"
+    );
+    // Another address registers fine, and logins from the limited one still work.
+    auth.register_from("203.0.113.6", "reg_three@example.com")
+        .await
+        .unwrap();
+    auth.login_from("203.0.113.5", "reg_one@example.com", PASSWORD)
         .await
         .unwrap();
     auth.stop().await;

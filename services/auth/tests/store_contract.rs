@@ -10,9 +10,7 @@ use messenger_auth::AuthError;
 use messenger_auth::domain::{Email, Nickname};
 use messenger_auth::store::{
     Account, AccountStore, InMemoryAccountStore, InMemoryLoginAttemptLimiter,
-    InMemoryOAuthFlowStore, InMemorySessionStore, LimiterClock, LoginAttemptLimiter, LoginLimits,
-    OAuthFlow, OAuthFlowStore, OAuthIdentity, PostgresAccountStore, RedisLoginAttemptLimiter,
-    RedisOAuthFlowStore, RedisSessionStore, Session, SessionStore,
+    InMemoryOAuthFlowStore, InMemorySessionStore, LimiterClock, LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisSessionStore, Session, SessionStore, InMemoryRegistrationLimiter, RedisRegistrationLimiter, RegisterLimits, RegistrationLimiter,
 };
 use messenger_auth::token::AccessToken;
 use messenger_common::events::{InMemoryEventBus, new_event};
@@ -620,4 +618,81 @@ async fn redis_login_attempt_limiter_meets_the_contract() {
     let limiter =
         RedisLoginAttemptLimiter::new(redis, unique_prefix(), LIMITS).with_clock(clock.clone());
     login_attempt_limiter_contract(Arc::new(limiter), clock).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// RegistrationLimiter
+
+const REGISTER_LIMITS: RegisterLimits = RegisterLimits {
+    max_per_client: 3,
+    window: Duration::from_secs(3600),
+};
+
+fn registration_refused(result: Result<(), AuthError>) -> Duration {
+    match result {
+        Err(AuthError::TooManyRegistrations { retry_after }) => retry_after,
+        other => panic!("expected TooManyRegistrations, got {other:?}"),
+    }
+}
+
+async fn registration_limiter_contract(limiter: Arc<dyn RegistrationLimiter>, clock: LimiterClock) {
+    // Three in the window, then the client waits until its window ends.
+    for _ in 0..3 {
+        limiter.begin_registration("10.0.0.1").await.unwrap();
+        clock.advance(Duration::from_secs(600));
+    }
+    assert_eq!(
+        registration_refused(limiter.begin_registration("10.0.0.1").await),
+        Duration::from_secs(1800)
+    );
+    // Another address is its own client; an IPv4-mapped address is the IPv4 one.
+    limiter.begin_registration("10.0.0.2").await.unwrap();
+    registration_refused(limiter.begin_registration("::ffff:10.0.0.1").await);
+    clock.advance(Duration::from_secs(1800));
+    limiter.begin_registration("10.0.0.1").await.unwrap();
+
+    // IPv6 clients count by /64.
+    for n in 1..=3 {
+        limiter
+            .begin_registration(&format!("2001:db8:5:6::{n}"))
+            .await
+            .unwrap();
+    }
+    registration_refused(limiter.begin_registration("2001:db8:5:6:abcd::1").await);
+    limiter.begin_registration("2001:db8:5:7::1").await.unwrap();
+
+    // Parallel registrations cannot slip past the limit.
+    let racers: Vec<_> = (0..12)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.begin_registration("192.0.2.77").await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => allowed += 1,
+            Err(AuthError::TooManyRegistrations { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(allowed, REGISTER_LIMITS.max_per_client);
+}
+
+#[tokio::test]
+async fn in_memory_registration_limiter_meets_the_contract() {
+    let clock = LimiterClock::manual(1_800_000_000_000);
+    let limiter = InMemoryRegistrationLimiter::new(REGISTER_LIMITS).with_clock(clock.clone());
+    registration_limiter_contract(Arc::new(limiter), clock).await;
+}
+
+#[tokio::test]
+async fn redis_registration_limiter_meets_the_contract() {
+    let redis = messenger_common::redis::connect(&redis_url())
+        .await
+        .expect("TEST_REDIS_URL reachable");
+    let clock = LimiterClock::manual(1_800_000_000_000);
+    let limiter = RedisRegistrationLimiter::new(redis, unique_prefix(), REGISTER_LIMITS)
+        .with_clock(clock.clone());
+    registration_limiter_contract(Arc::new(limiter), clock).await;
 }

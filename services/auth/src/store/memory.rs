@@ -15,8 +15,7 @@ use uuid::Uuid;
 
 use super::{
     Account, AccountStore, AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock,
-    LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session,
-    SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group, may_unlink,
+    LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group, may_unlink, RegisterLimits, RegistrationLimiter, begin_registration,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -379,6 +378,50 @@ impl LoginAttemptLimiter for InMemoryLoginAttemptLimiter {
             attempt_abandoned(&self.limits, current, now_ms),
             None,
         );
+        Ok(())
+    }
+}
+
+/// Registrations per client group in their current window, behind one lock. Decisions are
+/// [`begin_registration`]'s.
+pub struct InMemoryRegistrationLimiter {
+    limits: RegisterLimits,
+    clock: LimiterClock,
+    counts: Mutex<(HashMap<String, FailureCount>, u32)>,
+}
+
+impl InMemoryRegistrationLimiter {
+    pub fn new(limits: RegisterLimits) -> Self {
+        Self {
+            limits,
+            clock: LimiterClock::system(),
+            counts: Mutex::default(),
+        }
+    }
+
+    /// The same limiter reading the time from `clock` (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: LimiterClock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+#[async_trait]
+impl RegistrationLimiter for InMemoryRegistrationLimiter {
+    async fn begin_registration(&self, client: &str) -> Result<(), AuthError> {
+        let now_ms = self.clock.now_ms();
+        let client = client_group(client);
+        let mut guard = lock(&self.counts);
+        let (counts, writes) = &mut *guard;
+        let current = counts.get(&client).copied().unwrap_or_default();
+        counts.insert(client, begin_registration(&self.limits, current, now_ms)?);
+        // Now and then drop the clients whose window is over, so the map stays bounded.
+        *writes = writes.wrapping_add(1);
+        if writes.is_multiple_of(PRUNE_EVERY) {
+            let window = self.limits.window;
+            counts.retain(|_, count| count.live(window, now_ms).failures > 0);
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! Storage behind small traits: accounts (PostgreSQL), sessions and login-failure
-//! counters (Redis), each with an in-memory twin for the dev mode and fast tests.
+//! Storage behind small traits: accounts (PostgreSQL), sessions, login-failure and
+//! registration counters (Redis), each with an in-memory twin for the dev mode and fast
+//! tests.
 //! `tests/store_contract.rs` is the one test suite every implementation must pass.
 
 use std::net::{IpAddr, Ipv6Addr};
@@ -21,10 +22,13 @@ pub mod postgres;
 pub mod redis;
 
 pub use memory::{
-    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore, InMemorySessionStore,
+    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore,
+    InMemoryRegistrationLimiter, InMemorySessionStore,
 };
 pub use postgres::PostgresAccountStore;
-pub use redis::{RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisSessionStore};
+pub use redis::{
+    RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisRegistrationLimiter, RedisSessionStore,
+};
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,6 +431,53 @@ pub fn attempt_abandoned(
             .without_one(),
         known_client: counts.known_client,
     }
+}
+
+/// How many registrations one client group may make: `max_per_client` in a fixed
+/// `window` from its first registration (`AUTH_REGISTER_MAX_PER_CLIENT`,
+/// `AUTH_REGISTER_WINDOW`). Each registration costs an argon2id hash, so this bounds the
+/// hashing one address can ask for (and how fast it can probe which emails exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterLimits {
+    pub max_per_client: u32,
+    pub window: Duration,
+}
+
+impl Default for RegisterLimits {
+    fn default() -> Self {
+        Self {
+            max_per_client: 20,
+            window: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// Counts registrations per client group ([`client_group`]: IPv6 by /64) and refuses those
+/// beyond [`RegisterLimits`].
+#[async_trait]
+pub trait RegistrationLimiter: Send + Sync + 'static {
+    /// Atomically: `AuthError::TooManyRegistrations` (with the wait until the client's
+    /// window ends) when the client has used up its registrations, else counts this one.
+    async fn begin_registration(&self, client: &str) -> Result<(), AuthError>;
+}
+
+/// The one decision both registration limiters make: the client's count with this
+/// registration added, or how long until its window ends. A [`FailureCount`] serves as the
+/// count: registrations in a fixed window, whatever their outcome.
+pub fn begin_registration(
+    limits: &RegisterLimits,
+    count: FailureCount,
+    now_ms: i64,
+) -> Result<FailureCount, AuthError> {
+    let count = count.live(limits.window, now_ms);
+    if count.failures >= limits.max_per_client {
+        let ends_ms = count
+            .window_started_ms
+            .saturating_add(millis(limits.window));
+        let retry_after = Duration::from_millis(u64::try_from(ends_ms - now_ms).unwrap_or(0));
+        return Err(AuthError::TooManyRegistrations { retry_after });
+    }
+    Ok(count.with_failure(now_ms))
 }
 
 /// Where a limiter reads the time: the system clock, or one a test moves by hand.

@@ -9,7 +9,9 @@
 //! - `oauth-flow:<sha256 hex of flow id>` → the begun flow as JSON, expiring with it,
 //!   taken with GETDEL so only one callback ever gets it;
 //! - `login-known:<sha256 hex of email>:<client group>` → until when (unix ms) that client
-//!   group is known to the account.
+//!   group is known to the account;
+//! - `register:client:<client group>` → registrations in the client's current window, in
+//!   the same form as a failure count.
 
 use std::time::Duration;
 
@@ -22,8 +24,7 @@ use uuid::Uuid;
 
 use super::{
     AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock, LoginAttemptLimiter, LoginLimits,
-    OAuthFlow, OAuthFlowStore, Session, SessionStore, attempt_abandoned, attempt_succeeded,
-    begin_attempt, client_group,
+    OAuthFlow, OAuthFlowStore, Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group, RegisterLimits, RegistrationLimiter, begin_registration,
 };
 use crate::domain::Email;
 use crate::error::AuthError;
@@ -334,6 +335,76 @@ impl LoginAttemptLimiter for RedisLoginAttemptLimiter {
         .await
     }
 }
+/// Registrations per client group in Redis: read, decide with [`begin_registration`],
+/// write only if unchanged (else read again), as the login limiter does.
+#[derive(Clone)]
+pub struct RedisRegistrationLimiter {
+    redis: ConnectionManager,
+    prefix: String,
+    limits: RegisterLimits,
+    clock: LimiterClock,
+}
+
+impl RedisRegistrationLimiter {
+    pub fn new(
+        redis: ConnectionManager,
+        prefix: impl Into<String>,
+        limits: RegisterLimits,
+    ) -> Self {
+        Self {
+            redis,
+            prefix: prefix.into(),
+            limits,
+            clock: LimiterClock::system(),
+        }
+    }
+
+    /// The same limiter reading the time from `clock` (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: LimiterClock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// Sets KEYS[1] to ARGV[2] with expiry ARGV[3] ms only if it still holds ARGV[1] (empty:
+/// absent). Returns 1 if written.
+const SET_IF_UNCHANGED: &str = r"
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+#[async_trait]
+impl RegistrationLimiter for RedisRegistrationLimiter {
+    async fn begin_registration(&self, client: &str) -> Result<(), AuthError> {
+        let key = format!("{}register:client:{}", self.prefix, client_group(client));
+        let mut redis = self.redis.clone();
+        for _ in 0..MAX_CONFLICTS {
+            let now_ms = self.clock.now_ms();
+            let stored: Option<String> = redis.get(&key).await?;
+            let stored = stored.unwrap_or_default();
+            let current = FailureCount::decode(&stored).unwrap_or_default();
+            let next = begin_registration(&self.limits, current, now_ms)?;
+            let written: i64 = redis::Script::new(SET_IF_UNCHANGED)
+                .key(&key)
+                .arg(&stored)
+                .arg(next.encode())
+                .arg(as_ms(self.limits.window))
+                .invoke_async(&mut redis)
+                .await?;
+            if written == 1 {
+                return Ok(());
+            }
+        }
+        Err(AuthError::TooManyRegistrations {
+            retry_after: Duration::from_secs(1),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
