@@ -602,6 +602,99 @@ async fn two_people_use_the_whole_messenger_over_rest_and_the_event_stream() {
         "a bad request changed the chat"
     );
 
+    // --- lists come in pages: friends, requests and chats follow `next_cursor` ---
+    carol
+        .api
+        .expect(
+            Method::POST,
+            "/v1/friends/requests",
+            Some(json!({"nickname": alice.nickname})),
+            201,
+        )
+        .await;
+    let waiting = alice
+        .api
+        .expect(
+            Method::GET,
+            "/v1/friends/requests?direction=incoming&limit=1",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        waiting["requests"][0]["from_nickname"], carol.nickname,
+        "{waiting}"
+    );
+    assert!(
+        waiting.get("next_cursor").is_none_or(Value::is_null),
+        "{waiting}"
+    );
+    alice
+        .api
+        .expect(
+            Method::POST,
+            &format!("/v1/friends/requests/{}/accept", carol.nickname),
+            None,
+            204,
+        )
+        .await;
+    let first = alice
+        .api
+        .expect(Method::GET, "/v1/friends?limit=1", None, 200)
+        .await;
+    assert_eq!(first["friends"][0]["nickname"], bob.nickname, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let second = alice
+        .api
+        .expect(
+            Method::GET,
+            &format!("/v1/friends?limit=1&cursor={cursor}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(second["friends"][0]["nickname"], carol.nickname, "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let with_carol = alice
+        .api
+        .expect(
+            Method::POST,
+            "/v1/chats",
+            Some(json!({"participant_ids": [carol.id]})),
+            201,
+        )
+        .await;
+    let newest = alice
+        .api
+        .expect(Method::GET, "/v1/chats?limit=1", None, 200)
+        .await;
+    assert_eq!(
+        newest["chats"][0]["chat_id"], with_carol["chat_id"],
+        "{newest}"
+    );
+    let cursor = newest["next_cursor"].as_str().expect("an older page");
+    let older = alice
+        .api
+        .expect(
+            Method::GET,
+            &format!("/v1/chats?limit=1&cursor={cursor}"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(older["chats"][0]["chat_id"], chat_id.as_str(), "{older}");
+    assert!(older["next_cursor"].is_null(), "{older}");
+    for bad in [
+        "/v1/chats?cursor=not-a-cursor",
+        "/v1/chats?limit=0",
+        "/v1/friends?cursor=not-a-cursor",
+        "/v1/friends/requests?limit=101",
+    ] {
+        let (status, problem) = alice.api.get(bad).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(problem["code"], "invalid_argument", "{bad}");
+    }
+
     // --- internal services trust nobody but the gateway ---
     let mut chat_client = ChatServiceClient::connect(backend.chat.url())
         .await

@@ -120,6 +120,7 @@ async fn measure(name: &str, store: StoreConfig, sizes: &Sizes) {
             &someone,
             GetUserChatsRequest {
                 user_id: someone.clone(),
+                ..Default::default()
             },
         ))
         .await

@@ -12,9 +12,9 @@ use crate::error::ChatError;
 pub const MAX_PARTICIPANTS: usize = 100;
 /// Longest message content, in characters (Unicode scalar values) after trimming.
 pub const MAX_CONTENT_CHARS: usize = 4096;
-/// History page size when the request leaves `limit` at 0.
+/// History and chat-list page size when the request leaves `limit` at 0.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
-/// Largest history page a caller may ask for.
+/// Largest history or chat-list page a caller may ask for.
 pub const MAX_HISTORY_LIMIT: usize = 100;
 /// Longest accepted client-chosen idempotency key.
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 128;
@@ -285,8 +285,8 @@ pub fn validate_client_message_id(raw: &str) -> Result<Option<String>, ChatError
     Ok(Some(raw.to_owned()))
 }
 
-/// 0 means the default (50); otherwise 1..=100.
-pub fn validate_history_limit(limit: u32) -> Result<usize, ChatError> {
+/// The size of a history or chat-list page: 0 means the default (50); otherwise 1..=100.
+pub fn validate_page_limit(limit: u32) -> Result<usize, ChatError> {
     match usize::try_from(limit) {
         Ok(0) => Ok(DEFAULT_HISTORY_LIMIT),
         Ok(n) if n <= MAX_HISTORY_LIMIT => Ok(n),
@@ -302,6 +302,21 @@ pub fn parse_history_cursor(before: &str) -> Result<Option<MessageId>, ChatError
         Ok(None)
     } else {
         MessageId::parse("before", before).map(Some)
+    }
+}
+
+/// The `cursor` of a chat-list page: empty for the first page, else the `next_cursor` of
+/// the page before, which is the activity key ([`Chat::activity_key`]) of that page's last
+/// chat. The next page holds the chats whose activity key is smaller, so a chat that gets a
+/// message while a client pages moves above the cursor and is not listed twice (the client
+/// hears of it through its event stream); a chat whose activity did not change is listed
+/// exactly once.
+pub fn parse_chat_list_cursor(cursor: &str) -> Result<Option<String>, ChatError> {
+    if cursor.is_empty() {
+        Ok(None)
+    } else {
+        // Canonical (lower-case, hyphenated) text, as activity keys are stored.
+        parse_uuid("cursor", cursor).map(|key| Some(key.to_string()))
     }
 }
 
@@ -454,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn history_limit_defaults_to_50_and_allows_1_to_100() {
+    fn page_limit_defaults_to_50_and_allows_1_to_100() {
         let cases = [
             (0, Some(50)),
             (1, Some(1)),
@@ -463,11 +478,7 @@ mod tests {
             (u32::MAX, None),
         ];
         for (limit, expected) in cases {
-            assert_eq!(
-                validate_history_limit(limit).ok(),
-                expected,
-                "limit {limit}"
-            );
+            assert_eq!(validate_page_limit(limit).ok(), expected, "limit {limit}");
         }
     }
 
@@ -477,6 +488,18 @@ mod tests {
         let id = MessageId::generate();
         assert_eq!(parse_history_cursor(&id.to_string()).unwrap(), Some(id));
         invalid(parse_history_cursor("yesterday"));
+    }
+
+    #[test]
+    fn chat_list_cursor_is_empty_or_an_activity_key_in_canonical_form() {
+        assert_eq!(parse_chat_list_cursor("").unwrap(), None);
+        let id = MessageId::generate().to_string();
+        assert_eq!(parse_chat_list_cursor(&id).unwrap(), Some(id.clone()));
+        assert_eq!(
+            parse_chat_list_cursor(&id.to_uppercase()).unwrap(),
+            Some(id)
+        );
+        invalid(parse_chat_list_cursor("page-2"));
     }
 
     #[test]

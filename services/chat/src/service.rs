@@ -12,16 +12,22 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::{CACHED_PAGE_LEN, CachedPage, HistoryCache};
 use crate::domain::{
-    Chat, ChatId, ChatKind, Message, MessageId, UserId, parse_history_cursor,
-    validate_client_message_id, validate_content, validate_create_chat, validate_history_limit,
+    Chat, ChatId, ChatKind, Message, MessageId, UserId, parse_chat_list_cursor,
+    parse_history_cursor, validate_client_message_id, validate_content, validate_create_chat,
+    validate_page_limit,
 };
 use crate::error::ChatError;
 use crate::friendship::FriendshipChecker;
 use crate::store::ChatStore;
 use crate::users::UserDirectory;
 
-/// GetUserChats returns at most this many chats (the most recently active).
-pub const USER_CHATS_LIMIT: usize = 500;
+/// One page of a user's chats and the cursor of the next (less recently active) page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatListPage {
+    pub chats: Vec<Chat>,
+    /// The activity key of the page's last chat, when more chats follow.
+    pub next_cursor: Option<String>,
+}
 
 /// One page of history and the cursor of the next (older) page.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,9 +105,29 @@ impl ChatHandler {
         Ok(stored.value)
     }
 
-    pub async fn user_chats(&self, user_id: &str) -> Result<Vec<Chat>, ChatError> {
+    /// A page of the user's chats, most recently active first (see
+    /// `domain::parse_chat_list_cursor` for what the cursor means).
+    pub async fn user_chats(
+        &self,
+        user_id: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<ChatListPage, ChatError> {
         let user = UserId::parse("user_id", user_id)?;
-        self.store.user_chats(user, USER_CHATS_LIMIT).await
+        let limit = validate_page_limit(limit)?;
+        let before = parse_chat_list_cursor(cursor)?;
+        // One more than asked says whether another page follows.
+        let mut chats = self
+            .store
+            .user_chats(user, before.as_deref(), limit + 1)
+            .await?;
+        let next_cursor = if chats.len() > limit {
+            chats.truncate(limit);
+            chats.last().map(Chat::activity_key)
+        } else {
+            None
+        };
+        Ok(ChatListPage { chats, next_cursor })
     }
 
     pub async fn send_message(
@@ -158,7 +184,7 @@ impl ChatHandler {
         let chat_id = ChatId::parse("chat_id", chat_id)?;
         let reader_id = UserId::parse("reader_id", reader_id)?;
         let before = parse_history_cursor(before)?;
-        let limit = validate_history_limit(limit)?;
+        let limit = validate_page_limit(limit)?;
         let chat = self.participating_chat(chat_id, reader_id).await?;
         match (&self.cache, before) {
             (Some(cache), None) => {
@@ -248,9 +274,13 @@ impl ChatService for ChatHandler {
         request: Request<proto::GetUserChatsRequest>,
     ) -> Result<Response<proto::GetUserChatsResponse>, Status> {
         require_user(&request, &request.get_ref().user_id)?;
-        let chats = self.user_chats(&request.into_inner().user_id).await?;
+        let request = request.into_inner();
+        let page = self
+            .user_chats(&request.user_id, request.limit, &request.cursor)
+            .await?;
         Ok(Response::new(proto::GetUserChatsResponse {
-            chats: chats.iter().map(chat_to_proto).collect(),
+            chats: page.chats.iter().map(chat_to_proto).collect(),
+            next_cursor: page.next_cursor.unwrap_or_default(),
         }))
     }
 

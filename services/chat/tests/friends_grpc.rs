@@ -213,6 +213,7 @@ async fn create_chat_asks_the_friends_service_with_a_deadline() {
             a.to_string(),
             proto::GetUserChatsRequest {
                 user_id: a.to_string(),
+                ..Default::default()
             },
         ))
         .await
@@ -245,6 +246,7 @@ async fn a_slow_friends_service_makes_create_chat_unavailable_within_the_deadlin
             a.to_string(),
             proto::GetUserChatsRequest {
                 user_id: a.to_string(),
+                ..Default::default()
             },
         ))
         .await

@@ -105,6 +105,7 @@ impl MongoChat {
                     &someone,
                     GetUserChatsRequest {
                         user_id: someone.clone(),
+                        ..Default::default()
                     },
                 )
             })

@@ -21,7 +21,7 @@ use messenger_proto::topics::CHAT_EVENTS;
 use messenger_proto::v1::chat_service_client::ChatServiceClient;
 use messenger_proto::v1::{
     Chat, ChatKind, CreateChatRequest, GetChatHistoryRequest, GetChatHistoryResponse,
-    GetChatRequest, GetUserChatsRequest, Message, SendMessageRequest,
+    GetChatRequest, GetUserChatsRequest, GetUserChatsResponse, Message, SendMessageRequest,
 };
 use redis::AsyncCommands;
 use tokio::net::TcpListener;
@@ -148,6 +148,7 @@ impl ChatServer {
             let me = user();
             let probe = GetUserChatsRequest {
                 user_id: me.clone(),
+                ..Default::default()
             };
             if self
                 .client
@@ -227,9 +228,28 @@ impl ChatServer {
             .map(tonic::Response::into_inner)
     }
 
+    async fn user_chats_page(
+        &self,
+        user: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<GetUserChatsResponse, tonic::Status> {
+        let request = GetUserChatsRequest {
+            user_id: user.into(),
+            limit,
+            cursor: cursor.into(),
+        };
+        self.client
+            .clone()
+            .get_user_chats(signed_for(user, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn user_chats(&self, user: &str) -> Vec<Chat> {
         let request = GetUserChatsRequest {
             user_id: user.into(),
+            ..Default::default()
         };
         self.client
             .clone()
@@ -403,6 +423,7 @@ async fn malformed_create_chat_requests_are_refused_and_change_nothing() {
                 &a,
                 GetUserChatsRequest {
                     user_id: "x".into(),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -582,6 +603,71 @@ async fn user_chats_are_most_recently_active_first_with_their_last_message() {
     let for_b = chat.user_chats(&b).await;
     assert_eq!(ids_of(&for_b), vec![group, with_b]);
     assert_eq!(for_b[0].last_message.as_ref(), Some(&in_group));
+}
+
+#[tokio::test]
+async fn user_chats_come_in_pages_that_list_every_chat_once_while_chats_get_messages() {
+    let chat = start(EventsConfig::InMemory(InMemoryEventBus::new())).await;
+    let me = user();
+    let (mut created, mut friends) = (Vec::new(), Vec::new());
+    for _ in 0..55 {
+        let friend = user();
+        chat.befriend(&me, &friend);
+        created.push(chat.create_chat(&me, &[&friend]).await.unwrap().chat_id);
+        friends.push(friend);
+    }
+    // The default page is 50, the most recently active first, and says more follow.
+    let first = chat.user_chats_page(&me, 0, "").await.unwrap();
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    assert_eq!(ids_of(&first.chats), newest_first[..50]);
+    assert!(!first.next_cursor.is_empty());
+    let rest = chat
+        .user_chats_page(&me, 0, &first.next_cursor)
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&rest.chats), newest_first[50..]);
+    assert_eq!(rest.next_cursor, "", "the last page says so");
+
+    // Pages of 10 while messages arrive in chats listed and not yet listed: every chat
+    // whose activity did not change is listed once, none twice.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut moved = HashSet::new();
+    loop {
+        let page = chat.user_chats_page(&me, 10, &cursor).await.unwrap();
+        assert!(page.chats.len() <= 10);
+        seen.extend(ids_of(&page.chats));
+        // One chat just listed, and the least active one, not listed yet.
+        for n in [55 - seen.len(), 0] {
+            chat.send(&created[n], &friends[n], "meanwhile", "")
+                .await
+                .unwrap();
+            moved.insert(created[n].clone());
+        }
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no chat listed twice: {seen:?}");
+    for chat_id in created.iter().filter(|id| !moved.contains(*id)) {
+        assert!(seen.contains(chat_id), "{chat_id} was never listed");
+    }
+
+    // Bad paging input is refused, naming the field.
+    for (limit, cursor, field) in [
+        (101, "", "limit"),
+        (10, "page-2", "cursor"),
+        (10, &*"x".repeat(100_000), "cursor"),
+    ] {
+        let status = assert_code(
+            chat.user_chats_page(&me, limit, cursor).await,
+            Code::InvalidArgument,
+        );
+        assert!(status.message().starts_with(field), "{}", status.message());
+        assert!(status.message().len() < 300, "{}", status.message().len());
+    }
 }
 
 #[tokio::test]
@@ -906,7 +992,10 @@ async fn admin_endpoints_report_health_readiness_and_metrics_then_shut_down_grac
     let refused = chat
         .client
         .clone()
-        .get_user_chats(GetUserChatsRequest { user_id: user() })
+        .get_user_chats(GetUserChatsRequest {
+            user_id: user(),
+            ..Default::default()
+        })
         .await;
     assert!(refused.is_err(), "the gRPC server should be down");
 }
@@ -1026,7 +1115,10 @@ async fn a_call_acts_only_for_the_user_it_is_signed_for() {
     let listing = client
         .get_user_chats(testing::as_user(
             &mallory,
-            GetUserChatsRequest { user_id: a.clone() },
+            GetUserChatsRequest {
+                user_id: a.clone(),
+                ..Default::default()
+            },
         ))
         .await
         .unwrap_err();

@@ -168,7 +168,7 @@ async fn concurrent_direct_chats_for_one_pair_end_as_one(store: Arc<dyn ChatStor
     assert_eq!(ids.len(), 1, "every attempt should return the same chat");
     assert_eq!(results.iter().filter(|stored| stored.created).count(), 1);
     let id = ids.into_iter().next().unwrap();
-    assert_eq!(store.user_chats(a, 10).await.unwrap().len(), 1);
+    assert_eq!(store.user_chats(a, None, 10).await.unwrap().len(), 1);
     assert_eq!(
         pending_subjects(store.as_ref()).await,
         vec![format!("chat:{id}")]
@@ -341,30 +341,78 @@ async fn user_chats_are_most_recently_active_first(store: Arc<dyn ChatStore>) {
 
     let order = |chats: Vec<Chat>| chats.into_iter().map(|chat| chat.id).collect::<Vec<_>>();
     assert_eq!(
-        order(store.user_chats(me, 10).await.unwrap()),
+        order(store.user_chats(me, None, 10).await.unwrap()),
         vec![third.id, second.id, first.id]
     );
 
     let latest = send(store.as_ref(), message(first.id, b, "ping", None)).await;
-    let chats = store.user_chats(me, 10).await.unwrap();
+    let chats = store.user_chats(me, None, 10).await.unwrap();
     assert_eq!(chats[0].last_message.as_ref(), Some(&latest));
     assert_eq!(chats[0].last_activity_at, latest.sent_at);
     assert_eq!(order(chats), vec![first.id, third.id, second.id]);
 
     send(store.as_ref(), message(second.id, c, "pong", None)).await;
     assert_eq!(
-        order(store.user_chats(me, 10).await.unwrap()),
+        order(store.user_chats(me, None, 10).await.unwrap()),
         vec![second.id, first.id, third.id]
     );
     assert_eq!(
-        order(store.user_chats(me, 2).await.unwrap()),
+        order(store.user_chats(me, None, 2).await.unwrap()),
         vec![second.id, first.id]
     );
     assert_eq!(
-        order(store.user_chats(d, 10).await.unwrap()),
+        order(store.user_chats(d, None, 10).await.unwrap()),
         vec![third.id]
     );
-    assert!(store.user_chats(user(), 10).await.unwrap().is_empty());
+    assert!(store.user_chats(user(), None, 10).await.unwrap().is_empty());
+}
+
+async fn user_chats_page_below_an_activity_key(store: Arc<dyn ChatStore>) {
+    let (me, b) = (user(), user());
+    let mut chats = Vec::new();
+    for _ in 0..5 {
+        chats.push(create(store.as_ref(), chat_between(me, &[user(), b])).await);
+    }
+    let order = |chats: Vec<Chat>| chats.into_iter().map(|chat| chat.id).collect::<Vec<_>>();
+    // Newest first: chats 4, 3 | 2, 1 | 0, each page below the last key of the one before.
+    let first = store.user_chats(me, None, 2).await.unwrap();
+    assert_eq!(order(first.clone()), vec![chats[4].id, chats[3].id]);
+    let key = first[1].activity_key();
+    let second = store.user_chats(me, Some(&key), 2).await.unwrap();
+    assert_eq!(order(second.clone()), vec![chats[2].id, chats[1].id]);
+    // A message in a chat already listed, and one in a chat not listed yet, move both
+    // above the cursor: the rest of the walk lists neither again nor twice.
+    send(store.as_ref(), message(chats[3].id, b, "listed", None)).await;
+    send(store.as_ref(), message(chats[0].id, b, "not yet", None)).await;
+    let key = second[1].activity_key();
+    assert!(
+        store
+            .user_chats(me, Some(&key), 2)
+            .await
+            .unwrap()
+            .is_empty(),
+        "chat 0 moved above the cursor"
+    );
+    // A fresh walk sees the new order.
+    assert_eq!(
+        order(store.user_chats(me, None, 3).await.unwrap()),
+        vec![chats[0].id, chats[3].id, chats[4].id]
+    );
+    // A key below everything is an empty page; a key is a position, so any user may
+    // page from it.
+    let oldest = chats[0].id.to_string();
+    assert!(
+        store
+            .user_chats(me, Some(&oldest), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let key = chats[2].activity_key();
+    assert_eq!(
+        order(store.user_chats(b, Some(&key), 10).await.unwrap()),
+        vec![chats[1].id]
+    );
 }
 
 async fn published_events_leave_the_outbox_in_order(store: Arc<dyn ChatStore>) {
@@ -472,5 +520,6 @@ contract! {
     a_retried_send_returns_the_original_message => memory_retried_send_is_idempotent, mongo_retried_send_is_idempotent;
     concurrent_retries_store_one_message => memory_concurrent_retries, mongo_concurrent_retries;
     user_chats_are_most_recently_active_first => memory_user_chats_order, mongo_user_chats_order;
+    user_chats_page_below_an_activity_key => memory_user_chats_pages, mongo_user_chats_pages;
     published_events_leave_the_outbox_in_order => memory_outbox_order, mongo_outbox_order;
 }

@@ -13,8 +13,9 @@ use messenger_common::{Metrics, ServiceError, Shutdown};
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use messenger_proto::v1::users_service_server::{UsersService, UsersServiceServer};
 use messenger_proto::v1::{
-    GetUserProfileByNicknameRequest, GetUserProfileRequest, SearchUsersRequest,
-    SearchUsersResponse, UpdateUserProfileRequest, UserProfile,
+    GetUserProfileByNicknameRequest, GetUserProfileRequest, GetUserProfilesRequest,
+    GetUserProfilesResponse, SearchUsersRequest, SearchUsersResponse, UpdateUserProfileRequest,
+    UserProfile,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -59,6 +60,13 @@ impl UsersService for Stub {
         _: Request<UpdateUserProfileRequest>,
     ) -> Result<Response<UserProfile>, Status> {
         Err(ServiceError::internal(anyhow::anyhow!("disk on fire at /var/secret")).into())
+    }
+
+    async fn get_user_profiles(
+        &self,
+        _: Request<GetUserProfilesRequest>,
+    ) -> Result<Response<GetUserProfilesResponse>, Status> {
+        Err(Status::unimplemented("not used by these tests"))
     }
 
     /// Answers, as its page token, what the handler sees of its caller and what a peer

@@ -1,5 +1,6 @@
-//! Cache of each user's relationships (their pending and accepted rows), from which the
-//! friend list, the request inbox and `CheckFriendship` are all derived.
+//! Cache of the pages of each user's lists: a *view* names one page of one list (the
+//! friend list or a request list, with its cursor and size), and its entry holds the rows
+//! of that page.
 //!
 //! The cache is never the source of truth: callers fall back to the store when it fails.
 //! To keep a slow reader from putting back a list that a concurrent change just
@@ -19,6 +20,12 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Friendship, UserId};
 use crate::error::FriendsError;
 
+/// The view of one page of one of a user's lists (`list`: `friends`, `incoming` or
+/// `outgoing`), read `limit` rows at a time from `cursor`.
+pub fn page_view(list: &str, limit: usize, cursor: &str) -> String {
+    format!("{list}:{limit}:{cursor}")
+}
+
 /// What a cache lookup found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheLookup {
@@ -29,21 +36,23 @@ pub struct CacheLookup {
     pub rows: Option<Vec<Friendship>>,
 }
 
-/// Cache of the rows each user is part of; see the module docs.
+/// Cache of the pages of each user's lists; see the module docs.
 #[async_trait]
 pub trait RelationshipCache: Send + Sync + 'static {
-    /// The cached rows of `user`, and the generation to store a fresh read under.
-    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError>;
+    /// The cached rows of `user`'s `view`, and the generation to store a fresh read under.
+    async fn lookup(&self, user: UserId, view: &str) -> Result<CacheLookup, FriendsError>;
 
-    /// Caches `rows` for `user`, read from the store after a lookup returned `generation`.
+    /// Caches `rows` as `user`'s `view`, read from the store after a lookup returned
+    /// `generation`.
     async fn store(
         &self,
         user: UserId,
+        view: &str,
         generation: u64,
         rows: &[Friendship],
     ) -> Result<(), FriendsError>;
 
-    /// Makes every cached entry of `users` stale (called after each change, for both sides).
+    /// Makes every cached view of `users` stale (called after each change, for both sides).
     async fn invalidate(&self, users: &[UserId]) -> Result<(), FriendsError>;
 }
 
@@ -53,11 +62,12 @@ struct CachedEntry {
     rows: Vec<Friendship>,
 }
 
-/// The cache in Redis: `<prefix>rel:<user>` holds a JSON entry with a TTL,
-/// `<prefix>gen:<user>` the user's generation. The generation key expires too (after two
-/// entry TTLs, renewed by every entry write), so idle users leave nothing behind; it
-/// always outlives the entries written under it, so it never goes back to an old value
-/// while an old entry still exists.
+/// The cache in Redis: `<prefix>rel:<user>:<view>` holds a JSON entry with a TTL,
+/// `<prefix>gen:<user>` the user's generation. Invalidation bumps the generation, which
+/// makes every view of the user stale at once; stale entries then expire with their TTL.
+/// The generation key expires too (after two entry TTLs, renewed by every entry write), so
+/// idle users leave nothing behind; it always outlives the entries written under it, so it
+/// never goes back to an old value while an old entry still exists.
 ///
 /// Built with [`RedisRelationshipCache::connect_lazily`], it connects on first use and
 /// retries on later calls while Redis is unreachable, so the service starts and serves
@@ -109,8 +119,8 @@ impl RedisRelationshipCache {
         i64::try_from(self.entry_ttl_secs().saturating_mul(2)).unwrap_or(i64::MAX)
     }
 
-    fn entry_key(&self, user: UserId) -> String {
-        format!("{}rel:{user}", self.prefix)
+    fn entry_key(&self, user: UserId, view: &str) -> String {
+        format!("{}rel:{user}:{view}", self.prefix)
     }
 
     fn generation_key(&self, user: UserId) -> String {
@@ -128,11 +138,11 @@ fn key_prefix(mut prefix: String) -> String {
 
 #[async_trait]
 impl RelationshipCache for RedisRelationshipCache {
-    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError> {
+    async fn lookup(&self, user: UserId, view: &str) -> Result<CacheLookup, FriendsError> {
         let mut connection = self.connection().await?;
         let (generation, entry): (Option<u64>, Option<String>) = redis::pipe()
             .get(self.generation_key(user))
-            .get(self.entry_key(user))
+            .get(self.entry_key(user, view))
             .query_async(&mut connection)
             .await?;
         let generation = generation.unwrap_or(0);
@@ -147,6 +157,7 @@ impl RelationshipCache for RedisRelationshipCache {
     async fn store(
         &self,
         user: UserId,
+        view: &str,
         generation: u64,
         rows: &[Friendship],
     ) -> Result<(), FriendsError> {
@@ -158,7 +169,7 @@ impl RelationshipCache for RedisRelationshipCache {
         let mut connection = self.connection().await?;
         // EXPIRE does nothing to a missing generation key (generation 0).
         let _: () = redis::pipe()
-            .set_ex(self.entry_key(user), json, self.entry_ttl_secs())
+            .set_ex(self.entry_key(user, view), json, self.entry_ttl_secs())
             .ignore()
             .expire(self.generation_key(user), self.generation_ttl_secs())
             .ignore()
@@ -173,7 +184,6 @@ impl RelationshipCache for RedisRelationshipCache {
             pipe.incr(self.generation_key(*user), 1).ignore();
             pipe.expire(self.generation_key(*user), self.generation_ttl_secs())
                 .ignore();
-            pipe.del(self.entry_key(*user)).ignore();
         }
         let mut connection = self.connection().await?;
         let _: () = pipe.query_async(&mut connection).await?;
@@ -184,8 +194,11 @@ impl RelationshipCache for RedisRelationshipCache {
 #[derive(Default)]
 struct InMemoryCacheState {
     generations: HashMap<UserId, u64>,
-    entries: HashMap<UserId, (u64, Instant, Vec<Friendship>)>,
+    entries: HashMap<(UserId, String), (u64, Instant, Vec<Friendship>)>,
 }
+
+/// Beyond this many entries, a store first drops the expired ones.
+const IN_MEMORY_PRUNE_AT: usize = 10_000;
 
 /// The cache in process memory, with the same generation and TTL rules.
 pub struct InMemoryRelationshipCache {
@@ -212,12 +225,12 @@ impl InMemoryRelationshipCache {
 
 #[async_trait]
 impl RelationshipCache for InMemoryRelationshipCache {
-    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError> {
+    async fn lookup(&self, user: UserId, view: &str) -> Result<CacheLookup, FriendsError> {
         let state = self.state();
         let generation = state.generations.get(&user).copied().unwrap_or(0);
         let rows = state
             .entries
-            .get(&user)
+            .get(&(user, view.to_owned()))
             .filter(|(entry_generation, expires, _)| {
                 *entry_generation == generation && *expires > Instant::now()
             })
@@ -228,13 +241,19 @@ impl RelationshipCache for InMemoryRelationshipCache {
     async fn store(
         &self,
         user: UserId,
+        view: &str,
         generation: u64,
         rows: &[Friendship],
     ) -> Result<(), FriendsError> {
-        let expires = Instant::now() + self.ttl;
-        self.state()
-            .entries
-            .insert(user, (generation, expires, rows.to_vec()));
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.entries.len() >= IN_MEMORY_PRUNE_AT {
+            state.entries.retain(|_, (_, expires, _)| *expires > now);
+        }
+        state.entries.insert(
+            (user, view.to_owned()),
+            (generation, now + self.ttl, rows.to_vec()),
+        );
         Ok(())
     }
 
@@ -242,8 +261,8 @@ impl RelationshipCache for InMemoryRelationshipCache {
         let mut state = self.state();
         for user in users {
             *state.generations.entry(*user).or_insert(0) += 1;
-            state.entries.remove(user);
         }
+        state.entries.retain(|(user, _), _| !users.contains(user));
         Ok(())
     }
 }

@@ -10,6 +10,8 @@ use messenger_common::config::{
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
 
+use crate::domain::RequestRules;
+
 /// Ports of the friends service (gRPC 8003, admin 9003).
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "friends",
@@ -38,6 +40,8 @@ pub struct Config {
     pub cache_timeout: Duration,
     /// `FRIENDS_REDIS_PREFIX`: prefix of every Redis key the service writes.
     pub redis_prefix: String,
+    /// `FRIENDS_MAX_PENDING_REQUESTS` and `FRIENDS_REQUEST_COOLDOWN`: limits on new requests.
+    pub request_rules: RequestRules,
     /// Longest wait of the outbox relay between attempts while Kafka is down (no variable;
     /// tests shorten it).
     pub outbox_max_backoff: Duration,
@@ -82,6 +86,18 @@ impl Config {
                 defaults.cache_timeout,
             )?,
             redis_prefix: env_or_from(&lookup, "FRIENDS_REDIS_PREFIX", defaults.redis_prefix)?,
+            request_rules: RequestRules {
+                max_pending_incoming: env_or_from(
+                    &lookup,
+                    "FRIENDS_MAX_PENDING_REQUESTS",
+                    defaults.request_rules.max_pending_incoming,
+                )?,
+                rejection_cooldown: env_duration_from(
+                    &lookup,
+                    "FRIENDS_REQUEST_COOLDOWN",
+                    defaults.request_rules.rejection_cooldown,
+                )?,
+            },
             outbox_max_backoff: defaults.outbox_max_backoff,
             internal_key: defaults.internal_key,
             service: defaults.service,
@@ -95,6 +111,13 @@ impl Config {
             if value.is_zero() {
                 return Err(ConfigError::invalid(name, "0", "must be greater than zero"));
             }
+        }
+        if config.request_rules.max_pending_incoming == 0 {
+            return Err(ConfigError::invalid(
+                "FRIENDS_MAX_PENDING_REQUESTS",
+                "0",
+                "must be at least 1",
+            ));
         }
         if config.cache_ttl < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
@@ -125,6 +148,7 @@ impl Config {
             cache_ttl: DEFAULT_CACHE_TTL,
             cache_timeout: DEFAULT_CACHE_TIMEOUT,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            request_rules: RequestRules::default(),
             outbox_max_backoff: DEFAULT_OUTBOX_MAX_BACKOFF,
             internal_key,
             in_memory: None,
@@ -188,6 +212,11 @@ mod tests {
         assert_eq!(config.database_url.expose(), DEFAULT_DATABASE_URL);
         assert_eq!(config.users_url, "http://127.0.0.1:8004");
         assert_eq!(config.cache_ttl, Duration::from_secs(300));
+        assert_eq!(config.request_rules.max_pending_incoming, 100);
+        assert_eq!(
+            config.request_rules.rejection_cooldown,
+            Duration::from_secs(86_400)
+        );
     }
 
     #[test]
@@ -197,8 +226,17 @@ mod tests {
             ("FRIENDS_USERS_TIMEOUT", "750ms"),
             ("USERS_URL", "http://users:8004"),
             ("GRPC_ADDR", "127.0.0.1:18003"),
+            ("FRIENDS_MAX_PENDING_REQUESTS", "7"),
+            ("FRIENDS_REQUEST_COOLDOWN", "1h"),
         ])
         .unwrap();
+        assert_eq!(
+            config.request_rules,
+            RequestRules {
+                max_pending_incoming: 7,
+                rejection_cooldown: Duration::from_secs(3600),
+            }
+        );
         assert_eq!(config.cache_ttl, Duration::from_secs(30));
         assert_eq!(config.users_timeout, Duration::from_millis(750));
         assert_eq!(config.users_url, "http://users:8004");
@@ -223,6 +261,9 @@ mod tests {
             ("FRIENDS_CACHE_TTL", "500ms"),
             ("FRIENDS_USERS_TIMEOUT", "0ms"),
             ("FRIENDS_CACHE_TIMEOUT", "-1s"),
+            ("FRIENDS_MAX_PENDING_REQUESTS", "0"),
+            ("FRIENDS_MAX_PENDING_REQUESTS", "lots"),
+            ("FRIENDS_REQUEST_COOLDOWN", "a day"),
         ] {
             let error = config(&[(name, value)]).unwrap_err();
             assert_eq!(error.variable(), name, "{value}");

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use messenger_common::grpc::{self, PeerError};
 use messenger_proto::v1::users_service_client::UsersServiceClient;
-use messenger_proto::v1::{GetUserProfileByNicknameRequest, GetUserProfileRequest};
+use messenger_proto::v1::{
+    GetUserProfileByNicknameRequest, GetUserProfileRequest, GetUserProfilesRequest,
+};
 use tonic::transport::Channel;
 
 use crate::domain::UserId;
@@ -25,7 +27,15 @@ pub trait UserDirectory: Send + Sync + 'static {
 
     /// The nickname of `user`, `None` if they have no profile.
     async fn nickname_of(&self, user: UserId) -> Result<Option<String>, FriendsError>;
+
+    /// The nicknames of those of `users` who have a profile, in as few calls as the users
+    /// service allows (it answers [`MAX_PROFILES_PER_CALL`] ids per call).
+    async fn nicknames_of(&self, users: &[UserId])
+    -> Result<HashMap<UserId, String>, FriendsError>;
 }
+
+/// Most ids the users service resolves in one `GetUserProfiles` call.
+pub const MAX_PROFILES_PER_CALL: usize = 100;
 
 /// The users service over gRPC. Each call has its own deadline (shortened to what is left
 /// of the deadline of the RPC being served, see `messenger_common::grpc::outbound_timeout`):
@@ -96,6 +106,37 @@ impl UserDirectory for GrpcUserDirectory {
             .await?
             .map(|profile| profile.nickname))
     }
+
+    async fn nicknames_of(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, String>, FriendsError> {
+        let mut nicknames = HashMap::with_capacity(users.len());
+        for chunk in users.chunks(MAX_PROFILES_PER_CALL) {
+            let mut client = self.client.clone();
+            let (request, timeout) = grpc::peer_request(
+                GetUserProfilesRequest {
+                    user_ids: chunk.iter().map(ToString::to_string).collect(),
+                },
+                self.timeout,
+            );
+            let profiles = self
+                .call(timeout, client.get_user_profiles(request))
+                .await?
+                .map(|answer| answer.profiles)
+                .unwrap_or_default();
+            for profile in profiles {
+                let user = UserId::parse("user_id", &profile.user_id).map_err(|_| {
+                    FriendsError::Internal(format!(
+                        "users service returned an invalid user id {:?}",
+                        profile.user_id
+                    ))
+                })?;
+                nicknames.insert(user, profile.nickname);
+            }
+        }
+        Ok(nicknames)
+    }
 }
 
 /// A fixed table of users, for `messenger dev` and tests. Nicknames match case-insensitively.
@@ -140,5 +181,19 @@ impl UserDirectory for InMemoryUserDirectory {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&user)
             .cloned())
+    }
+
+    async fn nicknames_of(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, String>, FriendsError> {
+        let known = self
+            .nicknames
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(users
+            .iter()
+            .filter_map(|user| Some((*user, known.get(user)?.clone())))
+            .collect())
     }
 }

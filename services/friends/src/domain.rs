@@ -5,6 +5,9 @@
 //! and which event to publish, or why the command is refused. Both stores call `decide`
 //! while holding the pair locked, so the rules live here once.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use messenger_proto::v1::{
     FriendRemoved, FriendRequestAccepted, FriendRequestRejected, FriendRequestSent, event,
@@ -20,6 +23,31 @@ pub use messenger_common::ids::UserId;
 pub use messenger_common::ids::{NICKNAME_MAX_CHARS, Nickname};
 /// Most ids one `CheckFriendship` call may ask about (a group chat has at most 100).
 pub const MAX_CHECKED_IDS: usize = 1000;
+/// Page size of the friend list and the request lists when the request leaves `limit` at 0.
+pub const DEFAULT_PAGE_LIMIT: usize = 50;
+/// Largest page of the friend list or a request list.
+pub const MAX_PAGE_LIMIT: usize = 100;
+
+/// Limits on friend requests, so a stranger cannot bury someone in requests or ask again
+/// and again after being turned down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestRules {
+    /// Pending requests a user may have waiting for their answer
+    /// (`FRIENDS_MAX_PENDING_REQUESTS`); a request beyond is refused to its sender.
+    pub max_pending_incoming: u32,
+    /// How long after a rejection its sender may not ask the same person again
+    /// (`FRIENDS_REQUEST_COOLDOWN`). The person who said no may ask at any time.
+    pub rejection_cooldown: Duration,
+}
+
+impl Default for RequestRules {
+    fn default() -> Self {
+        RequestRules {
+            max_pending_incoming: 100,
+            rejection_cooldown: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
 
 /// Where a pair of users stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -320,6 +348,158 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Whether a decision that sends a new request (outcome [`Outcome::Requested`]) may go
+/// ahead under `rules`: the actor is not waiting out a cooldown after the other person
+/// rejected their last request (`current` is the pair's row before the decision), and the
+/// other person has fewer than the maximum pending requests (`pending_to_other`, counted
+/// while the store holds the other person's requests locked). Other decisions always may.
+pub fn admit_request(
+    command: &PairCommand,
+    decision: &Decision,
+    current: Option<&Friendship>,
+    rules: &RequestRules,
+    pending_to_other: u32,
+    now: DateTime<Utc>,
+) -> Result<(), FriendsError> {
+    if decision.outcome != Outcome::Requested {
+        return Ok(());
+    }
+    if let Some(row) = current
+        && row.status == FriendshipStatus::Rejected
+        && row.requester == command.actor
+    {
+        let cooldown =
+            chrono::Duration::from_std(rules.rejection_cooldown).unwrap_or(chrono::Duration::MAX);
+        let until = row.updated_at.checked_add_signed(cooldown);
+        if let Some(until) = until
+            && now < until
+        {
+            return Err(FriendsError::RequestCooldown {
+                until,
+                retry_after: (until - now).to_std().unwrap_or_default(),
+            });
+        }
+    }
+    if pending_to_other >= rules.max_pending_incoming {
+        return Err(FriendsError::TooManyPendingRequests {
+            max: rules.max_pending_incoming,
+        });
+    }
+    Ok(())
+}
+
+/// The page size a list request asks for: 0 means [`DEFAULT_PAGE_LIMIT`], else 1..=100.
+pub fn page_limit(limit: u32) -> Result<usize, FriendsError> {
+    match usize::try_from(limit) {
+        Ok(0) => Ok(DEFAULT_PAGE_LIMIT),
+        Ok(n) if n <= MAX_PAGE_LIMIT => Ok(n),
+        _ => Err(FriendsError::InvalidArgument(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT} (0 for the default {DEFAULT_PAGE_LIMIT}), got {limit}"
+        ))),
+    }
+}
+
+/// Where a page of a list ends: the sort key of its last entry. The friend list sorts by
+/// (when the friendship began, friend's id) ascending; the request lists by (when the
+/// request was sent, other person's id) descending. The next page starts strictly after
+/// it, so an entry added or changed while a client pages is never listed twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    pub at: DateTime<Utc>,
+    pub user: UserId,
+}
+
+impl ListCursor {
+    /// The key of `row` as `user`'s list sorts it, taking the time from `at`.
+    fn of(user: UserId, row: &Friendship, at: DateTime<Utc>) -> Self {
+        ListCursor {
+            at,
+            user: row.other_than(user),
+        }
+    }
+
+    /// The cursor after `row` in `user`'s friend list.
+    pub fn after_friend(user: UserId, row: &Friendship) -> Self {
+        Self::of(user, row, row.updated_at)
+    }
+
+    /// The cursor after `row` in one of `user`'s request lists.
+    pub fn after_request(user: UserId, row: &Friendship) -> Self {
+        Self::of(user, row, row.created_at)
+    }
+
+    /// `<unix microseconds>_<user id>`: opaque to clients.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.at.timestamp_micros(), self.user)
+    }
+
+    /// Reads a cursor from a request: empty is the first page.
+    pub fn parse(raw: &str) -> Result<Option<Self>, FriendsError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || {
+            FriendsError::InvalidArgument(format!(
+                "cursor: {} is not a cursor this service issued",
+                messenger_common::ids::excerpt(raw)
+            ))
+        };
+        let (micros, user) = raw.split_once('_').ok_or_else(invalid)?;
+        let at = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(invalid)?;
+        let user = UserId::parse("cursor", user).map_err(|_| invalid())?;
+        Ok(Some(ListCursor { at, user }))
+    }
+}
+
+/// Up to `limit` of `user`'s friendships (accepted rows among `rows`), oldest first,
+/// after `after`.
+pub fn friends_page<'a>(
+    user: UserId,
+    rows: impl IntoIterator<Item = &'a Friendship>,
+    after: Option<&ListCursor>,
+    limit: usize,
+) -> Vec<Friendship> {
+    let key = |row: &Friendship| (row.updated_at, row.other_than(user));
+    let mut page: Vec<Friendship> = rows
+        .into_iter()
+        .filter(|row| row.status == FriendshipStatus::Accepted && row.involves(user))
+        .filter(|row| after.is_none_or(|after| key(row) > (after.at, after.user)))
+        .cloned()
+        .collect();
+    page.sort_by_key(key);
+    page.truncate(limit);
+    page
+}
+
+/// Up to `limit` of the pending requests among `rows` sent to (`Incoming`) or by
+/// (`Outgoing`) `user`, newest first, after `after`.
+pub fn pending_page<'a>(
+    user: UserId,
+    direction: Direction,
+    rows: impl IntoIterator<Item = &'a Friendship>,
+    after: Option<&ListCursor>,
+    limit: usize,
+) -> Vec<Friendship> {
+    let key = |row: &Friendship| (row.created_at, row.other_than(user));
+    let mut page: Vec<Friendship> = rows
+        .into_iter()
+        .filter(|row| row.status == FriendshipStatus::Requested)
+        .filter(|row| match direction {
+            Direction::Incoming => row.addressee == user,
+            Direction::Outgoing => row.requester == user,
+        })
+        .filter(|row| after.is_none_or(|after| key(row) < (after.at, after.user)))
+        .cloned()
+        .collect();
+    page.sort_by_key(|row| std::cmp::Reverse(key(row)));
+    page.truncate(limit);
+    page
+}
+
 /// A friend as `GetFriendsList` shows it, before nicknames are filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FriendEntry {
@@ -328,22 +508,18 @@ pub struct FriendEntry {
     pub since: DateTime<Utc>,
 }
 
-/// The user's friends among `rows` (the rows involving the user), oldest friendship first.
-pub fn friends_of(user: UserId, rows: &[Friendship]) -> Vec<FriendEntry> {
-    let mut friends: Vec<FriendEntry> = rows
-        .iter()
-        .filter(|row| row.status == FriendshipStatus::Accepted && row.involves(user))
+/// The friends of `user` in a page of rows from [`friends_page`] (or a store's), in order.
+pub fn friend_entries(user: UserId, rows: &[Friendship]) -> Vec<FriendEntry> {
+    rows.iter()
         .map(|row| FriendEntry {
             user_id: row.other_than(user),
             since: row.updated_at,
         })
-        .collect();
-    friends.sort_by(|a, b| a.since.cmp(&b.since).then(a.user_id.cmp(&b.user_id)));
-    friends
+        .collect()
 }
 
 /// Which pending requests a user lists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Sent to the user.
     Incoming,
@@ -351,34 +527,11 @@ pub enum Direction {
     Outgoing,
 }
 
-/// The pending requests in `rows` sent to (`Incoming`) or by (`Outgoing`) `user`, newest first.
-pub fn pending_requests(
-    user: UserId,
-    direction: Direction,
-    rows: &[Friendship],
-) -> Vec<Friendship> {
-    let mut pending: Vec<Friendship> = rows
-        .iter()
-        .filter(|row| row.status == FriendshipStatus::Requested)
-        .filter(|row| match direction {
-            Direction::Incoming => row.addressee == user,
-            Direction::Outgoing => row.requester == user,
-        })
-        .cloned()
-        .collect();
-    pending.sort_by_key(|row| std::cmp::Reverse(row.created_at));
-    pending
-}
-
-/// The ids in `others` that are not friends of `user`, in the order asked, without
-/// duplicates. The user's own id is never reported (nobody needs to befriend themselves to
-/// be in their own chat).
-pub fn not_friends(user: UserId, others: &[UserId], rows: &[Friendship]) -> Vec<UserId> {
-    let friends: std::collections::HashSet<UserId> = friends_of(user, rows)
-        .into_iter()
-        .map(|f| f.user_id)
-        .collect();
-    let mut seen = std::collections::HashSet::new();
+/// The ids in `others` that are not among `friends` (the user's friends among them), in
+/// the order asked, without duplicates. The user's own id is never reported (nobody needs
+/// to befriend themselves to be in their own chat).
+pub fn not_friends(user: UserId, others: &[UserId], friends: &HashSet<UserId>) -> Vec<UserId> {
+    let mut seen = HashSet::new();
     others
         .iter()
         .copied()
@@ -615,24 +768,180 @@ mod tests {
             row(a, b, FriendshipStatus::Accepted),
             row(c, a, FriendshipStatus::Requested),
         ];
-        assert_eq!(
-            friends_of(a, &rows)
+        let friends = |user| {
+            friend_entries(user, &friends_page(user, &rows, None, 10))
                 .iter()
                 .map(|f| f.user_id)
-                .collect::<Vec<_>>(),
-            vec![b]
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(friends(a), vec![b]);
+        assert_eq!(friends(b), vec![a]);
+        assert!(friends(c).is_empty());
+        let pending = |user, direction| pending_page(user, direction, &rows, None, 10).len();
+        assert_eq!(pending(a, Direction::Incoming), 1);
+        assert_eq!(pending(a, Direction::Outgoing), 0);
+        assert_eq!(pending(c, Direction::Outgoing), 1);
+    }
+
+    /// A row between `a` and `other` sent `created` seconds and answered `updated` seconds
+    /// after a fixed time.
+    fn timed(
+        a: UserId,
+        other: u128,
+        status: FriendshipStatus,
+        created: i64,
+        updated: i64,
+    ) -> Friendship {
+        let at = |s| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        Friendship {
+            created_at: at(created),
+            updated_at: at(updated),
+            ..row(UserId::from(Uuid::from_u128(other)), a, status)
+        }
+    }
+
+    #[test]
+    fn pages_walk_a_list_once_in_order_from_cursor_to_cursor() {
+        use FriendshipStatus::*;
+        let (a, _) = users();
+        // Friends since 5, 5 (ids 11 < 12), 7, 9; requests sent at 3, 8, 8 (ids 21 < 22).
+        let rows = vec![
+            timed(a, 12, Accepted, 0, 5),
+            timed(a, 14, Accepted, 0, 9),
+            timed(a, 11, Accepted, 0, 5),
+            timed(a, 13, Accepted, 0, 7),
+            timed(a, 21, Requested, 8, 8),
+            timed(a, 20, Requested, 3, 3),
+            timed(a, 22, Requested, 8, 8),
+            timed(a, 30, Rejected, 1, 1),
+        ];
+        let other = |row: &Friendship| row.other_than(a).as_uuid().as_u128();
+        let walk = |page: &dyn Fn(Option<&ListCursor>) -> Vec<Friendship>,
+                    cursor_of: fn(UserId, &Friendship) -> ListCursor| {
+            let (mut pages, mut cursor) = (Vec::new(), None);
+            loop {
+                let rows = page(cursor.as_ref());
+                if rows.is_empty() {
+                    return pages;
+                }
+                cursor = Some(cursor_of(a, rows.last().unwrap()));
+                pages.push(rows.iter().map(other).collect::<Vec<_>>());
+            }
+        };
+        let friends = walk(
+            &|after| friends_page(a, &rows, after, 3),
+            ListCursor::after_friend,
         );
-        assert_eq!(
-            friends_of(b, &rows)
-                .iter()
-                .map(|f| f.user_id)
-                .collect::<Vec<_>>(),
-            vec![a]
+        assert_eq!(friends, vec![vec![11, 12, 13], vec![14]]);
+        let incoming = walk(
+            &|after| pending_page(a, Direction::Incoming, &rows, after, 2),
+            ListCursor::after_request,
         );
-        assert!(friends_of(c, &rows).is_empty());
-        assert_eq!(pending_requests(a, Direction::Incoming, &rows).len(), 1);
-        assert!(pending_requests(a, Direction::Outgoing, &rows).is_empty());
-        assert_eq!(pending_requests(c, Direction::Outgoing, &rows).len(), 1);
+        assert_eq!(incoming, vec![vec![22, 21], vec![20]]);
+        let outgoing = pending_page(a, Direction::Outgoing, &rows, None, 10);
+        assert!(outgoing.is_empty());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_foreign_text_is_refused() {
+        let cursor = ListCursor {
+            at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            user: Uuid::from_u128(77).into(),
+        };
+        assert_eq!(ListCursor::parse(&cursor.encode()).unwrap(), Some(cursor));
+        assert_eq!(ListCursor::parse("").unwrap(), None);
+        for junk in [
+            "page2",
+            "12_",
+            "_00000000-0000-0000-0000-000000000001",
+            "x_00000000-0000-0000-0000-000000000001",
+            &"9".repeat(100_000),
+        ] {
+            let error = ListCursor::parse(junk).unwrap_err().to_string();
+            assert!(error.starts_with("cursor: "), "{error}");
+            assert!(error.len() < 300, "{}", error.len());
+        }
+    }
+
+    #[test]
+    fn page_limits_default_to_50_and_allow_1_to_100() {
+        for (limit, expected) in [(0, Some(50)), (1, Some(1)), (100, Some(100)), (101, None)] {
+            assert_eq!(page_limit(limit).ok(), expected, "{limit}");
+        }
+    }
+
+    /// (row before the request: (sent by the actor?, status, seconds since its last change),
+    /// pending requests to the other person, expected refusal)
+    #[test]
+    fn new_requests_are_admitted_within_the_cooldown_and_the_pending_cap() {
+        use FriendshipStatus::*;
+        let rules = RequestRules {
+            max_pending_incoming: 3,
+            rejection_cooldown: Duration::from_secs(3600),
+        };
+        let (a, b) = users();
+        let now = DateTime::from_timestamp(1_700_100_000, 0).unwrap();
+        type Case = (
+            Option<(bool, FriendshipStatus, i64)>,
+            u32,
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
+            (None, 0, None),
+            (None, 2, None),
+            (None, 3, Some("TooManyPendingRequests")),
+            // Turned down a minute ago: wait; an hour ago: ask again.
+            (Some((true, Rejected, 60)), 0, Some("RequestCooldown")),
+            (Some((true, Rejected, 3599)), 0, Some("RequestCooldown")),
+            (Some((true, Rejected, 3600)), 0, None),
+            // The one who said no may change their mind at once.
+            (Some((false, Rejected, 60)), 0, None),
+            (
+                Some((false, Rejected, 60)),
+                3,
+                Some("TooManyPendingRequests"),
+            ),
+            // Asking back someone who asked you accepts: no limit applies.
+            (Some((false, Requested, 60)), 3, None),
+        ];
+        for (state, pending, expected) in cases {
+            let current = state.map(|(by_actor, status, ago)| {
+                let (requester, addressee) = if by_actor { (a, b) } else { (b, a) };
+                let then = now - chrono::Duration::seconds(ago);
+                Friendship {
+                    created_at: then,
+                    updated_at: then,
+                    ..row(requester, addressee, status)
+                }
+            });
+            let command = PairCommand::new(a, b, PairAction::SendRequest).unwrap();
+            let decision = decide(&command, current.as_ref(), now).unwrap();
+            let admitted =
+                admit_request(&command, &decision, current.as_ref(), &rules, *pending, now);
+            let refusal = admitted.err().map(|error| {
+                let name = format!("{error:?}");
+                name.split([' ', '{']).next().unwrap().to_owned()
+            });
+            assert_eq!(
+                refusal.as_deref(),
+                *expected,
+                "{state:?} with {pending} pending"
+            );
+        }
+        // The refusal says when asking again is possible.
+        let rejected = Friendship {
+            updated_at: now - chrono::Duration::seconds(600),
+            ..row(a, b, Rejected)
+        };
+        let command = PairCommand::new(a, b, PairAction::SendRequest).unwrap();
+        let decision = decide(&command, Some(&rejected), now).unwrap();
+        match admit_request(&command, &decision, Some(&rejected), &rules, 0, now) {
+            Err(FriendsError::RequestCooldown { until, retry_after }) => {
+                assert_eq!(retry_after, Duration::from_secs(3000));
+                assert_eq!(until, now + chrono::Duration::seconds(3000));
+            }
+            other => panic!("expected a cooldown, got {other:?}"),
+        }
     }
 
     #[test]
@@ -642,12 +951,9 @@ mod tests {
             UserId::from(Uuid::from_u128(3)),
             UserId::from(Uuid::from_u128(4)),
         );
-        let rows = vec![
-            row(a, b, FriendshipStatus::Accepted),
-            row(a, c, FriendshipStatus::Requested),
-        ];
-        assert_eq!(not_friends(a, &[d, b, c, d, a], &rows), vec![d, c]);
-        assert_eq!(not_friends(b, &[a], &rows), Vec::<UserId>::new());
+        let friends_of_a: HashSet<UserId> = [b].into();
+        assert_eq!(not_friends(a, &[d, b, c, d, a], &friends_of_a), vec![d, c]);
+        assert_eq!(not_friends(b, &[a], &[a].into()), Vec::<UserId>::new());
     }
 
     #[test]

@@ -77,7 +77,10 @@ pub async fn run_with_directory(
     if let Some(bus) = &config.in_memory {
         tracing::warn!("friends running on in-memory storage: friendships are not kept");
         let service = FriendsService::new(
-            Arc::new(InMemoryFriendshipStore::new(Arc::new(bus.clone()))),
+            Arc::new(
+                InMemoryFriendshipStore::new(Arc::new(bus.clone()))
+                    .with_rules(config.request_rules),
+            ),
             Arc::new(InMemoryRelationshipCache::new(config.cache_ttl)),
             directory,
             config.cache_timeout,
@@ -113,7 +116,7 @@ pub async fn run_with_directory(
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
 
     let service = FriendsService::new(
-        Arc::new(PostgresFriendshipStore::new(pool.clone())),
+        Arc::new(PostgresFriendshipStore::new(pool.clone()).with_rules(config.request_rules)),
         Arc::new(cache),
         directory,
         config.cache_timeout,

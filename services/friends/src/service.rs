@@ -1,12 +1,12 @@
 //! The gRPC `FriendsService`: validates requests, resolves nicknames through the
-//! [`UserDirectory`], reads through the [`RelationshipCache`] and changes the
-//! [`FriendshipStore`], invalidating both users' cache entries after every change.
+//! [`UserDirectory`] (a page at a time), reads list pages through the
+//! [`RelationshipCache`] and changes the [`FriendshipStore`], invalidating both users'
+//! cache entries after every change.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use messenger_common::{Metrics, identity};
 use messenger_proto::v1::friends_service_server::FriendsService as FriendsRpc;
 use messenger_proto::v1::{
@@ -20,17 +20,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tonic::{Request, Response, Status};
 
-use crate::cache::RelationshipCache;
+use crate::cache::{RelationshipCache, page_view};
 use crate::directory::UserDirectory;
 use crate::domain::{
-    self, Direction, FriendEntry, Friendship, FriendshipStatus, Outcome, PairAction, PairCommand,
-    UserId,
+    self, Direction, FriendEntry, Friendship, FriendshipStatus, ListCursor, Outcome, PairAction,
+    PairCommand, UserId,
 };
 use crate::error::FriendsError;
 use crate::store::FriendshipStore;
-
-/// How many nicknames a list resolves at once.
-const NICKNAME_LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// The friends service over its store, cache and user directory.
 #[derive(Clone)]
@@ -74,6 +71,34 @@ pub struct NamedFriend {
     pub entry: FriendEntry,
     /// Empty if the users service has no profile for them.
     pub nickname: String,
+}
+
+/// A page of the friend list and the cursor of the next page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FriendsPage {
+    pub friends: Vec<NamedFriend>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a request list and the cursor of the next page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestsPage {
+    pub requests: Vec<NamedRequest>,
+    pub next_cursor: Option<String>,
+}
+
+/// Cuts `rows` (read with one row more than the page) to `limit`; the cursor after the
+/// page's last row when a row was cut, else `None`.
+fn next_cursor(
+    rows: &mut Vec<Friendship>,
+    limit: usize,
+    cursor_after: impl Fn(&Friendship) -> ListCursor,
+) -> Option<String> {
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|row| cursor_after(row).encode())
 }
 
 /// A pending request with both nicknames.
@@ -156,15 +181,24 @@ impl FriendsService {
         )
     }
 
-    /// The pending and accepted rows of `user`, from the cache if it has them.
-    pub async fn relationships(&self, user: UserId) -> Result<Vec<Friendship>, FriendsError> {
+    /// A page of `user`'s rows as `view` names it, from the cache if it has it, else from
+    /// `read` (the store), then cached.
+    async fn cached_page<F>(
+        &self,
+        user: UserId,
+        view: &str,
+        read: F,
+    ) -> Result<Vec<Friendship>, FriendsError>
+    where
+        F: Future<Output = Result<Vec<Friendship>, FriendsError>>,
+    {
         // A change whose invalidation failed may have left stale entries: until they are
         // invalidated, the cache cannot be trusted.
         if !self.settle_invalidations().await {
             self.cache_metrics.record("bypassed");
-            return self.store.relationships_of(user).await;
+            return read.await;
         }
-        let generation = match self.with_cache_timeout(self.cache.lookup(user)).await {
+        let generation = match self.with_cache_timeout(self.cache.lookup(user, view)).await {
             Ok(lookup) => match lookup.rows {
                 Some(rows) => {
                     self.cache_metrics.record("hit");
@@ -181,10 +215,10 @@ impl FriendsService {
                 None
             }
         };
-        let rows = self.store.relationships_of(user).await?;
+        let rows = read.await?;
         if let Some(generation) = generation
             && let Err(error) = self
-                .with_cache_timeout(self.cache.store(user, generation, &rows))
+                .with_cache_timeout(self.cache.store(user, view, generation, &rows))
                 .await
         {
             tracing::warn!(%user, %error, "caching friends failed");
@@ -192,50 +226,90 @@ impl FriendsService {
         Ok(rows)
     }
 
-    /// The friends of `user` with their nicknames, oldest friendship first.
-    pub async fn friends(&self, user: UserId) -> Result<Vec<NamedFriend>, FriendsError> {
-        let rows = self.relationships(user).await?;
-        let entries = domain::friends_of(user, &rows);
-        let nicknames = self
-            .nicknames(entries.iter().map(|entry| entry.user_id).collect())
+    /// A page of the friends of `user` with their nicknames, oldest friendship first:
+    /// `limit` (0: the default) from `cursor` (empty: the start).
+    pub async fn friends(
+        &self,
+        user: UserId,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<FriendsPage, FriendsError> {
+        let limit = domain::page_limit(limit)?;
+        let after = ListCursor::parse(cursor)?;
+        let view = page_view("friends", limit, cursor);
+        // One row more than the page says whether another page follows.
+        let mut rows = self
+            .cached_page(user, &view, self.store.friends_page(user, after, limit + 1))
             .await?;
-        Ok(entries
+        let next_cursor = next_cursor(&mut rows, limit, |row| ListCursor::after_friend(user, row));
+        let entries = domain::friend_entries(user, &rows);
+        let nicknames = self
+            .nicknames(
+                &entries
+                    .iter()
+                    .map(|entry| entry.user_id)
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+        let friends = entries
             .into_iter()
-            .zip(nicknames)
-            .map(|(entry, nickname)| NamedFriend { entry, nickname })
-            .collect())
+            .map(|entry| NamedFriend {
+                nickname: nicknames.get(&entry.user_id).cloned().unwrap_or_default(),
+                entry,
+            })
+            .collect();
+        Ok(FriendsPage {
+            friends,
+            next_cursor,
+        })
     }
 
-    /// Pending requests to or from `user`, newest first, with both nicknames.
+    /// A page of the pending requests to or from `user`, newest first, with both
+    /// nicknames: `limit` (0: the default) from `cursor` (empty: the start).
     pub async fn pending(
         &self,
         user: UserId,
         direction: Direction,
-    ) -> Result<Vec<NamedRequest>, FriendsError> {
-        let rows = self.relationships(user).await?;
-        let pending = domain::pending_requests(user, direction, &rows);
-        if pending.is_empty() {
-            return Ok(Vec::new());
+        limit: u32,
+        cursor: &str,
+    ) -> Result<RequestsPage, FriendsError> {
+        let limit = domain::page_limit(limit)?;
+        let after = ListCursor::parse(cursor)?;
+        let list = match direction {
+            Direction::Incoming => "incoming",
+            Direction::Outgoing => "outgoing",
+        };
+        let view = page_view(list, limit, cursor);
+        let mut rows = self
+            .cached_page(
+                user,
+                &view,
+                self.store.pending_page(user, direction, after, limit + 1),
+            )
+            .await?;
+        let next_cursor = next_cursor(&mut rows, limit, |row| ListCursor::after_request(user, row));
+        if rows.is_empty() {
+            return Ok(RequestsPage {
+                requests: Vec::new(),
+                next_cursor,
+            });
         }
-        let others: Vec<UserId> = pending.iter().map(|row| row.other_than(user)).collect();
-        let own_nickname = self.nicknames(vec![user]).await?.pop().unwrap_or_default();
-        let other_nicknames = self.nicknames(others).await?;
-        Ok(pending
+        let mut people: Vec<UserId> = rows.iter().map(|row| row.other_than(user)).collect();
+        people.push(user);
+        let nicknames = self.nicknames(&people).await?;
+        let nickname = |id: UserId| nicknames.get(&id).cloned().unwrap_or_default();
+        let requests = rows
             .into_iter()
-            .zip(other_nicknames)
-            .map(|(request, other_nickname)| {
-                let (from_nickname, to_nickname) = if request.requester == user {
-                    (own_nickname.clone(), other_nickname)
-                } else {
-                    (other_nickname, own_nickname.clone())
-                };
-                NamedRequest {
-                    request,
-                    from_nickname,
-                    to_nickname,
-                }
+            .map(|request| NamedRequest {
+                from_nickname: nickname(request.requester),
+                to_nickname: nickname(request.addressee),
+                request,
             })
-            .collect())
+            .collect();
+        Ok(RequestsPage {
+            requests,
+            next_cursor,
+        })
     }
 
     /// Which of `others` are not friends of `user`.
@@ -244,25 +318,18 @@ impl FriendsService {
         user: UserId,
         others: &[UserId],
     ) -> Result<Vec<UserId>, FriendsError> {
-        let rows = self.relationships(user).await?;
-        Ok(domain::not_friends(user, others, &rows))
+        let friends = self.store.friends_among(user, others).await?;
+        Ok(domain::not_friends(user, others, &friends))
     }
 
-    /// Nicknames of `users` in the same order; empty for a user without a profile.
-    async fn nicknames(&self, users: Vec<UserId>) -> Result<Vec<String>, FriendsError> {
-        futures::stream::iter(users)
-            .map(|user| async move {
-                let nickname = self.directory.nickname_of(user).await?;
-                if nickname.is_none() {
-                    tracing::warn!(%user, "no profile for a user in a friends list");
-                }
-                Ok(nickname.unwrap_or_default())
-            })
-            .buffered(NICKNAME_LOOKUPS_IN_FLIGHT)
-            .collect::<Vec<Result<String, FriendsError>>>()
-            .await
-            .into_iter()
-            .collect()
+    /// Nicknames of `users` (one users-service call per hundred); a user without a profile
+    /// is missing from the map (and logged).
+    async fn nicknames(&self, users: &[UserId]) -> Result<HashMap<UserId, String>, FriendsError> {
+        let nicknames = self.directory.nicknames_of(users).await?;
+        for user in users.iter().filter(|user| !nicknames.contains_key(user)) {
+            tracing::warn!(%user, "no profile for a user in a friends list");
+        }
+        Ok(nicknames)
     }
 
     /// Invalidates `users` after a change. On failure they are remembered and retried
@@ -338,10 +405,11 @@ impl FriendsRpc for FriendsService {
         request: Request<GetFriendsListRequest>,
     ) -> Result<Response<GetFriendsListResponse>, Status> {
         identity::require_user(&request, &request.get_ref().user_id)?;
-        let user = user_id(&request.get_ref().user_id)?;
-        let friends = self
-            .friends(user)
-            .await?
+        let request = request.into_inner();
+        let user = user_id(&request.user_id)?;
+        let page = self.friends(user, request.limit, &request.cursor).await?;
+        let friends = page
+            .friends
             .into_iter()
             .map(|friend| Friend {
                 user_id: friend.entry.user_id.to_string(),
@@ -349,7 +417,10 @@ impl FriendsRpc for FriendsService {
                 since: Some(timestamp(friend.entry.since)),
             })
             .collect();
-        Ok(Response::new(GetFriendsListResponse { friends }))
+        Ok(Response::new(GetFriendsListResponse {
+            friends,
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
     }
 
     async fn send_friend_request(
@@ -424,9 +495,11 @@ impl FriendsRpc for FriendsService {
                 .into());
             }
         };
-        let requests = self
-            .pending(user, direction)
-            .await?
+        let page = self
+            .pending(user, direction, request.limit, &request.cursor)
+            .await?;
+        let requests = page
+            .requests
             .into_iter()
             .map(|named| FriendRequest {
                 from_user_id: named.request.requester.to_string(),
@@ -438,7 +511,10 @@ impl FriendsRpc for FriendsService {
                 updated_at: Some(timestamp(named.request.updated_at)),
             })
             .collect();
-        Ok(Response::new(ListFriendRequestsResponse { requests }))
+        Ok(Response::new(ListFriendRequestsResponse {
+            requests,
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
     }
 
     async fn check_friendship(

@@ -25,6 +25,9 @@ async fn redis(ttl: Duration) -> Arc<dyn RelationshipCache> {
     ))
 }
 
+/// The view most cases cache.
+const VIEW: &str = "friends:50:";
+
 fn rows(a: UserId, b: UserId) -> Vec<Friendship> {
     let at = now();
     vec![Friendship {
@@ -39,16 +42,19 @@ fn rows(a: UserId, b: UserId) -> Vec<Friendship> {
 /// A stored read is returned until the user is invalidated.
 async fn stores_until_invalidated(cache: Arc<dyn RelationshipCache>) {
     let (a, b) = (UserId::new_random(), UserId::new_random());
-    let first = cache.lookup(a).await.unwrap();
+    let first = cache.lookup(a, VIEW).await.unwrap();
     assert_eq!(first.rows, None);
     let stored = rows(a, b);
-    cache.store(a, first.generation, &stored).await.unwrap();
-    let hit = cache.lookup(a).await.unwrap();
+    cache
+        .store(a, VIEW, first.generation, &stored)
+        .await
+        .unwrap();
+    let hit = cache.lookup(a, VIEW).await.unwrap();
     assert_eq!(hit.rows, Some(stored));
     assert_eq!(hit.generation, first.generation);
 
     cache.invalidate(&[a, b]).await.unwrap();
-    let after = cache.lookup(a).await.unwrap();
+    let after = cache.lookup(a, VIEW).await.unwrap();
     assert_eq!(after.rows, None);
     assert_ne!(after.generation, first.generation);
 }
@@ -56,13 +62,13 @@ async fn stores_until_invalidated(cache: Arc<dyn RelationshipCache>) {
 /// A read that started before an invalidation cannot put its stale result back.
 async fn stale_reads_are_not_served(cache: Arc<dyn RelationshipCache>) {
     let (a, b) = (UserId::new_random(), UserId::new_random());
-    let before_change = cache.lookup(a).await.unwrap();
+    let before_change = cache.lookup(a, VIEW).await.unwrap();
     cache.invalidate(&[a]).await.unwrap();
     cache
-        .store(a, before_change.generation, &rows(a, b))
+        .store(a, VIEW, before_change.generation, &rows(a, b))
         .await
         .unwrap();
-    assert_eq!(cache.lookup(a).await.unwrap().rows, None);
+    assert_eq!(cache.lookup(a, VIEW).await.unwrap().rows, None);
 }
 
 /// Invalidating one user leaves others cached.
@@ -73,28 +79,54 @@ async fn invalidation_is_per_user(cache: Arc<dyn RelationshipCache>) {
         UserId::new_random(),
     );
     for user in [a, c] {
-        let lookup = cache.lookup(user).await.unwrap();
+        let lookup = cache.lookup(user, VIEW).await.unwrap();
         cache
-            .store(user, lookup.generation, &rows(user, b))
+            .store(user, VIEW, lookup.generation, &rows(user, b))
             .await
             .unwrap();
     }
     cache.invalidate(&[a, b]).await.unwrap();
-    assert_eq!(cache.lookup(a).await.unwrap().rows, None);
-    assert!(cache.lookup(c).await.unwrap().rows.is_some());
+    assert_eq!(cache.lookup(a, VIEW).await.unwrap().rows, None);
+    assert!(cache.lookup(c, VIEW).await.unwrap().rows.is_some());
+}
+
+/// Each view of a user is its own entry, and an invalidation makes all of them stale.
+async fn views_are_separate_and_invalidated_together(cache: Arc<dyn RelationshipCache>) {
+    let (a, b, c) = (
+        UserId::new_random(),
+        UserId::new_random(),
+        UserId::new_random(),
+    );
+    let generation = cache.lookup(a, VIEW).await.unwrap().generation;
+    let (friends, incoming) = (rows(a, b), rows(c, a));
+    cache.store(a, VIEW, generation, &friends).await.unwrap();
+    cache
+        .store(a, "incoming:2:", generation, &incoming)
+        .await
+        .unwrap();
+    assert_eq!(cache.lookup(a, VIEW).await.unwrap().rows, Some(friends));
+    assert_eq!(
+        cache.lookup(a, "incoming:2:").await.unwrap().rows,
+        Some(incoming)
+    );
+    assert_eq!(cache.lookup(a, "incoming:50:").await.unwrap().rows, None);
+    cache.invalidate(&[a]).await.unwrap();
+    for view in [VIEW, "incoming:2:"] {
+        assert_eq!(cache.lookup(a, view).await.unwrap().rows, None, "{view}");
+    }
 }
 
 /// Entries expire after the TTL.
 async fn entries_expire(cache: Arc<dyn RelationshipCache>) {
     let (a, b) = (UserId::new_random(), UserId::new_random());
-    let lookup = cache.lookup(a).await.unwrap();
+    let lookup = cache.lookup(a, VIEW).await.unwrap();
     cache
-        .store(a, lookup.generation, &rows(a, b))
+        .store(a, VIEW, lookup.generation, &rows(a, b))
         .await
         .unwrap();
-    assert!(cache.lookup(a).await.unwrap().rows.is_some());
+    assert!(cache.lookup(a, VIEW).await.unwrap().rows.is_some());
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(cache.lookup(a).await.unwrap().rows, None);
+    assert_eq!(cache.lookup(a, VIEW).await.unwrap().rows, None);
 }
 
 macro_rules! contract {
@@ -114,6 +146,7 @@ contract!(
     stores_until_invalidated,
     stale_reads_are_not_served,
     invalidation_is_per_user,
+    views_are_separate_and_invalidated_together,
     entries_expire,
 );
 
@@ -129,8 +162,8 @@ async fn redis_generation_keys_expire_after_the_entries_written_under_them() {
     let cache = RedisRelationshipCache::new(connection.clone(), prefix.clone(), ttl);
     let (a, b) = (UserId::new_random(), UserId::new_random());
     cache.invalidate(&[a]).await.unwrap();
-    let generation = cache.lookup(a).await.unwrap().generation;
-    cache.store(a, generation, &rows(a, b)).await.unwrap();
+    let generation = cache.lookup(a, VIEW).await.unwrap().generation;
+    cache.store(a, VIEW, generation, &rows(a, b)).await.unwrap();
 
     let ttl_of = |key: String| {
         let mut connection = connection.clone();
@@ -142,7 +175,7 @@ async fn redis_generation_keys_expire_after_the_entries_written_under_them() {
                 .unwrap()
         }
     };
-    let entry_ttl = ttl_of(format!("{prefix}rel:{a}")).await;
+    let entry_ttl = ttl_of(format!("{prefix}rel:{a}:{VIEW}")).await;
     let generation_ttl = ttl_of(format!("{prefix}gen:{a}")).await;
     assert!((1..=60).contains(&entry_ttl), "entry TTL {entry_ttl}");
     assert!(

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use messenger_common::events::InMemoryEventBus;
-use messenger_friends::cache::{CacheLookup, InMemoryRelationshipCache, RelationshipCache};
+use messenger_friends::cache::{
+    CacheLookup, InMemoryRelationshipCache, RelationshipCache, page_view,
+};
 use messenger_friends::directory::InMemoryUserDirectory;
 use messenger_friends::domain::{Direction, Friendship, Outcome, PairAction, UserId};
 use messenger_friends::error::FriendsError;
@@ -30,11 +32,17 @@ impl FailingCache {
 
 #[async_trait]
 impl RelationshipCache for FailingCache {
-    async fn lookup(&self, _: UserId) -> Result<CacheLookup, FriendsError> {
+    async fn lookup(&self, _: UserId, _: &str) -> Result<CacheLookup, FriendsError> {
         self.fail().await
     }
 
-    async fn store(&self, _: UserId, _: u64, _: &[Friendship]) -> Result<(), FriendsError> {
+    async fn store(
+        &self,
+        _: UserId,
+        _: &str,
+        _: u64,
+        _: &[Friendship],
+    ) -> Result<(), FriendsError> {
         self.fail().await
     }
 
@@ -65,7 +73,11 @@ async fn works_without_the_cache(hang: bool) {
             .unwrap(),
         Outcome::Requested
     );
-    let incoming = service.pending(bob, Direction::Incoming).await.unwrap();
+    let incoming = service
+        .pending(bob, Direction::Incoming, 0, "")
+        .await
+        .unwrap()
+        .requests;
     assert_eq!(incoming.len(), 1);
     assert_eq!(
         (
@@ -81,7 +93,7 @@ async fn works_without_the_cache(hang: bool) {
             .unwrap(),
         Outcome::Accepted
     );
-    let friends = service.friends(alice).await.unwrap();
+    let friends = service.friends(alice, 0, "").await.unwrap().friends;
     assert_eq!(friends.len(), 1);
     assert_eq!(
         (friends[0].entry.user_id, friends[0].nickname.as_str()),
@@ -114,17 +126,18 @@ struct FlakyCache {
 
 #[async_trait]
 impl RelationshipCache for FlakyCache {
-    async fn lookup(&self, user: UserId) -> Result<CacheLookup, FriendsError> {
-        self.inner.lookup(user).await
+    async fn lookup(&self, user: UserId, view: &str) -> Result<CacheLookup, FriendsError> {
+        self.inner.lookup(user, view).await
     }
 
     async fn store(
         &self,
         user: UserId,
+        view: &str,
         generation: u64,
         rows: &[Friendship],
     ) -> Result<(), FriendsError> {
-        self.inner.store(user, generation, rows).await
+        self.inner.store(user, view, generation, rows).await
     }
 
     async fn invalidate(&self, users: &[UserId]) -> Result<(), FriendsError> {
@@ -157,7 +170,14 @@ async fn a_failed_invalidation_never_lets_a_stale_list_be_served() {
         .change(alice, "bob", PairAction::SendRequest)
         .await
         .unwrap();
-    assert!(service.friends(alice).await.unwrap().is_empty()); // cached: no friends
+    assert!(
+        service
+            .friends(alice, 0, "")
+            .await
+            .unwrap()
+            .friends
+            .is_empty()
+    ); // cached: no friends
 
     cache.fail_invalidations.store(true, Ordering::SeqCst);
     service
@@ -165,14 +185,20 @@ async fn a_failed_invalidation_never_lets_a_stale_list_be_served() {
         .await
         .unwrap();
     // The stale entry is still in the cache, but is not served.
-    assert_eq!(service.friends(alice).await.unwrap().len(), 1);
+    assert_eq!(
+        service.friends(alice, 0, "").await.unwrap().friends.len(),
+        1
+    );
 
     cache.fail_invalidations.store(false, Ordering::SeqCst);
-    assert_eq!(service.friends(alice).await.unwrap().len(), 1);
+    assert_eq!(
+        service.friends(alice, 0, "").await.unwrap().friends.len(),
+        1
+    );
     assert!(
         cache
             .inner
-            .lookup(alice)
+            .lookup(alice, &page_view("friends", 50, ""))
             .await
             .unwrap()
             .rows

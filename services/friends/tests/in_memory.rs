@@ -58,6 +58,7 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
             alice.to_string(),
             GetFriendsListRequest {
                 user_id: alice.to_string(),
+                ..Default::default()
             },
         ))
         .await

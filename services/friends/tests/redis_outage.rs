@@ -74,7 +74,10 @@ async fn wait_until_cached(
     alice: &Person,
     expected: &[(String, String)],
 ) {
-    let key = format!("{}rel:{}", service.config.redis_prefix, alice.id);
+    let key = format!(
+        "{}rel:{}:friends:50:",
+        service.config.redis_prefix, alice.id
+    );
     let client = redis::Client::open(redis.url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

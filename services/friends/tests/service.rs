@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use messenger_common::identity::{self, Caller, IDENTITY_METADATA, InternalKey};
 use messenger_common::testing;
 use messenger_proto::v1::SendFriendRequestRequest;
@@ -100,6 +102,7 @@ async fn friend_list_carries_the_friendship_date() {
             alice.id(),
             GetFriendsListRequest {
                 user_id: alice.id(),
+                ..Default::default()
             },
         ))
         .await
@@ -304,8 +307,12 @@ async fn only_the_addressee_may_accept_or_reject() {
 }
 
 #[tokio::test]
-async fn a_rejected_request_can_be_sent_again() {
-    let service = TestService::start().await;
+async fn a_rejected_request_can_be_sent_again_once_the_cooldown_is_over() {
+    // No cooldown here: `a_rejected_sender_waits_out_the_cooldown` covers it.
+    let service = TestService::start_with(testing::kafka_brokers(), |config| {
+        config.request_rules.rejection_cooldown = Duration::ZERO;
+    })
+    .await;
     let (alice, bob) = (service.person("alice"), service.person("bob"));
     service.send(&alice, &bob.nickname).await.unwrap();
     service.reject(&bob, &alice.nickname).await.unwrap();
@@ -359,6 +366,7 @@ async fn malformed_requests_are_invalid_and_change_nothing() {
             ListFriendRequestsRequest {
                 user_id: alice.id(),
                 direction: RequestDirection::Unspecified.into(),
+                ..Default::default()
             },
         ))
         .await;
@@ -378,6 +386,7 @@ async fn malformed_requests_are_invalid_and_change_nothing() {
             alice.id(),
             GetFriendsListRequest {
                 user_id: String::new(),
+                ..Default::default()
             },
         ))
         .await;
@@ -422,8 +431,13 @@ async fn lists_are_cached_in_redis_and_invalidated_for_both_sides() {
         .get_multiplexed_async_connection()
         .await
         .expect("TEST_REDIS_URL reachable");
-    let key =
-        |person: &support::Person| format!("{}rel:{}", service.config.redis_prefix, person.id);
+    // The first page of alice's outgoing requests, as `ListFriendRequests` reads it.
+    let key = |person: &support::Person| {
+        format!(
+            "{}rel:{}:outgoing:50:",
+            service.config.redis_prefix, person.id
+        )
+    };
 
     service.send(&alice, &bob.nickname).await.unwrap();
     service.snapshot(&[&alice, &bob]).await;
@@ -434,7 +448,7 @@ async fn lists_are_cached_in_redis_and_invalidated_for_both_sides() {
         .unwrap();
     assert!(
         cached.is_some_and(|json| json.contains(&bob.id())),
-        "alice's relationships are cached"
+        "alice's outgoing requests are cached"
     );
 
     // Each change must show on both sides at once, cached or not.
@@ -456,6 +470,145 @@ async fn lists_are_cached_in_redis_and_invalidated_for_both_sides() {
             .await
             .is_empty()
     );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_sender_waits_out_the_cooldown_and_is_told_until_when() {
+    let service = TestService::start_with(testing::kafka_brokers(), |config| {
+        config.request_rules.rejection_cooldown = Duration::from_secs(2);
+    })
+    .await;
+    let (alice, bob, carol) = (
+        service.person("alice"),
+        service.person("bob"),
+        service.person("carol"),
+    );
+    service.send(&alice, &bob.nickname).await.unwrap();
+    service.reject(&bob, &alice.nickname).await.unwrap();
+    let status = service.send(&alice, &bob.nickname).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("you can ask again after 20"),
+        "{}",
+        status.message()
+    );
+    let retry_after: u64 = status
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        service.snapshot(&[&alice, &bob]).await,
+        vec![empty(), empty()],
+        "the refusal changed nothing"
+    );
+    // The one who said no may change their mind at once; so may anyone else.
+    service.send(&carol, &bob.nickname).await.unwrap();
+    service.reject(&bob, &carol.nickname).await.unwrap();
+    assert_eq!(
+        service.send(&bob, &carol.nickname).await.unwrap(),
+        FriendshipStatus::Requested
+    );
+    // Once the cooldown is over, alice may ask again.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(
+        service.send(&alice, &bob.nickname).await.unwrap(),
+        FriendshipStatus::Requested
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_gets_more_pending_requests_than_the_cap() {
+    let service = TestService::start_with(testing::kafka_brokers(), |config| {
+        config.request_rules.max_pending_incoming = 3;
+    })
+    .await;
+    let star = service.person("star");
+    let fans: Vec<_> = (0..4).map(|n| service.person(&format!("fan{n}"))).collect();
+    for fan in &fans[..3] {
+        service.send(fan, &star.nickname).await.unwrap();
+    }
+    let status = service.send(&fans[3], &star.nickname).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("3 friend requests waiting"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(service.rows_between(&fans[3], &star).await, 0);
+    // Answering one makes room.
+    service.accept(&star, &fans[0].nickname).await.unwrap();
+    assert_eq!(
+        service.send(&fans[3], &star.nickname).await.unwrap(),
+        FriendshipStatus::Requested
+    );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn lists_come_in_pages_listing_each_entry_once() {
+    let service = TestService::start().await;
+    let me = service.person("me");
+    let mut friends = Vec::new();
+    for n in 0..5 {
+        let other = service.person(&format!("friend{n}"));
+        service.send(&other, &me.nickname).await.unwrap();
+        service.accept(&me, &other.nickname).await.unwrap();
+        friends.push(other);
+    }
+    for n in 0..3 {
+        let other = service.person(&format!("asker{n}"));
+        service.send(&other, &me.nickname).await.unwrap();
+    }
+    // The friend list in pages of two: every friend once, with nicknames, in order.
+    let (mut listed, mut cursor, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = service.friends_page(&me, 2, &cursor).await.unwrap();
+        assert!(page.friends.len() <= 2);
+        pages += 1;
+        listed.extend(page.friends.into_iter().map(|f| (f.user_id, f.nickname)));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<(String, String)> = friends.iter().map(friend).collect();
+    let mut sorted = listed.clone();
+    sorted.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(sorted, expected_sorted);
+    // Requests likewise, newest first.
+    let first = service
+        .requests_page(&me, RequestDirection::Incoming, 2, "")
+        .await
+        .unwrap();
+    assert_eq!(first.requests.len(), 2);
+    assert!(first.requests.iter().all(|r| r.to_nickname == me.nickname));
+    let rest = service
+        .requests_page(&me, RequestDirection::Incoming, 2, &first.next_cursor)
+        .await
+        .unwrap();
+    assert_eq!(rest.requests.len(), 1);
+    assert_eq!(rest.next_cursor, "");
+    let sent_at = |request: &messenger_proto::v1::FriendRequest| {
+        let at = request.created_at.expect("a request time");
+        (at.seconds, at.nanos)
+    };
+    assert!(sent_at(&rest.requests[0]) <= sent_at(&first.requests[1]));
+    // Bad paging input is refused, naming the field.
+    for (limit, cursor, field) in [(101, "", "limit"), (2, "page-2", "cursor")] {
+        let status = service.friends_page(&me, limit, cursor).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
     service.stop().await;
 }
 
@@ -518,6 +671,7 @@ async fn request_inbox_is_newest_first_with_both_sides_named() {
             ListFriendRequestsRequest {
                 user_id: alice.id(),
                 direction: RequestDirection::Incoming.into(),
+                ..Default::default()
             },
         ))
         .await

@@ -8,7 +8,10 @@ use messenger_common::Shutdown;
 use messenger_common::events::{BusMessage, InMemoryEventBus};
 use messenger_common::outbox::OutboxRelay;
 use messenger_common::testing::TestDatabase;
-use messenger_friends::domain::{FriendshipStatus, Outcome, PairAction, PairCommand, UserId};
+use messenger_friends::domain::{
+    Direction, Friendship, FriendshipStatus, ListCursor, Outcome, PairAction, PairCommand,
+    RequestRules, UserId,
+};
 use messenger_friends::error::FriendsError;
 use messenger_friends::store::{FriendshipStore, InMemoryFriendshipStore, PostgresFriendshipStore};
 use messenger_proto::topics;
@@ -34,11 +37,17 @@ impl Drop for Subject {
     }
 }
 
+/// The rules every store under test admits new requests by.
+const RULES: RequestRules = RequestRules {
+    max_pending_incoming: 5,
+    rejection_cooldown: Duration::from_secs(3600),
+};
+
 async fn in_memory() -> Subject {
     let bus = InMemoryEventBus::new();
     let events = bus.subscribe(topics::FRIENDS_EVENTS);
     Subject {
-        store: Arc::new(InMemoryFriendshipStore::new(Arc::new(bus))),
+        store: Arc::new(InMemoryFriendshipStore::new(Arc::new(bus)).with_rules(RULES)),
         events,
         _guard: None,
     }
@@ -57,7 +66,7 @@ async fn postgres() -> Subject {
     .with_poll_interval(Duration::from_millis(100));
     tokio::spawn(relay.run(shutdown.clone()));
     Subject {
-        store: Arc::new(PostgresFriendshipStore::new(database.pool().clone())),
+        store: Arc::new(PostgresFriendshipStore::new(database.pool().clone()).with_rules(RULES)),
         events,
         _guard: Some((database, shutdown)),
     }
@@ -228,38 +237,260 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
     subject.expect_event(a, accepted(b, a)).await;
 }
 
-/// `relationships_of` returns pending and accepted rows on both sides, not rejected ones.
-async fn relationships_are_symmetric(subject: Subject) {
+/// The other person of each row of a page, as `user` sees it.
+fn others(user: UserId, rows: &[Friendship]) -> Vec<UserId> {
+    rows.iter().map(|row| row.other_than(user)).collect()
+}
+
+/// Every page of one of `user`'s lists, `limit` at a time, each starting after the last.
+async fn walk(
+    user: UserId,
+    limit: usize,
+    page: impl Fn(Option<ListCursor>, usize) -> futures::future::BoxFuture<'static, Vec<Friendship>>,
+    cursor_after: fn(UserId, &Friendship) -> ListCursor,
+) -> Vec<Vec<UserId>> {
+    let (mut pages, mut after) = (Vec::new(), None);
+    loop {
+        let rows = page(after, limit).await;
+        assert!(rows.len() <= limit);
+        let Some(last) = rows.last() else {
+            return pages;
+        };
+        after = Some(cursor_after(user, last));
+        pages.push(others(user, &rows));
+    }
+}
+
+/// Lists come in pages, each entry once, on both sides of each pair; rejected rows and
+/// other people's rows are not listed.
+async fn lists_come_in_pages_in_order(subject: Subject) {
+    use PairAction::*;
+    let me = UserId::new_random();
+    let mut friends = Vec::new();
+    for n in 0..5 {
+        let other = UserId::new_random();
+        // Friends on both sides of the pair: I asked some, they asked others.
+        if n % 2 == 0 {
+            subject.apply(me, other, SendRequest).await.unwrap();
+            subject.apply(other, me, AcceptRequest).await.unwrap();
+        } else {
+            subject.apply(other, me, SendRequest).await.unwrap();
+            subject.apply(me, other, AcceptRequest).await.unwrap();
+        }
+        friends.push(other);
+    }
+    let (mut incoming, mut outgoing) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let other = UserId::new_random();
+        subject.apply(other, me, SendRequest).await.unwrap();
+        incoming.push(other);
+        let other = UserId::new_random();
+        subject.apply(me, other, SendRequest).await.unwrap();
+        outgoing.push(other);
+    }
+    let rejected = UserId::new_random();
+    subject.apply(rejected, me, SendRequest).await.unwrap();
+    subject.apply(me, rejected, RejectRequest).await.unwrap();
+    // Someone else's friendship and request.
+    let (x, y, _) = ids();
+    subject.apply(x, y, SendRequest).await.unwrap();
+
+    let store = subject.store.clone();
+    let friend_pages = walk(
+        me,
+        2,
+        |after, limit| {
+            let store = store.clone();
+            Box::pin(async move { store.friends_page(me, after, limit).await.unwrap() })
+        },
+        ListCursor::after_friend,
+    )
+    .await;
+    // Oldest friendship first (ties, within one microsecond, by the friend's id).
+    let mut expected = Vec::new();
+    for friend in &friends {
+        let row = store.pair(me, *friend).await.unwrap().unwrap();
+        expected.push((row.updated_at, *friend));
+    }
+    expected.sort();
+    let expected: Vec<UserId> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        friend_pages,
+        vec![
+            expected[0..2].to_vec(),
+            expected[2..4].to_vec(),
+            expected[4..].to_vec()
+        ]
+    );
+    let page = store.friends_page(me, None, 10).await.unwrap();
+    assert!(
+        page.iter()
+            .all(|row| row.status == FriendshipStatus::Accepted)
+    );
+    assert_eq!(
+        others(
+            friends[1],
+            &store.friends_page(friends[1], None, 10).await.unwrap()
+        ),
+        vec![me]
+    );
+
+    for (direction, sent) in [
+        (Direction::Incoming, &incoming),
+        (Direction::Outgoing, &outgoing),
+    ] {
+        let pages = walk(
+            me,
+            2,
+            |after, limit| {
+                let store = store.clone();
+                Box::pin(async move {
+                    store
+                        .pending_page(me, direction, after, limit)
+                        .await
+                        .unwrap()
+                })
+            },
+            ListCursor::after_request,
+        )
+        .await;
+        // Newest first (ties by the other person's id, descending).
+        let mut newest_first = Vec::new();
+        for other in sent.iter() {
+            let row = store.pair(me, *other).await.unwrap().unwrap();
+            newest_first.push((row.created_at, *other));
+        }
+        newest_first.sort();
+        let newest_first: Vec<UserId> = newest_first.into_iter().rev().map(|(_, id)| id).collect();
+        assert_eq!(
+            pages,
+            vec![newest_first[0..2].to_vec(), newest_first[2..].to_vec()],
+            "{direction:?}"
+        );
+    }
+    let their_incoming = store
+        .pending_page(outgoing[0], Direction::Incoming, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(others(outgoing[0], &their_incoming), vec![me]);
+    let row = subject.store.pair(me, friends[0]).await.unwrap().unwrap();
+    assert!(row.updated_at >= row.created_at);
+}
+
+/// `friends_among` names exactly the friends among the ids asked about.
+async fn friends_among_names_only_friends(subject: Subject) {
     use PairAction::*;
     let (a, b, c) = ids();
     let d = UserId::new_random();
     subject.apply(a, b, SendRequest).await.unwrap();
     subject.apply(b, a, AcceptRequest).await.unwrap();
     subject.apply(c, a, SendRequest).await.unwrap();
-    subject.apply(d, a, SendRequest).await.unwrap();
-    subject.apply(a, d, RejectRequest).await.unwrap();
-
-    let mut of_a: Vec<(UserId, UserId, FriendshipStatus)> = subject
+    let found = subject
         .store
-        .relationships_of(a)
+        .friends_among(a, &[b, c, d, a, b])
         .await
-        .unwrap()
-        .into_iter()
-        .map(|row| (row.requester, row.addressee, row.status))
+        .unwrap();
+    assert_eq!(found, [b].into());
+    assert_eq!(
+        subject.store.friends_among(b, &[a]).await.unwrap(),
+        [a].into()
+    );
+    assert!(
+        subject
+            .store
+            .friends_among(d, &[a, b])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Nobody gets more than `max_pending_incoming` requests waiting, even from senders racing
+/// each other; answering one makes room. Asking back someone who asked you is no new
+/// request and always goes through.
+async fn pending_requests_are_capped_per_addressee(subject: Subject) {
+    let popular = UserId::new_random();
+    let senders: Vec<UserId> = (0..12).map(|_| UserId::new_random()).collect();
+    let racers: Vec<_> = senders
+        .iter()
+        .map(|sender| {
+            let (store, sender) = (subject.store.clone(), *sender);
+            tokio::spawn(async move {
+                store
+                    .apply(command(sender, popular, PairAction::SendRequest))
+                    .await
+            })
+        })
         .collect();
-    of_a.sort();
-    let mut expected = vec![
-        (a, b, FriendshipStatus::Accepted),
-        (c, a, FriendshipStatus::Requested),
-    ];
-    expected.sort();
-    assert_eq!(of_a, expected);
-    let of_b = subject.store.relationships_of(b).await.unwrap();
-    assert_eq!(of_b.len(), 1);
-    assert_eq!(of_b[0].status, FriendshipStatus::Accepted);
-    assert!(subject.store.relationships_of(d).await.unwrap().is_empty());
-    let row = subject.store.pair(a, b).await.unwrap().unwrap();
-    assert!(row.updated_at >= row.created_at);
+    let (mut admitted, mut refused) = (Vec::new(), 0);
+    for (racer, sender) in racers.into_iter().zip(&senders) {
+        match racer.await.unwrap() {
+            Ok(Outcome::Requested) => admitted.push(*sender),
+            Err(FriendsError::TooManyPendingRequests { max: 5 }) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (5, 7));
+    let pending = subject
+        .store
+        .pending_page(popular, Direction::Incoming, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 5);
+    let late = *senders.iter().find(|s| !admitted.contains(s)).unwrap();
+    assert_eq!(
+        subject.status(late, popular).await,
+        None,
+        "a refusal writes nothing"
+    );
+
+    // The popular one asks someone who is waiting on them: that accepts, it is no request.
+    subject
+        .apply(popular, admitted[0], PairAction::SendRequest)
+        .await
+        .unwrap();
+    // A rejection makes room for the one who was refused.
+    subject
+        .apply(popular, admitted[1], PairAction::RejectRequest)
+        .await
+        .unwrap();
+    subject
+        .apply(popular, admitted[2], PairAction::RejectRequest)
+        .await
+        .unwrap();
+    assert_eq!(
+        subject
+            .apply(late, popular, PairAction::SendRequest)
+            .await
+            .unwrap(),
+        Outcome::Requested
+    );
+}
+
+/// Whoever was turned down waits out the cooldown before asking the same person again;
+/// the one who said no may ask at once.
+async fn a_rejected_sender_waits_out_the_cooldown(subject: Subject) {
+    use PairAction::*;
+    let (a, b, _) = ids();
+    subject.apply(a, b, SendRequest).await.unwrap();
+    subject.apply(b, a, RejectRequest).await.unwrap();
+    let rejected_at = subject.store.pair(a, b).await.unwrap().unwrap().updated_at;
+    match subject.apply(a, b, SendRequest).await {
+        Err(FriendsError::RequestCooldown { until, retry_after }) => {
+            assert_eq!(until, rejected_at + chrono::Duration::hours(1));
+            assert!(retry_after <= RULES.rejection_cooldown, "{retry_after:?}");
+            assert!(retry_after > Duration::from_secs(3500), "{retry_after:?}");
+        }
+        other => panic!("expected a cooldown, got {other:?}"),
+    }
+    assert_eq!(
+        subject.status(a, b).await,
+        Some((a, FriendshipStatus::Rejected))
+    );
+    assert_eq!(
+        subject.apply(b, a, SendRequest).await.unwrap(),
+        Outcome::Requested
+    );
 }
 
 /// Many pairs asking each other at the same moment each end as one friendship; many
@@ -294,7 +525,7 @@ async fn concurrent_requests_end_consistently(subject: Subject) {
         );
         let row = store.pair(*a, *b).await.unwrap().unwrap();
         assert_eq!(row.status, FriendshipStatus::Accepted);
-        assert_eq!(store.relationships_of(*a).await.unwrap().len(), 1);
+        assert_eq!(store.friends_page(*a, None, 10).await.unwrap().len(), 1);
     }
 
     let (a, b, _) = ids();
@@ -337,6 +568,9 @@ macro_rules! contract {
 
 contract!(
     changes_write_rows_and_events,
-    relationships_are_symmetric,
+    lists_come_in_pages_in_order,
+    friends_among_names_only_friends,
+    pending_requests_are_capped_per_addressee,
+    a_rejected_sender_waits_out_the_cooldown,
     concurrent_requests_end_consistently,
 );

@@ -13,8 +13,9 @@ use messenger_friends::directory::{GrpcUserDirectory, InMemoryUserDirectory, Use
 use messenger_friends::error::FriendsError;
 use messenger_proto::v1::users_service_server::{UsersService, UsersServiceServer};
 use messenger_proto::v1::{
-    FriendshipStatus, GetUserProfileByNicknameRequest, GetUserProfileRequest, SearchUsersRequest,
-    SearchUsersResponse, UpdateUserProfileRequest, UserProfile,
+    FriendshipStatus, GetUserProfileByNicknameRequest, GetUserProfileRequest,
+    GetUserProfilesRequest, GetUserProfilesResponse, SearchUsersRequest, SearchUsersResponse,
+    UpdateUserProfileRequest, UserProfile,
 };
 use support::{Person, assert_code, friend};
 use tokio::net::TcpListener;
@@ -30,6 +31,10 @@ struct FakeUsers {
     delay: Duration,
     deadlines: Arc<Mutex<Vec<Option<Duration>>>>,
     callers: Arc<Mutex<Vec<Option<identity::Caller>>>>,
+    /// How many ids each `GetUserProfiles` call asked about.
+    batches: Arc<Mutex<Vec<usize>>>,
+    /// How many `GetUserProfile` calls there were.
+    single_lookups: Arc<Mutex<usize>>,
 }
 
 #[tonic::async_trait]
@@ -39,6 +44,7 @@ impl UsersService for FakeUsers {
         request: Request<GetUserProfileRequest>,
     ) -> Result<Response<UserProfile>, Status> {
         tokio::time::sleep(self.delay).await;
+        *self.single_lookups.lock().unwrap() += 1;
         let id = request.into_inner().user_id;
         let nickname = self
             .profiles
@@ -49,6 +55,31 @@ impl UsersService for FakeUsers {
             nickname: nickname.clone(),
             ..Default::default()
         }))
+    }
+
+    async fn get_user_profiles(
+        &self,
+        request: Request<GetUserProfilesRequest>,
+    ) -> Result<Response<GetUserProfilesResponse>, Status> {
+        tokio::time::sleep(self.delay).await;
+        self.batches
+            .lock()
+            .unwrap()
+            .push(request.get_ref().user_ids.len());
+        let profiles = request
+            .into_inner()
+            .user_ids
+            .into_iter()
+            .filter_map(|id| {
+                let nickname = self.profiles.get(&id)?.clone();
+                Some(UserProfile {
+                    user_id: id,
+                    nickname,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(Response::new(GetUserProfilesResponse { profiles }))
     }
 
     async fn get_user_profile_by_nickname(
@@ -98,39 +129,34 @@ async fn users_service(people: &[&Person], delay: Duration, shutdown: &Shutdown)
     recording_users_service(people, delay, shutdown).await.0
 }
 
-/// The deadlines and verified callers the fake's nickname lookups arrived with.
-type Recorded = (
-    Arc<Mutex<Vec<Option<Duration>>>>,
-    Arc<Mutex<Vec<Option<identity::Caller>>>>,
-);
-
-/// [`users_service`], also returning what its nickname lookups arrived with.
+/// [`users_service`], also returning the fake, whose records show what it was asked.
 async fn recording_users_service(
     people: &[&Person],
     delay: Duration,
     shutdown: &Shutdown,
-) -> (String, Recorded) {
-    let deadlines = Arc::new(Mutex::new(Vec::new()));
-    let callers = Arc::new(Mutex::new(Vec::new()));
+) -> (String, FakeUsers) {
     let profiles = people
         .iter()
         .map(|person| (person.id(), person.nickname.clone()))
         .collect();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let service = UsersServiceServer::new(FakeUsers {
+    let fake = FakeUsers {
         profiles: Arc::new(profiles),
         delay,
-        deadlines: Arc::clone(&deadlines),
-        callers: Arc::clone(&callers),
-    });
+        deadlines: Arc::default(),
+        callers: Arc::default(),
+        batches: Arc::default(),
+        single_lookups: Arc::default(),
+    };
+    let service = UsersServiceServer::new(fake.clone());
     let stop = shutdown.cancelled();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
     );
-    (url, (deadlines, callers))
+    (url, fake)
 }
 
 /// A socket that accepts connections (the kernel does) but never answers: a hung users
@@ -218,8 +244,9 @@ async fn grpc_directory_is_unavailable_when_users_is_slow_or_hung() {
 #[tokio::test]
 async fn service_resolves_nicknames_through_the_users_service() {
     let shutdown = Shutdown::new();
-    let (alice, bob) = (person("alice"), person("bob"));
-    let users_url = users_service(&[&alice, &bob], Duration::ZERO, &shutdown).await;
+    let (alice, bob, carol) = (person("alice"), person("bob"), person("carol"));
+    let (users_url, fake) =
+        recording_users_service(&[&alice, &bob, &carol], Duration::ZERO, &shutdown).await;
 
     let database = TestDatabase::create().await;
     let mut config = support::test_config(&database, testing::kafka_brokers());
@@ -255,22 +282,35 @@ async fn service_resolves_nicknames_through_the_users_service() {
     );
     assert_code(send(&alice, "nobody").await, Code::NotFound);
     assert_code(send(&alice, &alice.nickname).await, Code::InvalidArgument);
+    assert_eq!(
+        send(&carol, &bob.nickname).await.unwrap(),
+        FriendshipStatus::Requested
+    );
+    send(&bob, &carol.nickname).await.unwrap();
 
+    // A page of the list is resolved with one batch call, not one call per friend.
+    let lookups_before = *fake.single_lookups.lock().unwrap();
     let friends = client
         .clone()
         .get_friends_list(testing::as_user(
             bob.id(),
-            messenger_proto::v1::GetFriendsListRequest { user_id: bob.id() },
+            messenger_proto::v1::GetFriendsListRequest {
+                user_id: bob.id(),
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
         .into_inner()
         .friends;
-    let friends: Vec<_> = friends
+    let mut friends: Vec<_> = friends
         .into_iter()
         .map(|f| (f.user_id, f.nickname))
         .collect();
-    assert_eq!(friends, vec![friend(&alice)]);
+    friends.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(friends, vec![friend(&alice), friend(&carol)]);
+    assert_eq!(*fake.batches.lock().unwrap(), vec![2]);
+    assert_eq!(*fake.single_lookups.lock().unwrap(), lookups_before);
 
     shutdown.trigger();
     server.await.unwrap().expect("service stops cleanly");
@@ -280,8 +320,9 @@ async fn service_resolves_nicknames_through_the_users_service() {
 async fn the_callers_deadline_travels_on_to_the_users_service() {
     let shutdown = Shutdown::new();
     let (alice, bob) = (person("alice"), person("bob"));
-    let (users_url, (deadlines, callers)) =
+    let (users_url, fake) =
         recording_users_service(&[&alice, &bob], Duration::ZERO, &shutdown).await;
+    let (deadlines, callers) = (fake.deadlines, fake.callers);
     let database = TestDatabase::create().await;
     let mut config = support::test_config(&database, testing::kafka_brokers());
     config.users_url = users_url;

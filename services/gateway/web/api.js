@@ -107,6 +107,19 @@ export function randomId() {
 
 const enc = encodeURIComponent;
 
+/** Every entry of a paged list (`key` names it in each page), following `next_cursor`. */
+async function allPages(path, key) {
+  const entries = [];
+  let cursor = null;
+  do {
+    const separator = path.includes("?") ? "&" : "?";
+    const page = await call("GET", `${path}${separator}limit=100` + (cursor ? `&cursor=${enc(cursor)}` : ""));
+    entries.push(...page[key]);
+    cursor = page.next_cursor || null;
+  } while (cursor);
+  return entries;
+}
+
 export const api = {
   register: (email, password, nickname) =>
     call("POST", "/v1/auth/register", { email, password, nickname }),
@@ -120,13 +133,13 @@ export const api = {
   user: (id) => call("GET", `/v1/users/${enc(id)}`),
   search: (prefix, cursor) =>
     call("GET", `/v1/users?search=${enc(prefix)}&limit=20` + (cursor ? `&cursor=${enc(cursor)}` : "")),
-  friends: () => call("GET", "/v1/friends"),
+  friends: () => allPages("/v1/friends", "friends"),
   removeFriend: (nickname) => call("DELETE", `/v1/friends/${enc(nickname)}`),
-  requests: (direction) => call("GET", `/v1/friends/requests?direction=${direction}`),
+  requests: (direction) => allPages(`/v1/friends/requests?direction=${direction}`, "requests"),
   sendRequest: (nickname) => call("POST", "/v1/friends/requests", { nickname }),
   acceptRequest: (nickname) => call("POST", `/v1/friends/requests/${enc(nickname)}/accept`),
   rejectRequest: (nickname) => call("POST", `/v1/friends/requests/${enc(nickname)}/reject`),
-  chats: () => call("GET", "/v1/chats"),
+  chats: (cursor) => call("GET", "/v1/chats?limit=50" + (cursor ? `&cursor=${enc(cursor)}` : "")),
   chat: (id) => call("GET", `/v1/chats/${enc(id)}`),
   createChat: (participantIds) => call("POST", "/v1/chats", { participant_ids: participantIds }),
   history: (chatId, before) =>

@@ -39,6 +39,7 @@ const state = {
   incoming: [],
   outgoing: [],
   chats: new Map(), // chat_id -> chat (with last_message)
+  chatsCursor: null, // next_cursor of the last page of chats loaded
   unread: new Set(), // chat ids with messages not yet seen
   open: null, // the open chat: { id, nextBefore, shown: Set(message_id), pending: Map(client id -> li) }
   search: { prefix: "", cursor: null },
@@ -216,6 +217,7 @@ function resetState() {
   state.incoming = [];
   state.outgoing = [];
   state.chats.clear();
+  showMoreChats(null);
   state.unread.clear();
   state.open = null;
   state.search = { prefix: "", cursor: null };
@@ -419,7 +421,7 @@ function avatar(url, nickname) {
 }
 
 async function loadFriends() {
-  const { friends } = await api.friends();
+  const friends = await api.friends();
   state.friends = friends;
   for (const friend of friends) {
     const known = state.users.get(friend.user_id);
@@ -473,8 +475,8 @@ function chatButton(userId, nickname) {
 
 async function loadRequests() {
   const [incoming, outgoing] = await Promise.all([api.requests("incoming"), api.requests("outgoing")]);
-  state.incoming = incoming.requests;
-  state.outgoing = outgoing.requests;
+  state.incoming = incoming;
+  state.outgoing = outgoing;
   renderRequests();
 }
 
@@ -539,10 +541,29 @@ function renderCounts() {
 // ---------------------------------------------------------------------------------
 // Chats
 
+// The most recently active page of chats; older pages on "More chats".
 async function loadChats() {
-  const { chats } = await api.chats();
-  state.chats = new Map(chats.map((chat) => [chat.chat_id, chat]));
+  const page = await api.chats();
+  state.chats = new Map(page.chats.map((chat) => [chat.chat_id, chat]));
+  showMoreChats(page.next_cursor);
   renderChats();
+}
+
+$("chats-more").addEventListener("click", () =>
+  busy($("chats-more"), async () => {
+    const page = await api.chats(state.chatsCursor);
+    for (const chat of page.chats) {
+      // A chat already shown may be newer than this page says.
+      if (!state.chats.has(chat.chat_id)) state.chats.set(chat.chat_id, chat);
+    }
+    showMoreChats(page.next_cursor);
+    renderChats();
+  }),
+);
+
+function showMoreChats(cursor) {
+  state.chatsCursor = cursor || null;
+  $("chats-more").hidden = !state.chatsCursor;
 }
 
 function chatName(chat) {

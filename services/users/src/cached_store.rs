@@ -276,6 +276,15 @@ impl CachedProfileStore {
         Ok(profile)
     }
 
+    /// The profiles of `user_ids` that exist, straight from the store: one indexed query
+    /// for the whole batch costs less than a cache round trip per id.
+    pub async fn get_many(&self, user_ids: &[Uuid]) -> Result<Vec<Profile>, UsersError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.get_many(user_ids).await
+    }
+
     pub async fn get_by_nickname(&self, nickname: &Nickname) -> Result<Profile, UsersError> {
         let cached_user_id = self
             .cache_op(

@@ -12,6 +12,8 @@ pub const BIO_MAX_CHARS: usize = 500;
 pub const AVATAR_URL_MAX_CHARS: usize = 2048;
 pub const SEARCH_DEFAULT_PAGE_SIZE: u32 = 20;
 pub const SEARCH_MAX_PAGE_SIZE: u32 = 100;
+/// Most ids one `GetUserProfiles` call may ask about.
+pub const MAX_PROFILES_PER_CALL: usize = 100;
 /// Hex digits of the user id appended on the first collision; grows by one per further collision.
 pub const COLLISION_SUFFIX_MIN_HEX: usize = 6;
 /// Upper bound for the suffix so at least three characters of the requested nickname survive.
@@ -38,6 +40,33 @@ use messenger_common::ids::{excerpt, is_nickname_char};
 pub fn parse_user_id(raw: &str) -> Result<Uuid, UsersError> {
     Uuid::parse_str(raw.trim())
         .map_err(|_| UsersError::invalid("user_id", format!("{} is not a UUID", excerpt(raw))))
+}
+
+/// The ids of a `GetUserProfiles` request: at most [`MAX_PROFILES_PER_CALL`], each a UUID,
+/// duplicates dropped (first occurrence kept).
+pub fn parse_user_ids(raw: &[String]) -> Result<Vec<Uuid>, UsersError> {
+    if raw.len() > MAX_PROFILES_PER_CALL {
+        return Err(UsersError::invalid(
+            "user_ids",
+            format!(
+                "at most {MAX_PROFILES_PER_CALL} per call, got {}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut ids = Vec::with_capacity(raw.len());
+    for (i, value) in raw.iter().enumerate() {
+        let id = Uuid::parse_str(value.trim()).map_err(|_| {
+            UsersError::invalid(
+                "user_ids",
+                format!("[{i}] {} is not a UUID", excerpt(value)),
+            )
+        })?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// The nicknames a registration tries, in order: the requested one, then the requested one
@@ -333,6 +362,23 @@ mod tests {
             UsersError::InvalidArgument { field, .. } => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn batch_ids_are_uuids_at_most_a_hundred_without_duplicates() {
+        let a = Uuid::now_v7();
+        let b = Uuid::now_v7();
+        let raw = vec![a.to_string(), b.to_string(), a.to_string()];
+        assert_eq!(parse_user_ids(&raw).unwrap(), vec![a, b]);
+        assert_eq!(parse_user_ids(&[]).unwrap(), Vec::<Uuid>::new());
+        let hundred: Vec<String> = (0..100).map(|_| Uuid::now_v7().to_string()).collect();
+        assert_eq!(parse_user_ids(&hundred).unwrap().len(), 100);
+        let too_many: Vec<String> = (0..101).map(|_| Uuid::now_v7().to_string()).collect();
+        assert_eq!(field_of(parse_user_ids(&too_many).unwrap_err()), "user_ids");
+        let bad = vec![a.to_string(), "x".repeat(10_000)];
+        let error = parse_user_ids(&bad).unwrap_err();
+        assert!(error.to_string().len() < 300, "{error}");
+        assert_eq!(field_of(error), "user_ids");
     }
 
     #[test]

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use messenger_proto::v1::users_service_server::UsersService;
 use messenger_proto::v1::{
-    GetUserProfileByNicknameRequest, GetUserProfileRequest, SearchUsersRequest,
-    SearchUsersResponse, UpdateUserProfileRequest, UserProfile,
+    GetUserProfileByNicknameRequest, GetUserProfileRequest, GetUserProfilesRequest,
+    GetUserProfilesResponse, SearchUsersRequest, SearchUsersResponse, UpdateUserProfileRequest,
+    UserProfile,
 };
 use tonic::{Request, Response, Status};
 
 use crate::cached_store::CachedProfileStore;
-use crate::domain::{Nickname, Profile, ProfileUpdate, SearchQuery, parse_user_id};
+use crate::domain::{Nickname, Profile, ProfileUpdate, SearchQuery, parse_user_id, parse_user_ids};
 use crate::error::UsersError;
 
 pub struct UsersGrpcService {
@@ -54,6 +55,17 @@ impl UsersService for UsersGrpcService {
         let user_id = parse_user_id(&request.get_ref().user_id)?;
         let profile = self.profiles.get(user_id).await?;
         Ok(Response::new(profile.into()))
+    }
+
+    async fn get_user_profiles(
+        &self,
+        request: Request<GetUserProfilesRequest>,
+    ) -> Result<Response<GetUserProfilesResponse>, Status> {
+        let user_ids = parse_user_ids(&request.get_ref().user_ids)?;
+        let profiles = self.profiles.get_many(&user_ids).await?;
+        Ok(Response::new(GetUserProfilesResponse {
+            profiles: profiles.into_iter().map(UserProfile::from).collect(),
+        }))
     }
 
     async fn get_user_profile_by_nickname(

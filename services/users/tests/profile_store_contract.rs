@@ -289,6 +289,19 @@ async fn search_walks_a_prefix_in_nickname_order(store: Arc<dyn ProfileStore>) {
     assert!(store.search(&none, 10).await.unwrap().is_empty());
 }
 
+async fn get_many_returns_the_profiles_that_exist(store: Arc<dyn ProfileStore>) {
+    let ann = register(store.as_ref(), "ann").await;
+    let ben = register(store.as_ref(), "ben").await;
+    register(store.as_ref(), "cid").await;
+    let mut found = store
+        .get_many(&[ben.user_id, Uuid::now_v7(), ann.user_id])
+        .await
+        .unwrap();
+    found.sort_by(|a, b| a.nickname.cmp(&b.nickname));
+    assert_eq!(found, vec![ann, ben]);
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
         mod in_memory {
@@ -326,4 +339,5 @@ contract!(
     update_of_an_unknown_user_is_not_found,
     racing_renames_to_one_nickname_have_one_winner,
     search_walks_a_prefix_in_nickname_order,
+    get_many_returns_the_profiles_that_exist,
 );

@@ -17,7 +17,8 @@ use messenger_proto::topics::AUTH_EVENTS;
 use messenger_proto::v1::users_service_client::UsersServiceClient;
 use messenger_proto::v1::{
     Event, FriendRequestSent, GetUserProfileByNicknameRequest, GetUserProfileRequest,
-    SearchUsersRequest, UpdateUserProfileRequest, UserProfile, UserRegistered,
+    GetUserProfilesRequest, SearchUsersRequest, UpdateUserProfileRequest, UserProfile,
+    UserRegistered,
 };
 use messenger_users::{Config, Listeners, StorageConfig, UsersError};
 use rdkafka::producer::Producer as _;
@@ -480,6 +481,48 @@ async fn lookups_validate_ids_and_find_nicknames_case_insensitively() {
         service.get_by_nickname("a b").await.unwrap_err().code(),
         Code::InvalidArgument
     );
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn profiles_are_looked_up_a_hundred_at_a_time() {
+    let service = TestService::start().await;
+    let tag = tag();
+    let fay = service.register(&format!("{tag}-fay")).await;
+    let gus = service.register(&format!("{tag}-gus")).await;
+    let batch = |ids: Vec<String>| async {
+        service
+            .client()
+            .get_user_profiles(testing::as_service(
+                "friends",
+                GetUserProfilesRequest { user_ids: ids },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let mut found = batch(vec![
+        gus.user_id.clone(),
+        Uuid::now_v7().to_string(),
+        fay.user_id.clone(),
+        gus.user_id.clone(),
+    ])
+    .await
+    .unwrap()
+    .profiles;
+    found.sort_by(|a, b| a.nickname.cmp(&b.nickname));
+    assert_eq!(found, vec![fay, gus]);
+    for bad in [
+        vec!["not-a-uuid".to_owned()],
+        (0..101).map(|_| Uuid::now_v7().to_string()).collect(),
+    ] {
+        let status = batch(bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("user_ids"),
+            "{}",
+            status.message()
+        );
+    }
     service.stop().await;
 }
 

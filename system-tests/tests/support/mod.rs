@@ -216,6 +216,7 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
                 user,
                 GetFriendsListRequest {
                     user_id: user.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -296,6 +297,7 @@ pub async fn two_people_register_befriend_and_chat(clients: &mut Clients) -> Vec
             &bob,
             GetUserChatsRequest {
                 user_id: bob.clone(),
+                ..Default::default()
             },
         ))
         .await

@@ -75,12 +75,18 @@ impl ChatStore for InMemoryChatStore {
         Ok(self.lock()?.chats.get(&id).cloned())
     }
 
-    async fn user_chats(&self, user: UserId, limit: usize) -> Result<Vec<Chat>, ChatError> {
+    async fn user_chats(
+        &self,
+        user: UserId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, ChatError> {
         let state = self.lock()?;
         let mut chats: Vec<Chat> = state
             .chats
             .values()
             .filter(|chat| chat.is_participant(user))
+            .filter(|chat| before.is_none_or(|before| chat.activity_key().as_str() < before))
             .cloned()
             .collect();
         chats.sort_by_cached_key(|chat| std::cmp::Reverse(chat.activity_key()));

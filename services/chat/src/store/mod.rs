@@ -45,8 +45,14 @@ pub trait ChatStore: Send + Sync + 'static {
     /// The chat with its summary (last activity, last message), if it exists.
     async fn chat(&self, id: ChatId) -> Result<Option<Chat>, ChatError>;
 
-    /// The user's chats, most recently active first, at most `limit`.
-    async fn user_chats(&self, user: UserId, limit: usize) -> Result<Vec<Chat>, ChatError>;
+    /// The user's chats, most recently active first, at most `limit`; with `before` (an
+    /// activity key, see `Chat::activity_key`), only those whose activity key is smaller.
+    async fn user_chats(
+        &self,
+        user: UserId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, ChatError>;
 
     /// Appends a message to an existing chat (the caller checked that the chat exists
     /// and the author takes part) with its `MessageSent` event, and moves the chat's

@@ -343,10 +343,19 @@ impl ChatStore for MongoChatStore {
             .transpose()
     }
 
-    async fn user_chats(&self, user: UserId, limit: usize) -> Result<Vec<Chat>, ChatError> {
+    async fn user_chats(
+        &self,
+        user: UserId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, ChatError> {
+        let mut filter = doc! { "participant_ids": user.to_string() };
+        if let Some(before) = before {
+            filter.insert("activity_key", doc! { "$lt": before });
+        }
         let documents: Vec<ChatDoc> = self
             .chats
-            .find(doc! { "participant_ids": user.to_string() })
+            .find(filter)
             .sort(doc! { "activity_key": -1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await?

@@ -91,8 +91,14 @@ impl TestService {
 
     /// Starts the service publishing to `kafka_brokers`.
     pub async fn start_with_brokers(kafka_brokers: String) -> Self {
+        Self::start_with(kafka_brokers, |_| {}).await
+    }
+
+    /// Starts the service publishing to `kafka_brokers`, its config changed by `customise`.
+    pub async fn start_with(kafka_brokers: String, customise: impl FnOnce(&mut Config)) -> Self {
         let database = TestDatabase::create().await;
-        let config = test_config(&database, kafka_brokers);
+        let mut config = test_config(&database, kafka_brokers);
+        customise(&mut config);
         let directory = Arc::new(InMemoryUserDirectory::new());
         let (listeners, grpc_addr, admin_addr) = bind().await;
         let shutdown = Shutdown::new();
@@ -188,7 +194,10 @@ impl TestService {
             .clone()
             .get_friends_list(testing::as_user(
                 of.id(),
-                GetFriendsListRequest { user_id: of.id() },
+                GetFriendsListRequest {
+                    user_id: of.id(),
+                    ..Default::default()
+                },
             ))
             .await
             .expect("GetFriendsList")
@@ -199,6 +208,50 @@ impl TestService {
             .collect();
         friends.sort_by(|a, b| a.1.cmp(&b.1));
         friends
+    }
+
+    /// One page of `of`'s friends.
+    pub async fn friends_page(
+        &self,
+        of: &Person,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<GetFriendsListResponse, tonic::Status> {
+        self.client
+            .clone()
+            .get_friends_list(testing::as_user(
+                of.id(),
+                GetFriendsListRequest {
+                    user_id: of.id(),
+                    limit,
+                    cursor: cursor.to_owned(),
+                },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// One page of `of`'s pending requests in `direction`.
+    pub async fn requests_page(
+        &self,
+        of: &Person,
+        direction: RequestDirection,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<ListFriendRequestsResponse, tonic::Status> {
+        self.client
+            .clone()
+            .list_friend_requests(testing::as_user(
+                of.id(),
+                ListFriendRequestsRequest {
+                    user_id: of.id(),
+                    direction: direction.into(),
+                    limit,
+                    cursor: cursor.to_owned(),
+                },
+            ))
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// `(from nickname, to nickname)` of each pending request in `direction`.
@@ -215,6 +268,7 @@ impl TestService {
                 ListFriendRequestsRequest {
                     user_id: of.id(),
                     direction: direction.into(),
+                    ..Default::default()
                 },
             ))
             .await

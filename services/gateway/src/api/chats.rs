@@ -8,7 +8,8 @@ use messenger_proto::v1 as proto;
 use crate::api::AppState;
 use crate::api::extract::{ApiJson, ApiQuery, Authenticated, page_limit, parse_uuid};
 use crate::api::types::{
-    ChatList, ChatView, CreateChatBody, HistoryPage, HistoryQuery, MessageView, SendMessageBody,
+    ChatList, ChatView, CreateChatBody, HistoryPage, HistoryQuery, MessageView, PageQuery,
+    SendMessageBody,
 };
 use crate::error::{ApiError, Problem};
 
@@ -44,30 +45,40 @@ pub async fn create_chat(
     Ok((StatusCode::CREATED, Json(chat.into_inner().into())))
 }
 
-/// Your chats, most recently active first, each with its last message.
+/// Your chats, most recently active first, each with its last message, a page at a time.
 #[utoipa::path(
     get, path = "/v1/chats", tag = "chats",
     security(("bearer" = [])),
-    responses((status = 200, body = ChatList), (status = 401, body = Problem))
+    params(PageQuery),
+    responses(
+        (status = 200, body = ChatList),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+    )
 )]
 pub async fn list_chats(
     State(state): State<AppState>,
     user: Authenticated,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<ChatList>, ApiError> {
     let request = state.peers.as_user(
         user.user_id,
         proto::GetUserChatsRequest {
             user_id: user.user_id.to_string(),
+            limit: page_limit(query.limit)?,
+            cursor: query.cursor.unwrap_or_default(),
         },
     );
-    let answer = state.peers.chat.clone().get_user_chats(request).await?;
+    let page = state
+        .peers
+        .chat
+        .clone()
+        .get_user_chats(request)
+        .await?
+        .into_inner();
     Ok(Json(ChatList {
-        chats: answer
-            .into_inner()
-            .chats
-            .into_iter()
-            .map(ChatView::from)
-            .collect(),
+        chats: page.chats.into_iter().map(ChatView::from).collect(),
+        next_cursor: Some(page.next_cursor).filter(|c| !c.is_empty()),
     }))
 }
 

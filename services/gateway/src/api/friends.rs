@@ -6,38 +6,47 @@ use axum::http::StatusCode;
 use messenger_proto::v1 as proto;
 
 use crate::api::AppState;
-use crate::api::extract::{ApiJson, ApiQuery, Authenticated};
+use crate::api::extract::{ApiJson, ApiQuery, Authenticated, page_limit};
 use crate::api::types::{
     Direction, DirectionQuery, FriendList, FriendRequestBody, FriendRequestList, FriendRequestSent,
-    FriendRequestView, FriendView, timestamp,
+    FriendRequestView, FriendView, PageQuery, timestamp,
 };
 use crate::error::{ApiError, Problem};
 
-/// Your friends.
+/// Your friends, oldest friendship first, a page at a time.
 #[utoipa::path(
     get, path = "/v1/friends", tag = "friends",
     security(("bearer" = [])),
-    responses((status = 200, body = FriendList), (status = 401, body = Problem))
+    params(PageQuery),
+    responses(
+        (status = 200, body = FriendList),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+    )
 )]
 pub async fn list_friends(
     State(state): State<AppState>,
     user: Authenticated,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<FriendList>, ApiError> {
     let request = state.peers.as_user(
         user.user_id,
         proto::GetFriendsListRequest {
             user_id: user.user_id.to_string(),
+            limit: page_limit(query.limit)?,
+            cursor: query.cursor.unwrap_or_default(),
         },
     );
-    let answer = state
+    let page = state
         .peers
         .friends
         .clone()
         .get_friends_list(request)
-        .await?;
+        .await?
+        .into_inner();
     Ok(Json(FriendList {
-        friends: answer
-            .into_inner()
+        next_cursor: Some(page.next_cursor).filter(|c| !c.is_empty()),
+        friends: page
             .friends
             .into_iter()
             .map(|f| FriendView {
@@ -77,7 +86,8 @@ pub async fn remove_friend(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Pending requests addressed to you (`incoming`) or sent by you (`outgoing`).
+/// Pending requests addressed to you (`incoming`) or sent by you (`outgoing`), newest
+/// first, a page at a time.
 #[utoipa::path(
     get, path = "/v1/friends/requests", tag = "friends",
     security(("bearer" = [])),
@@ -102,17 +112,20 @@ pub async fn list_requests(
         proto::ListFriendRequestsRequest {
             user_id: user.user_id.to_string(),
             direction: direction.into(),
+            limit: page_limit(query.limit)?,
+            cursor: query.cursor.unwrap_or_default(),
         },
     );
-    let answer = state
+    let page = state
         .peers
         .friends
         .clone()
         .list_friend_requests(request)
-        .await?;
+        .await?
+        .into_inner();
     Ok(Json(FriendRequestList {
-        requests: answer
-            .into_inner()
+        next_cursor: Some(page.next_cursor).filter(|c| !c.is_empty()),
+        requests: page
             .requests
             .into_iter()
             .map(|r| FriendRequestView {
@@ -137,7 +150,8 @@ pub async fn list_requests(
         (status = 400, description = "Bad nickname, or yourself", body = Problem),
         (status = 401, body = Problem),
         (status = 404, description = "Nobody has that nickname", body = Problem),
-        (status = 409, description = "Already pending or already friends", body = Problem),
+        (status = 409, description = "Already pending or already friends (`already_exists`), or they have too many requests waiting for an answer (`too_many_pending_requests`)", body = Problem),
+        (status = 429, description = "They declined your last request too recently; `Retry-After` says for how long (`rate_limited`)", body = Problem),
     )
 )]
 pub async fn send_request(
@@ -157,7 +171,8 @@ pub async fn send_request(
         .friends
         .clone()
         .send_friend_request(request)
-        .await?
+        .await
+        .map_err(send_request_error)?
         .into_inner();
     Ok(match answer.status() {
         proto::FriendshipStatus::Accepted => (
@@ -239,4 +254,50 @@ pub async fn reject_request(
         .reject_friend_request(request)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `FAILED_PRECONDITION` is the one refusal of `SendFriendRequest` a client can only wait
+/// out (the addressee's pending requests are at their cap): it gets its own code.
+fn send_request_error(status: tonic::Status) -> ApiError {
+    if status.code() == tonic::Code::FailedPrecondition {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_pending_requests",
+            status.message(),
+        );
+    }
+    status.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_limits_are_4xx_with_stable_codes() {
+        let full = send_request_error(tonic::Status::failed_precondition(
+            "this user already has 100 friend requests waiting for an answer",
+        ));
+        assert_eq!(
+            (full.status.as_u16(), full.code),
+            (409, "too_many_pending_requests")
+        );
+        assert!(
+            full.detail.contains("100 friend requests"),
+            "{}",
+            full.detail
+        );
+        let mut cooldown = tonic::Status::resource_exhausted("you can ask again after ...");
+        cooldown
+            .metadata_mut()
+            .insert("retry-after", "3600".parse().unwrap());
+        let cooldown = send_request_error(cooldown);
+        assert_eq!(
+            (cooldown.status.as_u16(), cooldown.code),
+            (429, "rate_limited")
+        );
+        assert_eq!(cooldown.retry_after, Some(3600));
+        let taken = send_request_error(tonic::Status::already_exists("already friends"));
+        assert_eq!((taken.status.as_u16(), taken.code), (409, "already_exists"));
+    }
 }

@@ -115,9 +115,23 @@ pub struct FriendView {
     pub since: Option<String>,
 }
 
+/// One page of a list: `limit` entries at most, from where `cursor` says.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1..100, default 50.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page; absent for the first page.
+    pub cursor: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FriendList {
+    /// Oldest friendship first.
     pub friends: Vec<FriendView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -146,6 +160,10 @@ pub enum Direction {
 pub struct DirectionQuery {
     /// `incoming` (default) or `outgoing`.
     pub direction: Option<Direction>,
+    /// 1..100, default 50.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page; absent for the first page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -159,7 +177,10 @@ pub struct FriendRequestView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FriendRequestList {
+    /// Newest first.
     pub requests: Vec<FriendRequestView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -226,7 +247,12 @@ impl From<proto::Chat> for ChatView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChatList {
+    /// Most recently active first.
     pub chats: Vec<ChatView>,
+    /// Pass as `cursor` for the next (less recently active) page; absent on the last
+    /// page. A chat that gets a message while you page moves above the cursor: it is not
+    /// listed twice, and the event stream tells you about it.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -93,6 +93,14 @@ impl ProfileStore for InMemoryProfileStore {
         Ok(self.lock().profiles.get(&user_id).cloned())
     }
 
+    async fn get_many(&self, user_ids: &[Uuid]) -> Result<Vec<Profile>, UsersError> {
+        let state = self.lock();
+        Ok(user_ids
+            .iter()
+            .filter_map(|id| state.profiles.get(id).cloned())
+            .collect())
+    }
+
     async fn get_by_nickname(&self, nickname: &str) -> Result<Option<Profile>, UsersError> {
         let state = self.lock();
         Ok(state

@@ -39,6 +39,9 @@ pub trait ProfileStore: Send + Sync + 'static {
 
     async fn get(&self, user_id: Uuid) -> Result<Option<Profile>, UsersError>;
 
+    /// The profiles of `user_ids` that exist, in no particular order.
+    async fn get_many(&self, user_ids: &[Uuid]) -> Result<Vec<Profile>, UsersError>;
+
     /// `nickname` is lower-case (a [`crate::domain::Nickname`]).
     async fn get_by_nickname(&self, nickname: &str) -> Result<Option<Profile>, UsersError>;
 

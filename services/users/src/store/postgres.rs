@@ -108,6 +108,17 @@ impl ProfileStore for PgProfileStore {
         .await?)
     }
 
+    async fn get_many(&self, user_ids: &[Uuid]) -> Result<Vec<Profile>, UsersError> {
+        Ok(sqlx::query_as!(
+            Profile,
+            "SELECT user_id, nickname, bio, avatar_url, version, created_at, updated_at \
+             FROM profiles WHERE user_id = ANY($1)",
+            user_ids
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn get_by_nickname(&self, nickname: &str) -> Result<Option<Profile>, UsersError> {
         Ok(sqlx::query_as!(
             Profile,
