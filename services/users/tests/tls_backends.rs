@@ -52,6 +52,9 @@ async fn users_serves_profiles_over_tls_grpc_from_tls_postgres_redis_and_sasl_ka
         ("REDIS_URL", redis.url("rediss", "localhost")),
         ("REDIS_TLS_CA_FILE", ca_file.clone()),
         ("USERS_REDIS_PREFIX", redis_prefix.clone()),
+        // The first cache call also makes the TLS connection: on a busy machine that can
+        // take longer than the 250 ms default, and a timed-out cache call pauses the cache.
+        ("USERS_CACHE_TIMEOUT", "5s".into()),
         ("KAFKA_BROKERS", broker.brokers()),
         ("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext".into()),
         ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
