@@ -12,13 +12,14 @@
 # or, equivalently, `--target component --build-arg COMPONENT=auth`. BuildKit builds the
 # `builder` stage once and reuses it for every target (`make build` and `make k8s-images`
 # do all of them). The runtime is debian-slim, non-root (uid 65532), with only the CA
-# bundle and the shared libraries the binaries link (glibc, libgcc, zlib; TLS is rustls);
+# bundle and the shared libraries the binaries link (glibc, libgcc, zlib, and OpenSSL's libssl3
+# for librdkafka's TLS and SASL SCRAM; every other TLS client and server is rustls);
 # each image's HEALTHCHECK asks the component's /readyz.
 #
 # Build arguments:
 #   RUST_IMAGE     the builder's image (default rust:1.95.0-bookworm)
 #   RUNTIME_IMAGE  the runtime's base (default debian:bookworm-slim); a base that already
-#                  has ca-certificates and zlib1g needs no network
+#                  has ca-certificates, libssl3 and zlib1g needs no network
 #   BINARIES       `builder` (default): compile the workspace in the `builder` stage;
 #                  `prebuilt`: take messenger-* from prebuilt/ in the build context instead
 #                  (scripts/images.sh builds the test images so, from `make test`'s binaries)
@@ -29,8 +30,8 @@ ARG BINARIES=builder
 
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
-# librdkafka (bundled, built by rdkafka-sys) needs a C/C++ toolchain, make and zlib headers,
-# all in the rust image already; protoc is vendored by the proto crate.
+# librdkafka (bundled, built by rdkafka-sys) needs a C/C++ toolchain, make, zlib and OpenSSL
+# headers (libssl-dev), all in the rust image already; protoc is vendored by the proto crate.
 COPY . .
 # Release build of every binary in the workspace; the cache mounts keep the registry and the
 # target dir between builds. Binaries are copied out because a cache mount is not part of the
@@ -54,7 +55,7 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # Installs only what the base lacks. messenger-healthcheck PORT: GET /readyz on the admin
 # port (ADMIN_ADDR's, else PORT) with bash's /dev/tcp, as the image has no HTTP client.
 RUN missing=""; \
-    for package in ca-certificates zlib1g; do \
+    for package in ca-certificates libssl3 zlib1g; do \
       dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing="$missing $package"; \
     done; \
     if [ -n "$missing" ]; then \

@@ -35,11 +35,11 @@ BIN_DIR=${MESSENGER_IMAGES_BIN_DIR:-$CARGO_TARGET_DIR/debug}
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${MESSENGER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Bumped whenever the base recipe changes; the cached tarball and image are keyed by it.
-BASE_REVISION=1
+BASE_REVISION=2
 BASE_IMAGE=localhost/messenger-base/debian:$DEBIAN_SUITE-slim-r$BASE_REVISION
 BASE_TARBALL=$IMAGES_CACHE/debian-$DEBIAN_SUITE-minbase-r$BASE_REVISION.tar
 # What the runtime stage needs, installed into the base so its build needs no network.
-BASE_PACKAGES=ca-certificates,zlib1g
+BASE_PACKAGES=ca-certificates,libssl3,zlib1g
 COMPONENTS=(auth users friends chat gateway operator)
 REGISTRY=${MESSENGER_TEST_REGISTRY:-localhost/messenger}
 # One tag per clone, so worktrees sharing this machine's podman storage do not overwrite

@@ -41,10 +41,12 @@ wait_port() { # port, seconds, what
   log "$3 did not start listening on 127.0.0.1:$1 within $2s"; return 1
 }
 
-# --- build prerequisites (C compiler and make for librdkafka; perl for its configure) ---
+# --- build prerequisites (C compiler and make for librdkafka; perl for its configure;
+# OpenSSL headers for its TLS and SASL SCRAM, rdkafka's `ssl` feature) ---
 missing=()
 for tool in cc make perl pkg-config; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then apt_install build-essential perl pkg-config; fi
+if ! pkg-config --exists openssl; then apt_install libssl-dev; fi
 
 # --- PostgreSQL ---
 if ! command -v pg_lsclusters >/dev/null; then apt_install postgresql; fi

@@ -5,6 +5,7 @@ use std::time::Duration;
 use messenger_common::config::{SecretUrl, env_nonzero_duration_from, env_or_from, process_env};
 use messenger_common::events::{EventsConfig, InMemoryEventBus};
 use messenger_common::identity::InternalKey;
+use messenger_common::kafka::KafkaConfig;
 use messenger_common::{ConfigError, ServiceConfig, ServiceDefaults};
 
 use crate::oauth::OAuthConfig;
@@ -91,11 +92,7 @@ impl Config {
                         DEFAULT_REDIS_PREFIX.into(),
                     )?,
                 },
-                EventsConfig::kafka(env_or_from(
-                    &lookup,
-                    "KAFKA_BROKERS",
-                    DEFAULT_KAFKA_BROKERS.to_owned(),
-                )?),
+                EventsConfig::Kafka(KafkaConfig::from_lookup(&lookup, DEFAULT_KAFKA_BROKERS)?),
             ),
             "memory" => (
                 StoreConfig::InMemory,
@@ -231,7 +228,7 @@ mod tests {
             }
         );
         assert!(
-            matches!(&config.events, EventsConfig::Kafka { brokers } if brokers == DEFAULT_KAFKA_BROKERS)
+            matches!(&config.events, EventsConfig::Kafka(kafka) if kafka.brokers == DEFAULT_KAFKA_BROKERS)
         );
         assert_eq!(config.token_ttl, Duration::from_secs(86_400));
         assert_eq!(config.login_limits, LoginLimits::default());

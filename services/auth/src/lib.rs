@@ -84,7 +84,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         } => {
             let pool = postgres::connect(database_url.expose()).await?;
             postgres::prepare_schema(&pool, &MIGRATOR, config.service.migrate_on_start).await?;
-            let redis = redis::connect(redis_url.expose()).await?;
+            let redis = redis::connect(redis::RedisConfig::new(
+                redis_url.clone(),
+                config.service.redis_ca_file.clone(),
+            ))
+            .await?;
             let relay = OutboxRelay::new(
                 pool.clone(),
                 publisher,
@@ -147,6 +151,7 @@ async fn serve(
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
         .max_concurrent_calls(config.service.max_concurrent_calls)
+        .tls(&config.service.grpc_tls)
         .internal_key(config.internal_key.clone())
         .add_service(AuthGrpc::new(service).into_server())
         .serve_with_listener(listeners.grpc, shutdown.clone())

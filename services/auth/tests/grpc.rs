@@ -190,9 +190,7 @@ impl TestAuth {
             .unwrap()
             .expect("the service ends cleanly");
         // Sessions live 24 h by default; don't leave them in the shared Redis.
-        let mut redis = messenger_common::redis::connect(&redis_url())
-            .await
-            .unwrap();
+        let mut redis = messenger_common::redis::connect(redis_url()).await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.redis_prefix))
             .query_async(&mut redis)

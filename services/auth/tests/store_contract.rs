@@ -345,7 +345,7 @@ async fn in_memory_session_store_meets_the_contract() {
 
 #[tokio::test]
 async fn redis_session_store_meets_the_contract() {
-    let redis = messenger_common::redis::connect(&redis_url())
+    let redis = messenger_common::redis::connect(redis_url())
         .await
         .expect("TEST_REDIS_URL reachable");
     session_store_contract(Arc::new(RedisSessionStore::new(redis, unique_prefix()))).await;
@@ -611,7 +611,7 @@ async fn in_memory_login_attempt_limiter_meets_the_contract() {
 
 #[tokio::test]
 async fn redis_login_attempt_limiter_meets_the_contract() {
-    let redis = messenger_common::redis::connect(&redis_url())
+    let redis = messenger_common::redis::connect(redis_url())
         .await
         .expect("TEST_REDIS_URL reachable");
     let clock = LimiterClock::manual(1_800_000_000_000);

@@ -15,6 +15,7 @@ use messenger_common::config::{
 pub use messenger_common::events::EventsConfig;
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
+use messenger_common::kafka::KafkaConfig;
 
 use crate::friendship::InMemoryFriendships;
 use crate::store::MongoStoreConfig;
@@ -199,9 +200,7 @@ impl Config {
             service,
             store,
             cache,
-            events: EventsConfig::Kafka {
-                brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.to_owned())?,
-            },
+            events: EventsConfig::Kafka(KafkaConfig::from_lookup(&lookup, DEFAULT_KAFKA_BROKERS)?),
             friends: FriendsConfig::Grpc {
                 url: env_or_from(&lookup, "FRIENDS_URL", DEFAULT_FRIENDS_URL.to_owned())?,
                 timeout: friends_timeout,
@@ -284,7 +283,7 @@ mod tests {
             (DEFAULT_REDIS_URL, DEFAULT_CACHE_TTL)
         );
         assert!(
-            matches!(config.events, EventsConfig::Kafka { ref brokers } if brokers == DEFAULT_KAFKA_BROKERS)
+            matches!(config.events, EventsConfig::Kafka(ref kafka) if kafka.brokers == DEFAULT_KAFKA_BROKERS)
         );
         assert!(
             matches!(config.friends, FriendsConfig::Grpc { ref url, .. } if url == DEFAULT_FRIENDS_URL)

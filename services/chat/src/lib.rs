@@ -21,7 +21,7 @@ pub mod users;
 use std::sync::Arc;
 
 use messenger_common::admin::{self, AdminState, ReadinessCheck};
-use messenger_common::grpc::{GrpcServer, connect_channel};
+use messenger_common::grpc::{GrpcServer, connect_channel_with_tls};
 use messenger_common::{Metrics, Shutdown};
 use messenger_proto::v1::chat_service_server::ChatServiceServer;
 
@@ -69,7 +69,10 @@ pub async fn run(
         // Connected on first use and left out of readiness: the cache is optional, so
         // chat starts, and stays in its Service, while Redis is down.
         Some(cache) => Some(HistoryCache::connect_lazily(
-            cache.redis_url.expose(),
+            messenger_common::redis::RedisConfig::new(
+                cache.redis_url.clone(),
+                config.service.redis_ca_file.clone(),
+            ),
             cache.key_prefix.clone(),
             cache.ttl,
         )?),
@@ -83,14 +86,14 @@ pub async fn run(
 
     let friendships: Arc<dyn FriendshipChecker> = match &config.friends {
         FriendsConfig::Grpc { url, timeout } => {
-            let channel = connect_channel(url, *timeout)?;
+            let channel = connect_channel_with_tls(url, *timeout, &config.service.grpc_tls)?;
             Arc::new(GrpcFriendshipChecker::new(channel, *timeout))
         }
         FriendsConfig::InMemory(friendships) => friendships.clone(),
     };
     let users: Arc<dyn UserDirectory> = match &config.users {
         UsersConfig::Grpc { url, timeout } => Arc::new(GrpcUserDirectory::new(
-            connect_channel(url, *timeout)?,
+            connect_channel_with_tls(url, *timeout, &config.service.grpc_tls)?,
             *timeout,
         )),
         UsersConfig::InMemory(users) => users.clone(),
@@ -117,6 +120,7 @@ pub async fn run(
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
         .max_concurrent_calls(config.service.max_concurrent_calls)
+        .tls(&config.service.grpc_tls)
         .internal_key(config.internal_key.clone())
         .add_service(ChatServiceServer::new(handler))
         .serve_with_listener(listeners.grpc, stop.clone())

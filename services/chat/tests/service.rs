@@ -1210,10 +1210,7 @@ async fn events_reach_real_kafka() {
         .unwrap_or_else(|error| {
             panic!("Kafka at TEST_KAFKA_BROKERS={brokers} is unreachable: {error}")
         });
-    let chat = start(EventsConfig::Kafka {
-        brokers: brokers.clone(),
-    })
-    .await;
+    let chat = start(EventsConfig::kafka(brokers.clone())).await;
     let (chat_id, a, _b) = chat.direct_chat().await;
     let sent = chat.send(&chat_id, &a, "to kafka", "").await.unwrap();
 
@@ -1242,10 +1239,7 @@ async fn events_reach_real_kafka() {
 async fn the_outbox_delivers_events_written_while_the_broker_was_down() {
     let mut broker = testing::TansuBroker::stopped(testing::free_port());
     let brokers = broker.brokers();
-    let chat = start(EventsConfig::Kafka {
-        brokers: brokers.clone(),
-    })
-    .await;
+    let chat = start(EventsConfig::kafka(brokers.clone())).await;
 
     // The broker is down: writes still succeed, their events wait in the outbox.
     let (chat_id, a, b) = chat.direct_chat().await;
@@ -1288,10 +1282,7 @@ async fn the_outbox_recovers_when_the_broker_restarts_mid_life() {
     messenger_common::kafka::ensure_topics(&brokers, &[CHAT_EVENTS])
         .await
         .expect("create the topic on the private broker");
-    let chat = start(EventsConfig::Kafka {
-        brokers: brokers.clone(),
-    })
-    .await;
+    let chat = start(EventsConfig::kafka(brokers.clone())).await;
     let (chat_id, a, b) = chat.direct_chat().await;
     let before = chat
         .send(&chat_id, &a, "before the outage", "")

@@ -39,8 +39,12 @@ async fn enqueue_backlog(database: &TestDatabase, topic: &str, count: usize) -> 
 }
 
 /// Time for one relay to publish the whole backlog.
-async fn drain(database: &TestDatabase, publisher: Arc<dyn EventPublisher>) -> Duration {
-    let relay = OutboxRelay::new(database.pool().clone(), publisher);
+async fn drain(
+    database: &TestDatabase,
+    topic: &str,
+    publisher: Arc<dyn EventPublisher>,
+) -> Duration {
+    let relay = OutboxRelay::new(database.pool().clone(), publisher, &[topic]);
     let started = Instant::now();
     while outbox::pending_count(database.pool()).await.expect("count") > 0 {
         relay.relay_pending().await.expect("relay");
@@ -83,7 +87,7 @@ fn main() {
         let database = TestDatabase::create_with_common_migrations().await;
         enqueue_backlog(&database, &topic, backlog).await;
         let publisher = KafkaPublisher::connect(&brokers).expect("Kafka producer");
-        let elapsed = drain(&database, Arc::new(publisher)).await;
+        let elapsed = drain(&database, &topic, Arc::new(publisher)).await;
         println!(
             "relay to Kafka (tansu, loopback): {:.0} events/s ({elapsed:?})",
             backlog as f64 / elapsed.as_secs_f64()

@@ -1,13 +1,14 @@
 //! Configuration from environment variables: typed getters that fail with a
 //! [`ConfigError`] naming the variable (and the bad value, with credentials masked), and
 //! [`ServiceConfig`], the settings every service shares (`GRPC_ADDR`, `ADMIN_ADDR`,
-//! `LOG_FORMAT`, `REQUEST_TIMEOUT`).
+//! `LOG_FORMAT`, `REQUEST_TIMEOUT`, and TLS: `GRPC_TLS_*`, `REDIS_TLS_CA_FILE`).
 //!
 //! Every getter has a pure twin taking a lookup function (`*_from`) so parsing is tested
 //! without touching the process environment.
 
 use std::fmt::Display;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -358,6 +359,12 @@ pub struct ServiceConfig {
     /// Job (`<binary> migrate`) runs them before the new version's pods start; the
     /// service then only checks that they were applied.
     pub migrate_on_start: bool,
+    /// TLS of the gRPC server and of calls to peers (`GRPC_TLS_CERT_FILE`,
+    /// `GRPC_TLS_KEY_FILE`, `GRPC_TLS_CA_FILE`; none by default).
+    pub grpc_tls: crate::grpc::GrpcTls,
+    /// The CA a `rediss://` server's certificate is checked against
+    /// (`REDIS_TLS_CA_FILE`; the system's roots when unset).
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl ServiceConfig {
@@ -396,7 +403,59 @@ impl ServiceConfig {
                 limit => limit,
             },
             migrate_on_start: env_flag_from(&lookup, "MIGRATE_ON_START", true)?,
+            grpc_tls: crate::grpc::GrpcTls::from_lookup(&lookup)?,
+            redis_ca_file: env_ca_file_from(&lookup, "REDIS_TLS_CA_FILE")?,
         })
+    }
+}
+
+/// A variable naming a file the service reads (a certificate, a key, a CA bundle), or
+/// `None` when unset. A file that cannot be read is refused now, naming the variable,
+/// rather than at the first connection.
+pub fn env_file_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(value) = raw(lookup, name) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(value.trim());
+    match std::fs::File::open(&path).and_then(|file| file.metadata()) {
+        Ok(meta) if meta.is_file() => Ok(Some(path)),
+        Ok(_) => Err(ConfigError::invalid(name, &value, "is not a file")),
+        Err(error) => Err(ConfigError::invalid(
+            name,
+            &value,
+            format!("cannot read the file: {error}"),
+        )),
+    }
+}
+
+/// A variable naming a PEM file of CA certificates ([`env_file_from`]); a file holding
+/// no certificate is refused now, naming the variable.
+pub fn env_ca_file_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let path = env_file_from(lookup, name)?;
+    if let Some(path) = &path {
+        pem_certificates(path)
+            .map_err(|reason| ConfigError::invalid(name, &path.display().to_string(), reason))?;
+    }
+    Ok(path)
+}
+
+/// The number of certificates in a PEM file; an error when it holds none or cannot be
+/// read.
+pub fn pem_certificates(path: &std::path::Path) -> Result<usize, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    match certificates.len() {
+        0 => Err("holds no PEM certificate".into()),
+        count => Ok(count),
     }
 }
 

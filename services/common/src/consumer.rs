@@ -16,6 +16,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::error::Error;
 use crate::events::{Event, EventHandler, HandlerError, InMemoryEventBus};
+use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -149,14 +150,14 @@ pub struct ConsumerOptions {
 /// Creates missing topics first. An event's offset is committed only once the handler
 /// returned `Ok` or `Reject`; on `Retry` the same event is retried with backoff.
 pub async fn run_kafka_consumer(
-    brokers: &str,
+    kafka: impl Into<KafkaConfig>,
     group_id: &str,
     topics: &[&str],
     handler: Arc<dyn EventHandler>,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
     run_kafka_consumer_with(
-        brokers,
+        kafka,
         group_id,
         topics,
         handler,
@@ -168,23 +169,24 @@ pub async fn run_kafka_consumer(
 
 /// [`run_kafka_consumer`] with [`ConsumerOptions`].
 pub async fn run_kafka_consumer_with(
-    brokers: &str,
+    kafka: impl Into<KafkaConfig>,
     group_id: &str,
     topics: &[&str],
     handler: Arc<dyn EventHandler>,
     shutdown: Shutdown,
     options: ConsumerOptions,
 ) -> Result<(), Error> {
+    let kafka = kafka.into();
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        ensured = crate::kafka::ensure_topics(brokers, topics) => {
+        ensured = crate::kafka::ensure_topics(&kafka, topics) => {
             if let Err(error) = ensured {
                 // The broker may be down right now; consuming retries by itself.
                 tracing::warn!(%error, ?topics, "could not ensure topics exist");
             }
         }
     }
-    let consumer = crate::kafka::consumer(brokers, group_id, topics)?;
+    let consumer = crate::kafka::consumer(&kafka, group_id, topics)?;
     tracing::info!(group_id, ?topics, "consumer started");
     // Next offset to commit per (topic, partition), flushed synchronously on shutdown.
     let mut handled: HashMap<(String, i32), i64> = HashMap::new();
@@ -199,7 +201,7 @@ pub async fn run_kafka_consumer_with(
                 tracing::warn!(%error, group_id, "receiving from Kafka failed");
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
                     // The broker came up without our topics: create them and carry on.
-                    let _ = crate::kafka::ensure_topics(brokers, topics).await;
+                    let _ = crate::kafka::ensure_topics(&kafka, topics).await;
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

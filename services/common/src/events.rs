@@ -15,6 +15,7 @@ pub use messenger_proto::v1::Event;
 pub use messenger_proto::v1::event::Payload;
 
 use crate::error::Error;
+use crate::kafka::KafkaConfig;
 
 /// Publishing an event failed; the caller (usually the outbox relay) retries later.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
-    brokers: Option<String>,
+    kafka: Option<KafkaConfig>,
     created_topics: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -67,16 +68,18 @@ impl KafkaPublisher {
     pub fn new(producer: FutureProducer) -> Self {
         Self {
             producer,
-            brokers: None,
+            kafka: None,
             created_topics: Arc::default(),
         }
     }
 
-    /// Creates a producer for `brokers` and publishes through it, creating missing topics.
-    pub fn connect(brokers: &str) -> Result<Self, Error> {
+    /// Creates a producer for `kafka` and publishes through it, creating missing topics.
+    pub fn connect(kafka: impl Into<KafkaConfig>) -> Result<Self, Error> {
+        let kafka = kafka.into();
         Ok(Self {
-            brokers: Some(brokers.to_owned()),
-            ..Self::new(crate::kafka::producer(brokers)?)
+            producer: crate::kafka::producer(&kafka)?,
+            kafka: Some(kafka),
+            created_topics: Arc::default(),
         })
     }
 
@@ -108,10 +111,10 @@ impl KafkaPublisher {
 #[async_trait::async_trait]
 impl EventPublisher for KafkaPublisher {
     async fn publish(&self, topic: &str, key: &str, event: &Event) -> Result<(), PublishError> {
-        if let Some(brokers) = &self.brokers
+        if let Some(kafka) = &self.kafka
             && !self.topic_known(topic)
         {
-            crate::kafka::ensure_topics(brokers, &[topic])
+            crate::kafka::ensure_topics(kafka, &[topic])
                 .await
                 .map_err(|error| PublishError::Topic(error.to_string()))?;
             self.set_topic_known(topic, true);
@@ -134,11 +137,8 @@ impl EventPublisher for KafkaPublisher {
 /// [`InMemoryEventBus`] shared by every service of one process (`messenger dev`, tests).
 #[derive(Clone)]
 pub enum EventsConfig {
-    /// Kafka bootstrap servers, comma-separated `host:port`.
-    Kafka {
-        /// `KAFKA_BROKERS`.
-        brokers: String,
-    },
+    /// Kafka: `KAFKA_BROKERS` and how to reach them (`crate::kafka::KafkaConfig`).
+    Kafka(KafkaConfig),
     /// The in-process bus.
     InMemory(InMemoryEventBus),
 }
@@ -146,18 +146,16 @@ pub enum EventsConfig {
 impl std::fmt::Debug for EventsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Kafka { brokers } => f.debug_struct("Kafka").field("brokers", brokers).finish(),
+            Self::Kafka(kafka) => f.debug_tuple("Kafka").field(kafka).finish(),
             Self::InMemory(_) => f.write_str("InMemory"),
         }
     }
 }
 
 impl EventsConfig {
-    /// Kafka at `brokers`.
-    pub fn kafka(brokers: impl Into<String>) -> Self {
-        Self::Kafka {
-            brokers: brokers.into(),
-        }
+    /// Kafka at `kafka` (or plain `host:port,...` brokers).
+    pub fn kafka(kafka: impl Into<KafkaConfig>) -> Self {
+        Self::Kafka(kafka.into())
     }
 
     /// A publisher, plus the readiness check it needs (Kafka: the broker answers). On
@@ -173,8 +171,8 @@ impl EventsConfig {
         Error,
     > {
         match self {
-            Self::Kafka { brokers } => {
-                let kafka = KafkaPublisher::connect(brokers)?;
+            Self::Kafka(config) => {
+                let kafka = KafkaPublisher::connect(config)?;
                 let readiness = crate::kafka::KafkaReadiness::new(kafka.producer().clone());
                 Ok((Arc::new(kafka), Some(readiness)))
             }

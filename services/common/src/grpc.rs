@@ -3,12 +3,14 @@
 //! reflection when asked for (`GRPC_REFLECTION=true`), the RPC metrics layer, a
 //! per-request deadline and the call context (the verified caller of
 //! `crate::identity`, request id and trace parent), draining in-flight RPCs on shutdown.
-//! [`connect_channel`] builds the channel for calls to peer services, and
+//! [`GrpcTls`] configures TLS for both ends (`GRPC_TLS_*`), [`connect_channel`] builds the
+//! channel for calls to peer services, and
 //! [`peer_request`] a request that carries the deadline, caller and request id of the
 //! call being served down the call chain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +19,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
 use tonic_health::ServingStatus;
 use tonic_health::server::{HealthReporter, HealthService};
 
-use crate::config::DEFAULT_REQUEST_TIMEOUT;
+use crate::config::{ConfigError, DEFAULT_REQUEST_TIMEOUT, env_ca_file_from, env_file_from};
 use crate::error::Error;
 use crate::identity::{self, Caller, IDENTITY_METADATA, InternalKey};
 use crate::metrics::Metrics;
@@ -74,6 +78,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     internal_key: Option<InternalKey>,
     reflection: bool,
+    tls: GrpcTls,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -83,6 +88,7 @@ impl std::fmt::Debug for GrpcServer {
             .field("request_timeout", &self.request_timeout)
             .field("internal_key", &self.internal_key)
             .field("reflection", &self.reflection)
+            .field("tls", &self.tls.serves_tls())
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +106,15 @@ impl GrpcServer {
             health: HealthReporter::new(),
             internal_key: None,
             reflection: false,
+            tls: GrpcTls::default(),
         }
+    }
+
+    /// Serves over TLS only when `tls` has a certificate and key
+    /// (`ServiceConfig::grpc_tls`); plain HTTP/2 otherwise.
+    pub fn tls(mut self, tls: &GrpcTls) -> Self {
+        self.tls = tls.clone();
+        self
     }
 
     /// The key every call's identity assertion must be signed with
@@ -190,6 +204,7 @@ impl GrpcServer {
             health,
             internal_key,
             reflection,
+            tls,
         } = self;
         let drain_timeout = drain_timeout.unwrap_or(request_timeout + Duration::from_secs(1));
 
@@ -217,7 +232,7 @@ impl GrpcServer {
         }
 
         set_status(&health, &service_names, ServingStatus::Serving).await;
-        tracing::info!(addr = ?listener.local_addr().ok(), services = ?service_names, "gRPC server listening");
+        tracing::info!(addr = ?listener.local_addr().ok(), services = ?service_names, tls = tls.serves_tls(), "gRPC server listening");
 
         let stop_accepting = {
             let health = health.clone();
@@ -231,7 +246,13 @@ impl GrpcServer {
             }
         };
 
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls_config) = tls.server_config()? {
+            builder = builder
+                .tls_config(tls_config)
+                .map_err(|e| Error::Other(format!("gRPC TLS: {e}")))?;
+        }
+        let server = builder
             .layer(metrics.grpc_layer())
             .layer(ShedLayer::new(max_concurrent_calls))
             .layer(DeadlineLayer::new(request_timeout))
@@ -284,13 +305,136 @@ async fn set_status(health: &HealthReporter, service_names: &[&str], status: Ser
     }
 }
 
-/// A channel to a peer service (`http://users:8004`). Connects lazily, so start-up does
-/// not depend on the peer being up; every connect and every call is bounded by `timeout`.
+/// A channel to a peer service (`http://users:8004`, or `https://users:8004` checked
+/// against the system's roots). Connects lazily, so start-up does not depend on the peer
+/// being up; every connect and every call is bounded by `timeout`.
 pub fn connect_channel(url: &str, timeout: Duration) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(url.to_owned())?
+    connect_channel_with_tls(url, timeout, &GrpcTls::default())
+}
+
+/// [`connect_channel`] with the service's TLS settings: an `https://` peer's certificate
+/// must be issued for the URL's host by `GRPC_TLS_CA_FILE` (the system's roots when
+/// unset). With a CA configured, an `http://` peer URL is refused: it would send the call
+/// unencrypted although the deployment asked for TLS.
+pub fn connect_channel_with_tls(
+    url: &str,
+    timeout: Duration,
+    tls: &GrpcTls,
+) -> Result<Channel, Error> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(timeout)
         .timeout(timeout);
+    match endpoint.uri().scheme_str() {
+        Some("https") => {
+            endpoint = endpoint
+                .tls_config(tls.client_config()?)
+                .map_err(|e| Error::Other(format!("TLS for {url}: {e}")))?;
+        }
+        _ if tls.ca_file.is_some() => {
+            return Err(ConfigError::invalid(
+                "GRPC_TLS_CA_FILE",
+                &tls.ca_file.as_deref().unwrap_or(Path::new("")).display().to_string(),
+                format!("is set, but the peer URL {url} is not https://: calls to it would not be encrypted"),
+            )
+            .into());
+        }
+        _ => {}
+    }
     Ok(endpoint.connect_lazy())
+}
+
+/// TLS between services. A server with a certificate and key (`GRPC_TLS_CERT_FILE`,
+/// `GRPC_TLS_KEY_FILE`, PEM) serves TLS only; a client checks an `https://` peer's
+/// certificate against `GRPC_TLS_CA_FILE` (PEM; the system's roots when unset) and the
+/// peer URL's host name. Files are checked when the configuration is read and loaded when
+/// serving or connecting. No client certificates: callers prove who they are with the
+/// signed identity assertion of `crate::identity`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpcTls {
+    /// The server's certificate chain and private key.
+    pub server_identity: Option<(PathBuf, PathBuf)>,
+    /// The CA that peers' certificates must chain to.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl GrpcTls {
+    /// Reads `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE` (both or neither) and
+    /// `GRPC_TLS_CA_FILE` through `lookup`; a certificate and key that do not make a TLS
+    /// server (unreadable, not PEM, key not matching) are refused now.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let cert = env_file_from(lookup, "GRPC_TLS_CERT_FILE")?;
+        let key = env_file_from(lookup, "GRPC_TLS_KEY_FILE")?;
+        let server_identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    name: "GRPC_TLS_KEY_FILE".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    name: "GRPC_TLS_CERT_FILE".into(),
+                });
+            }
+        };
+        let tls = Self {
+            server_identity,
+            ..Self::client_from_lookup(lookup)?
+        };
+        if let Some((cert, _)) = &tls.server_identity {
+            let config = tls.server_config().map_err(|e| {
+                ConfigError::invalid("GRPC_TLS_CERT_FILE", &cert.display().to_string(), e)
+            })?;
+            if let Some(config) = config {
+                Server::builder().tls_config(config).map_err(|e| {
+                    ConfigError::invalid(
+                        "GRPC_TLS_CERT_FILE",
+                        &cert.display().to_string(),
+                        format!("with GRPC_TLS_KEY_FILE it is no usable TLS identity: {e:?}"),
+                    )
+                })?;
+            }
+        }
+        Ok(tls)
+    }
+
+    /// Only the client side, `GRPC_TLS_CA_FILE` (the gateway serves no gRPC); a file
+    /// that holds no usable CA certificate is refused now.
+    pub fn client_from_lookup(
+        lookup: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            server_identity: None,
+            ca_file: env_ca_file_from(lookup, "GRPC_TLS_CA_FILE")?,
+        })
+    }
+
+    /// Whether the server serves TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.server_identity.is_some()
+    }
+
+    /// The server's TLS settings, `None` when it serves plain HTTP/2.
+    pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, Error> {
+        let Some((cert, key)) = &self.server_identity else {
+            return Ok(None);
+        };
+        let identity = Identity::from_pem(read_pem(cert)?, read_pem(key)?);
+        Ok(Some(ServerTlsConfig::new().identity(identity)))
+    }
+
+    /// The client's TLS settings for an `https://` peer.
+    pub fn client_config(&self) -> Result<ClientTlsConfig, Error> {
+        Ok(match &self.ca_file {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        })
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Other(format!("cannot read {}: {e}", path.display())))
 }
 
 tokio::task_local! {

@@ -13,6 +13,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::config::ConfigError;
 use crate::error::Error;
 
 /// This crate's own migrations (outbox, processed events).
@@ -43,7 +44,13 @@ pub async fn connect(url: &str) -> Result<PgPool, Error> {
 
 /// Connects a pool to `url`. When the database named in the URL does not exist, it is
 /// created through the `postgres` maintenance database, so a first run needs no setup.
+///
+/// TLS is libpq's: `?sslmode=require` encrypts, `verify-ca` also checks the server's
+/// certificate against `sslrootcert` (a PEM file; the webpki roots when unset), and
+/// `verify-full` checks the host name too. Settings that cannot work are refused before
+/// connecting ([`check_tls_settings`]).
 pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<PgPool, Error> {
+    check_tls_settings(url)?;
     let options = PgConnectOptions::from_str(url)?;
     let pool_options = || {
         PgPoolOptions::new()
@@ -59,6 +66,52 @@ pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<PgPool, E
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// The `sslmode` values libpq (and sqlx) know.
+const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// Refuses, naming `DATABASE_URL`, a URL whose TLS settings cannot work: an unknown
+/// `sslmode`, an `sslrootcert` that cannot be read, or a root certificate with
+/// `sslmode=disable` (asking to verify a server that is not asked for TLS).
+pub fn check_tls_settings(url: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::invalid("DATABASE_URL", url, reason);
+    let parsed = url::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    let param = |name: &str| {
+        parsed
+            .query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let mode = param("sslmode");
+    if let Some(mode) = &mode
+        && !SSL_MODES.contains(&mode.as_str())
+    {
+        return Err(invalid(format!(
+            "unknown sslmode {mode:?} (use {})",
+            SSL_MODES.join(", ")
+        )));
+    }
+    if let Some(root) = param("sslrootcert") {
+        if mode.as_deref() == Some("disable") {
+            return Err(invalid(
+                "sslrootcert is set but sslmode=disable turns TLS off".into(),
+            ));
+        }
+        if let Err(error) = std::fs::File::open(&root) {
+            return Err(invalid(format!(
+                "cannot read sslrootcert {root:?}: {error}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_missing_database(error: &sqlx::Error) -> bool {
@@ -169,6 +222,44 @@ fn tolerant(migrator: &Migrator) -> Migrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused_naming_database_url() {
+        let ca = std::env::temp_dir().join(format!("pg-ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&ca, "not checked here").unwrap();
+        let ca = ca.display();
+        let accepted = [
+            "postgres://app:pw@db/app".to_owned(),
+            "postgres://app:pw@db/app?sslmode=require".to_owned(),
+            format!("postgres://app:pw@db/app?sslmode=verify-full&sslrootcert={ca}"),
+            format!("postgres://app:pw@db/app?sslrootcert={ca}&sslmode=verify-ca"),
+        ];
+        for url in &accepted {
+            assert_eq!(check_tls_settings(url), Ok(()), "{url}");
+        }
+        let disabled = format!("postgres://app:pw@db/app?sslmode=disable&sslrootcert={ca}");
+        let refused = [
+            (
+                "postgres://app:pw@db/app?sslmode=required",
+                "unknown sslmode",
+            ),
+            (
+                "postgres://app:pw@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "cannot read sslrootcert",
+            ),
+            (disabled.as_str(), "sslmode=disable"),
+        ];
+        for (url, reason) in refused {
+            let error = check_tls_settings(url).expect_err(url);
+            assert_eq!(error.variable(), "DATABASE_URL");
+            let message = error.to_string();
+            assert!(message.contains(reason), "{message}");
+            assert!(
+                !message.contains(":pw@"),
+                "the password is masked: {message}"
+            );
+        }
+    }
 
     #[test]
     fn identifiers_are_quoted() {

@@ -2,7 +2,7 @@
 //! key prefixes and Kafka names, the shared test broker address, a private tansu broker
 //! that tests can stop and start (outage tests), [`wait_for_event`], and signed calls to
 //! services that verify callers ([`as_user`], [`as_service`], [`SignedAs`], all with
-//! [`test_key`]).
+//! [`test_key`]). [`tls`] has a test CA and private TLS-only servers.
 //!
 //! Components come from `TEST_DATABASE_URL`, `TEST_REDIS_URL` and `TEST_KAFKA_BROKERS`
 //! (local defaults). Helpers panic with a message naming the variable when a component is
@@ -21,6 +21,9 @@ use sqlx::migrate::Migrator;
 
 use crate::events::Event;
 use crate::identity::{self, Caller, InternalKey};
+use crate::kafka::KafkaConfig;
+
+pub mod tls;
 
 /// The secret of [`test_key`] as text (random, one per test process), for service
 /// processes started with `INTERNAL_AUTH_KEY` in their environment.
@@ -318,6 +321,8 @@ pub struct TansuBroker {
     port: u16,
     child: Option<Child>,
     data_dir: PathBuf,
+    advertised: Option<String>,
+    authentication: bool,
 }
 
 impl TansuBroker {
@@ -337,7 +342,40 @@ impl TansuBroker {
             port,
             child: None,
             data_dir,
+            advertised: None,
+            authentication: false,
         }
+    }
+
+    /// Advertises `url` (e.g. `tcp://localhost:<port>` of a [`tls::TlsProxy`] in front of
+    /// it) instead of its own address; takes effect at the next start.
+    pub fn advertise(&mut self, url: &str) {
+        self.advertised = Some(url.to_owned());
+    }
+
+    /// Whether clients must authenticate with SASL (`--authentication`); takes effect at
+    /// the next start. Users are made with [`TansuBroker::create_scram_user`] while it
+    /// runs without.
+    pub fn require_authentication(&mut self, on: bool) {
+        self.authentication = on;
+    }
+
+    /// Creates a SCRAM user (`mechanism` `scram256` or `scram512`) through the running
+    /// broker (`tansu user create`); kept in its storage across restarts.
+    pub fn create_scram_user(&self, name: &str, password: &str, mechanism: &str) {
+        let output = Command::new(tansu_binary())
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--mechanism", mechanism, name, password])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run tansu user create: {e}"));
+        assert!(
+            output.status.success(),
+            "tansu user create {name} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// `127.0.0.1:<port>`, for `bootstrap.servers`.
@@ -362,13 +400,19 @@ impl TansuBroker {
         }
         let binary = tansu_binary();
         let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(&binary)
+        let advertised = self.advertised.clone().unwrap_or_else(|| listener.clone());
+        let mut command = Command::new(&binary);
+        command
             .arg("broker")
             // Relative to the working directory: `<data_dir>/tansu.db`.
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.data_dir)
             .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
+            .args(["--advertised-listener-url", &advertised]);
+        if self.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -429,15 +473,16 @@ pub struct ReceivedEvent {
     pub event: Event,
 }
 
-fn reader(brokers: &str, topic: &str) -> StreamConsumer {
-    crate::kafka::consumer(brokers, &unique_name("test-reader"), &[topic])
-        .unwrap_or_else(|e| panic!("cannot create a Kafka consumer for {brokers}: {e}"))
+fn reader(kafka: impl Into<KafkaConfig>, topic: &str) -> StreamConsumer {
+    let kafka = kafka.into();
+    crate::kafka::consumer(&kafka, &unique_name("test-reader"), &[topic])
+        .unwrap_or_else(|e| panic!("cannot create a Kafka consumer for {}: {e}", kafka.brokers))
 }
 
 /// Reads `topic` from the beginning until an event matches `predicate` or `timeout`
 /// passes. Undecodable records are skipped.
 pub async fn wait_for_event(
-    brokers: &str,
+    brokers: impl Into<KafkaConfig>,
     topic: &str,
     predicate: impl Fn(&Event) -> bool,
     timeout: Duration,
@@ -465,7 +510,7 @@ pub async fn wait_for_event(
 /// Reads `count` events of `topic` from the beginning (all partitions, in arrival order),
 /// or as many as arrived within `timeout`.
 pub async fn read_events(
-    brokers: &str,
+    brokers: impl Into<KafkaConfig>,
     topic: &str,
     count: usize,
     timeout: Duration,

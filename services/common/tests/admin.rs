@@ -54,7 +54,7 @@ async fn healthz_answers_while_the_process_runs_even_if_dependencies_are_down() 
 #[tokio::test]
 async fn readyz_is_ok_when_postgres_and_redis_answer() {
     let database = TestDatabase::create().await;
-    let redis = messenger_common::redis::connect(&redis_url())
+    let redis = messenger_common::redis::connect(redis_url())
         .await
         .expect("TEST_REDIS_URL reachable");
     let state = AdminState {
@@ -69,7 +69,7 @@ async fn readyz_is_ok_when_postgres_and_redis_answer() {
 
 #[tokio::test]
 async fn readyz_is_503_naming_the_failed_check() {
-    let redis = messenger_common::redis::connect(&redis_url())
+    let redis = messenger_common::redis::connect(redis_url())
         .await
         .expect("TEST_REDIS_URL reachable");
     let state = AdminState {

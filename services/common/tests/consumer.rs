@@ -209,7 +209,7 @@ async fn a_rejected_or_undecodable_event_is_skipped_and_consumption_continues() 
     let good = registered("good");
     publish_all(&publisher, &topic, std::slice::from_ref(&poison)).await;
     // A record that is not an Event at all.
-    let raw = kafka::producer(&kafka_brokers()).unwrap();
+    let raw = kafka::producer(kafka_brokers()).unwrap();
     raw.send(
         rdkafka::producer::FutureRecord::to(&topic)
             .key("user")

@@ -73,7 +73,7 @@ async fn the_publisher_creates_a_missing_topic_on_first_publish() {
 
 #[tokio::test]
 async fn kafka_readiness_passes_on_a_live_broker_and_fails_on_a_dead_one() {
-    let live = KafkaReadiness::new(kafka::producer(&kafka_brokers()).unwrap());
+    let live = KafkaReadiness::new(kafka::producer(kafka_brokers()).unwrap());
     assert_eq!(live.name(), "kafka");
     assert_eq!(
         live.check().await,
@@ -82,7 +82,7 @@ async fn kafka_readiness_passes_on_a_live_broker_and_fails_on_a_dead_one() {
         kafka_brokers()
     );
 
-    let dead = KafkaReadiness::new(kafka::producer(&format!("127.0.0.1:{}", free_port())).unwrap());
+    let dead = KafkaReadiness::new(kafka::producer(format!("127.0.0.1:{}", free_port())).unwrap());
     let started = std::time::Instant::now();
     assert!(dead.check().await.is_err());
     assert!(started.elapsed() < Duration::from_secs(5));

@@ -6,7 +6,7 @@ use redis::AsyncCommands as _;
 
 #[tokio::test]
 async fn connect_gives_a_working_connection() {
-    let mut redis = messenger_common::redis::connect(&redis_url())
+    let mut redis = messenger_common::redis::connect(redis_url())
         .await
         .expect("TEST_REDIS_URL reachable");
     let key = format!("{}greeting", unique_prefix());
@@ -21,7 +21,7 @@ async fn connect_gives_a_working_connection() {
 async fn connecting_to_a_dead_redis_fails_quickly() {
     let started = std::time::Instant::now();
     let result =
-        messenger_common::redis::connect(&format!("redis://127.0.0.1:{}", free_port())).await;
+        messenger_common::redis::connect(format!("redis://127.0.0.1:{}", free_port())).await;
     assert!(result.is_err(), "nothing listens there");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

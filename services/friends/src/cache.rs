@@ -93,7 +93,7 @@ impl RedisRelationshipCache {
     /// A cache that connects to `url` on first use (and again on later calls until that
     /// succeeds). Fails only for a malformed URL.
     pub fn connect_lazily(
-        url: &str,
+        url: impl Into<messenger_common::redis::RedisConfig>,
         prefix: impl Into<String>,
         ttl: Duration,
     ) -> Result<Self, messenger_common::Error> {

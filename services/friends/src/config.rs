@@ -9,6 +9,7 @@ use messenger_common::config::{
 };
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
+use messenger_common::kafka::KafkaConfig;
 
 use crate::domain::RequestRules;
 
@@ -28,8 +29,9 @@ pub struct Config {
     pub database_url: SecretUrl,
     /// `REDIS_URL`.
     pub redis_url: SecretUrl,
-    /// `KAFKA_BROKERS`, comma-separated `host:port`.
-    pub kafka_brokers: String,
+    /// `KAFKA_BROKERS` (comma-separated `host:port`) and how to reach them
+    /// (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SSL_CA_LOCATION`, `KAFKA_SASL_*`).
+    pub kafka: KafkaConfig,
     /// `USERS_URL`: the users service, which resolves nicknames.
     pub users_url: String,
     /// `FRIENDS_USERS_TIMEOUT`: deadline of each call to the users service.
@@ -72,7 +74,7 @@ impl Config {
         let config = Config {
             database_url: env_or_from(&lookup, "DATABASE_URL", defaults.database_url)?,
             redis_url: env_or_from(&lookup, "REDIS_URL", defaults.redis_url)?,
-            kafka_brokers: env_or_from(&lookup, "KAFKA_BROKERS", defaults.kafka_brokers)?,
+            kafka: KafkaConfig::from_lookup(&lookup, DEFAULT_KAFKA_BROKERS)?,
             users_url: env_or_from(&lookup, "USERS_URL", defaults.users_url)?,
             users_timeout: env_duration_from(
                 &lookup,
@@ -135,14 +137,14 @@ impl Config {
         service: ServiceConfig,
         database_url: impl Into<SecretUrl>,
         redis_url: impl Into<SecretUrl>,
-        kafka_brokers: impl Into<String>,
+        kafka: impl Into<KafkaConfig>,
         internal_key: InternalKey,
     ) -> Self {
         Config {
             service,
             database_url: database_url.into(),
             redis_url: redis_url.into(),
-            kafka_brokers: kafka_brokers.into(),
+            kafka: kafka.into(),
             users_url: DEFAULT_USERS_URL.to_owned(),
             users_timeout: DEFAULT_USERS_TIMEOUT,
             cache_ttl: DEFAULT_CACHE_TTL,

@@ -54,7 +54,11 @@ pub use messenger_common::grpc::Listeners;
 /// at `USERS_URL`: on PostgreSQL, Redis and Kafka, or in memory when
 /// [`Config::in_memory`] is set. A failure stops this service only.
 pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
-    let channel = grpc::connect_channel(&config.users_url, config.users_timeout)?;
+    let channel = grpc::connect_channel_with_tls(
+        &config.users_url,
+        config.users_timeout,
+        &config.service.grpc_tls,
+    )?;
     let directory = Arc::new(GrpcUserDirectory::new(channel, config.users_timeout));
     run_with_directory(config, directory, listeners, shutdown).await
 }
@@ -99,17 +103,17 @@ pub async fn run_with_directory(
     postgres::prepare_schema(&pool, &MIGRATOR, config.service.migrate_on_start).await?;
     // Connected on first use: the cache is optional, so Redis need not be up at start-up.
     let cache = RedisRelationshipCache::connect_lazily(
-        config.redis_url.expose(),
+        messenger_common::redis::RedisConfig::new(
+            config.redis_url.clone(),
+            config.service.redis_ca_file.clone(),
+        ),
         config.redis_prefix.clone(),
         config.cache_ttl,
     )?;
     let metrics = Metrics::new();
 
-    let publisher = KafkaPublisher::connect(&config.kafka_brokers)?;
-    let topic_task = tokio::spawn(create_events_topic(
-        config.kafka_brokers.clone(),
-        shutdown.clone(),
-    ));
+    let publisher = KafkaPublisher::connect(&config.kafka)?;
+    let topic_task = tokio::spawn(create_events_topic(config.kafka.clone(), shutdown.clone()));
     let relay = OutboxRelay::new(pool.clone(), Arc::new(publisher), &[topics::FRIENDS_EVENTS])
         .with_max_backoff(config.outbox_max_backoff)
         .with_metrics(&metrics);
@@ -153,6 +157,7 @@ async fn serve(
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
         .max_concurrent_calls(config.service.max_concurrent_calls)
+        .tls(&config.service.grpc_tls)
         .internal_key(config.internal_key.clone())
         .add_service(FriendsServiceServer::new(service))
         .serve_with_listener(listeners.grpc, shutdown.clone());
@@ -175,12 +180,12 @@ async fn serve(
 
 /// Creates the events topic, retrying with backoff until it exists or shutdown (the relay
 /// keeps its events until then).
-async fn create_events_topic(brokers: String, shutdown: Shutdown) {
+async fn create_events_topic(kafka: kafka::KafkaConfig, shutdown: Shutdown) {
     let mut backoff = Backoff::new(Duration::from_millis(200), TOPIC_RETRY_MAX);
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
-            attempt = kafka::ensure_topics(&brokers, &[topics::FRIENDS_EVENTS]) => attempt,
+            attempt = kafka::ensure_topics(&kafka, &[topics::FRIENDS_EVENTS]) => attempt,
         };
         let delay = backoff.next_delay();
         match attempt {

@@ -15,7 +15,7 @@ async fn in_memory(ttl: Duration) -> Arc<dyn RelationshipCache> {
 }
 
 async fn redis(ttl: Duration) -> Arc<dyn RelationshipCache> {
-    let connection = messenger_common::redis::connect(&testing::redis_url())
+    let connection = messenger_common::redis::connect(testing::redis_url())
         .await
         .unwrap_or_else(|e| panic!("TEST_REDIS_URL ({}) unreachable: {e}", testing::redis_url()));
     Arc::new(RedisRelationshipCache::new(
@@ -154,7 +154,7 @@ contract!(
 /// written under them, so an expired generation can never make an old entry current.
 #[tokio::test]
 async fn redis_generation_keys_expire_after_the_entries_written_under_them() {
-    let connection = messenger_common::redis::connect(&testing::redis_url())
+    let connection = messenger_common::redis::connect(testing::redis_url())
         .await
         .unwrap_or_else(|e| panic!("TEST_REDIS_URL ({}) unreachable: {e}", testing::redis_url()));
     let prefix = testing::unique_prefix();

@@ -35,7 +35,7 @@ async fn wait_until_relayed(service: &TestService, within: Duration) {
             tokio::time::Instant::now() < deadline,
             "{pending} outbox events still unpublished after {within:?}: is the Kafka broker \
              ({}) up?",
-            service.config.kafka_brokers
+            service.config.kafka.brokers
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -11,7 +11,9 @@ use messenger_common::config::{
     env_required_from, process_env,
 };
 use messenger_common::events::InMemoryEventBus;
+use messenger_common::grpc::GrpcTls;
 use messenger_common::identity::InternalKey;
+use messenger_common::kafka::KafkaConfig;
 use messenger_common::{ConfigError, LogFormat};
 
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
@@ -113,6 +115,8 @@ pub struct Config {
     /// `grpc-timeout`.
     pub request_timeout: Duration,
     pub peers: PeersConfig,
+    /// The CA of `https://` peers (`GRPC_TLS_CA_FILE`).
+    pub grpc_tls: GrpcTls,
     /// Signs the identity assertions internal services believe (`INTERNAL_AUTH_KEY`).
     pub internal_key: InternalKey,
     /// Key of the event-stream tickets, derived from the internal key.
@@ -237,11 +241,10 @@ impl Config {
                 messenger_common::config::DEFAULT_REQUEST_TIMEOUT,
             )?,
             peers,
+            grpc_tls: GrpcTls::client_from_lookup(&lookup)?,
             ticket_key: crate::stream::TicketKey::derive(raw_key.as_bytes()),
             internal_key,
-            events: EventsConfig::Kafka {
-                brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.to_owned())?,
-            },
+            events: EventsConfig::Kafka(KafkaConfig::from_lookup(&lookup, DEFAULT_KAFKA_BROKERS)?),
             trusted_proxies,
             cors_origins,
             max_concurrent_requests: positive("GATEWAY_MAX_CONCURRENT_REQUESTS", 1024)?,
@@ -269,6 +272,7 @@ impl Config {
             log_format: LogFormat::Text,
             request_timeout: messenger_common::config::DEFAULT_REQUEST_TIMEOUT,
             peers,
+            grpc_tls: GrpcTls::default(),
             internal_key,
             ticket_key: crate::stream::TicketKey::derive(&raw),
             events: EventsConfig::InMemory(bus),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use messenger_common::admin::ReadinessCheck;
 use messenger_common::events::{Event, EventHandler, HandlerError, InMemoryEventBus};
+use messenger_common::kafka::KafkaConfig;
 use messenger_common::{Metrics, Shutdown};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -32,14 +33,14 @@ pub struct KafkaFeed {
 }
 
 impl KafkaFeed {
-    pub async fn connect(brokers: &str) -> Result<Self, messenger_common::Error> {
-        if let Err(error) = messenger_common::kafka::ensure_topics(brokers, TOPICS).await {
+    pub async fn connect(kafka: &KafkaConfig) -> Result<Self, messenger_common::Error> {
+        if let Err(error) = messenger_common::kafka::ensure_topics(kafka, TOPICS).await {
             // The broker may be down right now; the consumer reconnects by itself.
             tracing::warn!(%error, "could not ensure the event topics exist");
         }
         // A group per process: group ids are never reused, so no offsets are committed.
         let group = format!("gateway-{}", uuid::Uuid::new_v4());
-        let consumer: StreamConsumer = messenger_common::kafka::client_config(brokers)
+        let consumer: StreamConsumer = messenger_common::kafka::client_config(kafka)
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")

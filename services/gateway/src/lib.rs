@@ -101,8 +101,9 @@ pub async fn run(
 ) -> Result<(), messenger_common::Error> {
     let metrics = Metrics::new();
     let hub = StreamHub::new(config.stream.clone());
-    let peers = Peers::connect(
+    let peers = Peers::connect_with_tls(
         &config.peers,
+        &config.grpc_tls,
         config.internal_key.clone(),
         config.request_timeout,
     )
@@ -113,8 +114,8 @@ pub async fn run(
     let stop = shutdown.child();
 
     let feed_task = match &config.events {
-        EventsConfig::Kafka { brokers } => {
-            let feed = KafkaFeed::connect(brokers).await?;
+        EventsConfig::Kafka(kafka) => {
+            let feed = KafkaFeed::connect(kafka).await?;
             readiness.push(feed.readiness());
             tokio::spawn(feed.run(hub.clone(), metrics.clone(), stop.clone()))
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messenger_common::admin::ReadinessCheck;
-use messenger_common::grpc::connect_channel;
+use messenger_common::grpc::{GrpcTls, connect_channel_with_tls};
 use messenger_common::identity::{Caller, InternalKey, attach};
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
 use messenger_proto::v1::chat_service_client::ChatServiceClient;
@@ -42,8 +42,19 @@ impl Peers {
         key: InternalKey,
         timeout: Duration,
     ) -> Result<Self, ApiError> {
+        Self::connect_with_tls(config, &GrpcTls::default(), key, timeout)
+    }
+
+    /// [`Peers::connect`] with `https://` peers checked against `tls`'s CA.
+    pub fn connect_with_tls(
+        config: &PeersConfig,
+        tls: &GrpcTls,
+        key: InternalKey,
+        timeout: Duration,
+    ) -> Result<Self, ApiError> {
         let channel = |url: &str| {
-            connect_channel(url, timeout).map_err(|e| ApiError::internal(format!("{url}: {e}")))
+            connect_channel_with_tls(url, timeout, tls)
+                .map_err(|e| ApiError::internal(format!("{url}: {e}")))
         };
         let (auth, users, friends, chat) = (
             channel(&config.auth_url)?,

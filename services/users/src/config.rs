@@ -11,6 +11,7 @@ use messenger_common::config::{
 use messenger_common::consumer::DEFAULT_PROCESSED_EVENTS_RETENTION;
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
+use messenger_common::kafka::KafkaConfig;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "users",
@@ -36,8 +37,8 @@ pub struct StorageConfig {
     pub redis_url: SecretUrl,
     /// Prefix of every Redis key this service writes (`USERS_REDIS_PREFIX`).
     pub redis_key_prefix: String,
-    /// Kafka bootstrap servers (`KAFKA_BROKERS`).
-    pub kafka_brokers: String,
+    /// Kafka brokers and how to reach them (`KAFKA_BROKERS`, `KAFKA_SECURITY_PROTOCOL`, ...).
+    pub kafka: KafkaConfig,
     /// Consumer group reading `UserRegistered` events (`USERS_CONSUMER_GROUP`).
     pub kafka_consumer_group: String,
 }
@@ -83,7 +84,7 @@ impl Config {
                 "USERS_REDIS_PREFIX",
                 DEFAULT_CACHE_PREFIX.to_owned(),
             )?,
-            kafka_brokers: env_or_from(&lookup, "KAFKA_BROKERS", DEFAULT_KAFKA_BROKERS.to_owned())?,
+            kafka: KafkaConfig::from_lookup(&lookup, DEFAULT_KAFKA_BROKERS)?,
             kafka_consumer_group: env_or_from(
                 &lookup,
                 "USERS_CONSUMER_GROUP",
@@ -183,7 +184,7 @@ mod tests {
                 database_url: DEFAULT_DATABASE_URL.into(),
                 redis_url: DEFAULT_REDIS_URL.into(),
                 redis_key_prefix: "users:".into(),
-                kafka_brokers: DEFAULT_KAFKA_BROKERS.into(),
+                kafka: DEFAULT_KAFKA_BROKERS.into(),
                 kafka_consumer_group: "users".into(),
             }
         );
@@ -227,7 +228,7 @@ mod tests {
                 database_url: "postgres://app:hunter2@db/users".into(),
                 redis_url: "redis://:s3cret@cache:6379".into(),
                 redis_key_prefix: "users:".into(),
-                kafka_brokers: "kafka:9092".into(),
+                kafka: "kafka:9092".into(),
                 kafka_consumer_group: "users".into(),
             },
             InternalKey::new(KEY).unwrap(),

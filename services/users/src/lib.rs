@@ -63,7 +63,10 @@ pub async fn run(
     messenger_common::postgres::prepare_schema(&pool, &MIGRATOR, config.service.migrate_on_start)
         .await?;
     let cache = RedisProfileCache::connect_lazily(
-        storage.redis_url.expose(),
+        messenger_common::redis::RedisConfig::new(
+            storage.redis_url.clone(),
+            config.service.redis_ca_file.clone(),
+        ),
         storage.redis_key_prefix.clone(),
         config.cache_ttl,
     )?;
@@ -80,12 +83,12 @@ pub async fn run(
     let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![
         Arc::new(pool.clone()),
         Arc::new(KafkaReadiness::new(messenger_common::kafka::producer(
-            &storage.kafka_brokers,
+            &storage.kafka,
         )?)),
     ];
 
     let consumer = run_kafka_consumer_with(
-        &storage.kafka_brokers,
+        &storage.kafka,
         &storage.kafka_consumer_group,
         &[AUTH_EVENTS],
         Arc::new(UserRegisteredHandler::new(profiles.clone())),
@@ -175,6 +178,7 @@ async fn serve(
         .request_timeout(config.service.request_timeout)
         .reflection(config.service.grpc_reflection)
         .max_concurrent_calls(config.service.max_concurrent_calls)
+        .tls(&config.service.grpc_tls)
         .internal_key(config.internal_key.clone())
         .add_service(UsersServiceServer::new(UsersGrpcService::new(profiles)))
         .serve_with_listener(listeners.grpc, shutdown.clone());

@@ -132,7 +132,7 @@ fn nicknames(profiles: &[Profile]) -> Vec<&str> {
 
 async fn cached_profiles(redis: &PrivateRedis) -> CachedProfileStore {
     let cache =
-        RedisProfileCache::connect_lazily(&redis.url(), "users:", Duration::from_secs(60)).unwrap();
+        RedisProfileCache::connect_lazily(redis.url(), "users:", Duration::from_secs(60)).unwrap();
     CachedProfileStore::new(
         Arc::new(InMemoryProfileStore::new()),
         Arc::new(cache),
@@ -211,7 +211,7 @@ async fn nothing_stale_is_served_after_a_cache_outage() {
 async fn the_cache_is_used_once_redis_comes_up() {
     let port = free_port();
     let cache = RedisProfileCache::connect_lazily(
-        &format!("redis://127.0.0.1:{port}"),
+        format!("redis://127.0.0.1:{port}"),
         "users:",
         Duration::from_secs(60),
     )

@@ -60,7 +60,7 @@ impl RedisProfileCache {
     /// A cache that connects to `url` on first use; until Redis answers every call fails
     /// (and the caller falls back to the database). Fails only for a malformed URL.
     pub fn connect_lazily(
-        url: &str,
+        url: impl Into<messenger_common::redis::RedisConfig>,
         key_prefix: impl Into<String>,
         ttl: Duration,
     ) -> Result<Self, UsersError> {
