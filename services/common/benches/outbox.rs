@@ -71,7 +71,7 @@ fn main() {
         println!("enqueue + commit (one event per transaction): {enqueue}");
         let bus = InMemoryEventBus::new();
         let mut received = bus.subscribe("bench");
-        let elapsed = drain(&database, Arc::new(bus.clone())).await;
+        let elapsed = drain(&database, "bench", Arc::new(bus.clone())).await;
         let mut delivered = 0;
         while received.try_recv().is_ok() {
             delivered += 1;
