@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use messenger_common::config::{
-    env_nonzero_duration_from, env_or_from, env_required_from, process_env,
+    env_nonzero_duration_from, env_optional_from, env_or_from, env_required_from, process_env,
 };
 use messenger_common::events::InMemoryEventBus;
 use messenger_common::identity::InternalKey;
@@ -95,6 +95,10 @@ pub struct Config {
     /// Deadline of every API request (`REQUEST_TIMEOUT`, default 10s), passed down as
     /// `grpc-timeout`.
     pub request_timeout: Duration,
+    /// Headers on every response naming what answered: `x-messenger-slot` and
+    /// `x-messenger-version` from `MESSENGER_SLOT` / `MESSENGER_VERSION`, which the operator
+    /// sets (none when unset). Clients and tests see which side of a rollout served them.
+    pub served_by: Vec<(http::HeaderName, http::HeaderValue)>,
     pub peers: PeersConfig,
     /// Signs the identity assertions internal services believe (`INTERNAL_AUTH_KEY`).
     pub internal_key: InternalKey,
@@ -180,6 +184,7 @@ impl Config {
             ..defaults
         };
         let limits = RateLimits::default();
+        let served_by = served_by_headers(&lookup)?;
         Ok(Self {
             name: "gateway".to_owned(),
             http_addr: env_or_from(&lookup, "HTTP_ADDR", any(DEFAULT_HTTP_PORT))?,
@@ -190,6 +195,7 @@ impl Config {
                 "REQUEST_TIMEOUT",
                 messenger_common::config::DEFAULT_REQUEST_TIMEOUT,
             )?,
+            served_by,
             peers,
             ticket_key: crate::stream::TicketKey::derive(raw_key.as_bytes()),
             internal_key,
@@ -221,6 +227,7 @@ impl Config {
             admin_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_ADMIN_PORT)),
             log_format: LogFormat::Text,
             request_timeout: messenger_common::config::DEFAULT_REQUEST_TIMEOUT,
+            served_by: Vec::new(),
             peers,
             internal_key,
             ticket_key: crate::stream::TicketKey::derive(&raw),
@@ -233,6 +240,27 @@ impl Config {
             stream: StreamConfig::default(),
         }
     }
+}
+
+/// Response headers from the variables that name this replica's slot and version.
+pub const SERVED_BY_HEADERS: [(&str, &str); 2] = [
+    ("MESSENGER_SLOT", "x-messenger-slot"),
+    ("MESSENGER_VERSION", "x-messenger-version"),
+];
+
+fn served_by_headers(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    let mut headers = Vec::new();
+    for (variable, header) in SERVED_BY_HEADERS {
+        if let Some(value) = env_optional_from::<String>(lookup, variable)? {
+            let value = http::HeaderValue::from_str(&value).map_err(|_| {
+                ConfigError::invalid(variable, &value, "not usable in an HTTP header")
+            })?;
+            headers.push((http::HeaderName::from_static(header), value));
+        }
+    }
+    Ok(headers)
 }
 
 fn validate_peer_url(name: &str, url: &str) -> Result<(), ConfigError> {
@@ -300,6 +328,28 @@ mod tests {
         assert_eq!(config.peers.users_url, "http://127.0.0.1:8004");
         assert!(config.trusted_proxies.is_empty());
         assert!(config.cors_origins.is_empty());
+        assert!(
+            config.served_by.is_empty(),
+            "no slot headers outside a rollout"
+        );
+    }
+
+    #[test]
+    fn slot_and_version_become_response_headers() {
+        let config =
+            config(&[("MESSENGER_SLOT", "green"), ("MESSENGER_VERSION", "1.2.3")]).unwrap();
+        let headers: Vec<(&str, &str)> = config
+            .served_by
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-messenger-slot", "green"),
+                ("x-messenger-version", "1.2.3")
+            ]
+        );
     }
 
     #[test]
@@ -326,6 +376,7 @@ mod tests {
             ),
             (&[("REQUEST_TIMEOUT", "0s")], "REQUEST_TIMEOUT"),
             (&[("HTTP_ADDR", "8080")], "HTTP_ADDR"),
+            (&[("MESSENGER_SLOT", "blue\nx: y")], "MESSENGER_SLOT"),
         ];
         for (vars, variable) in cases {
             let error = config(vars).expect_err(variable);
