@@ -52,6 +52,9 @@ source "$images_env"
 KUBE_NODE_SKIP_REASON=
 if [ -n "${IMAGES_SKIP_REASON:-}" ]; then
   KUBE_NODE_SKIP_REASON="no container images to run ($IMAGES_SKIP_REASON)"
+elif [ -n "${MONGODB_SKIP_REASON:-}" ]; then
+  # Both slots' chat pods must share one store, or a switch loses every chat.
+  KUBE_NODE_SKIP_REASON="chat needs MongoDB across rollout slots ($MONGODB_SKIP_REASON)"
 else
   echo "test: single-node Kubernetes (scripts/kube-node.sh)" >&2
   node_log=$(mktemp)

@@ -224,21 +224,16 @@ impl Deployed {
                 json!({"brokers": format!("kafka.{DEPS}.svc:9092")}),
             ),
         ];
-        let mut chat_env =
+        // Chat must keep its data in MongoDB: a new slot's chat pods would start with an
+        // empty in-memory store and answer 404 for every chat after the switch.
+        let chat_env =
             vec![json!({"name": "CHAT_MONGODB_DATABASE", "value": ns.replace('-', "_")})];
-        match std::env::var("TEST_MONGODB_URI")
-            .ok()
-            .filter(|_| std::env::var("MONGODB_SKIP_REASON").is_ok_and(|reason| reason.is_empty()))
-        {
-            Some(uri) => {
-                created.push(secret(
-                    "messenger-mongodb",
-                    json!({"uri": in_cluster(&uri, "mongodb", 27017)}),
-                ));
-                dependencies["mongodb"] = json!({"name": "messenger-mongodb", "key": "uri"});
-            }
-            None => chat_env = vec![json!({"name": "CHAT_STORE", "value": "memory"})],
-        }
+        let uri = env("TEST_MONGODB_URI");
+        created.push(secret(
+            "messenger-mongodb",
+            json!({"uri": in_cluster(&uri, "mongodb", 27017)}),
+        ));
+        dependencies["mongodb"] = json!({"name": "messenger-mongodb", "key": "uri"});
         for secret in created {
             secrets
                 .create(&PostParams::default(), &secret)
