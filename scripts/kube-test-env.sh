@@ -20,7 +20,10 @@
 #
 # Tunables (environment): MESSENGER_KUBE_CACHE, MESSENGER_KUBE_API_PORT (default 16443),
 # MESSENGER_KUBE_ETCD_PORT (default 23790; the peer port is this + 10),
-# MESSENGER_KUBE_START_TIMEOUT (seconds to wait for health, default 120).
+# MESSENGER_KUBE_START_TIMEOUT (seconds to wait for health, default 120). scripts/kube-node.sh
+# sources this file for a second, separate server and sets MESSENGER_KUBE_RUN_DIR,
+# MESSENGER_KUBE_KUBECONFIG, MESSENGER_KUBE_SERVICE_CIDR and MESSENGER_KUBE_EXTRA_SANS (more
+# subjectAltName entries for the serving certificate) as well.
 set -euo pipefail
 
 readonly K8S_VERSION="1.20.2"
@@ -33,8 +36,8 @@ readonly APISERVER_BIN="$BIN_DIR/kube-apiserver"
 # Bumped whenever the build recipe changes, so a binary cached by an older recipe is rebuilt.
 readonly BUILD_REVISION="2-reflect2-1.0.2"
 readonly APISERVER_STAMP="$BIN_DIR/kube-apiserver.build-revision"
-readonly RUN_DIR="$CACHE/run"
-readonly KUBECONFIG_PATH="$CACHE/kubeconfig"
+readonly RUN_DIR="${MESSENGER_KUBE_RUN_DIR:-$CACHE/run}"
+readonly KUBECONFIG_PATH="${MESSENGER_KUBE_KUBECONFIG:-$CACHE/kubeconfig}"
 readonly API_PORT="${MESSENGER_KUBE_API_PORT:-16443}"
 readonly ETCD_PORT="${MESSENGER_KUBE_ETCD_PORT:-23790}"
 readonly ETCD_PEER_PORT="$((ETCD_PORT + 10))"
@@ -183,12 +186,15 @@ use_debian_reflect2() {
   rsync -a --delete --exclude '*_test.go' "$debian_src/" "$tree/vendor/github.com/modern-go/reflect2/"
 }
 
-# Builds cmd/$1 inside the tree (GOPATH layout the kubernetes 1.20 build expects) and copies
-# the binary to $BIN_DIR.
-build_component() {
-  local tree=$1 what=$2 started
+# Builds cmd/<what> for each name after the tree, in one `make` inside the tree (GOPATH layout
+# the kubernetes 1.20 build expects, so one go build cache serves them all), and copies the
+# binaries to $BIN_DIR. scripts/kube-node.sh builds the node's components through this too.
+build_components() {
+  local tree=$1 started what targets=()
+  shift
+  for what in "$@"; do targets+=("cmd/$what"); done
   started=$(date +%s)
-  log "building $what from $tree (this takes minutes)"
+  log "building $* from $tree (this takes minutes)"
   mkdir -p "$tree/.go/src/k8s.io"
   [[ -e $tree/.go/src/k8s.io/kubernetes ]] || ln -s ../../.. "$tree/.go/src/k8s.io/kubernetes"
   use_debian_reflect2 "$tree"
@@ -197,12 +203,14 @@ build_component() {
     # A tarball has no git metadata: give the version stamp explicitly.
     GOPATH="$tree/.go" CGO_ENABLED=0 GOFLAGS="" GO111MODULE=off \
       KUBE_GIT_VERSION="v$K8S_VERSION" KUBE_GIT_TREE_STATE=clean \
-      make WHAT="cmd/$what" >&2
+      make WHAT="${targets[*]}" >&2
   )
   mkdir -p "$BIN_DIR"
-  install -m 0755 "$tree/_output/bin/$what" "$BIN_DIR/$what.tmp"
-  mv "$BIN_DIR/$what.tmp" "$BIN_DIR/$what"
-  log "built $BIN_DIR/$what in $(($(date +%s) - started))s"
+  for what in "$@"; do
+    install -m 0755 "$tree/_output/bin/$what" "$BIN_DIR/$what.tmp"
+    mv "$BIN_DIR/$what.tmp" "$BIN_DIR/$what"
+  done
+  log "built $* into $BIN_DIR in $(($(date +%s) - started))s"
 }
 
 # kubectl: the machine's own when present (any version >= 1.20 talks to this server), else
@@ -225,7 +233,7 @@ cmd_build() {
   fi
   local tree
   tree=$(ensure_source_tree)
-  build_component "$tree" kube-apiserver
+  build_components "$tree" kube-apiserver
   echo "$BUILD_REVISION" >"$APISERVER_STAMP"
 }
 
@@ -233,7 +241,7 @@ cmd_build() {
 # Running etcd + kube-apiserver
 # ---------------------------------------------------------------------------------------------
 
-admin_token() { cut -d, -f1 "$RUN_DIR/tokens.csv"; }
+admin_token() { awk -F, '$2 == "admin" {print $1; exit}' "$RUN_DIR/tokens.csv"; }
 
 api_healthy() {
   [[ -f $RUN_DIR/tokens.csv && -f $RUN_DIR/certs/ca.crt ]] || return 1
@@ -290,7 +298,7 @@ ensure_credentials() {
       "basicConstraints=critical,CA:FALSE" \
       "keyUsage=critical,digitalSignature,keyEncipherment" \
       "extendedKeyUsage=serverAuth" \
-      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
+      "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc${MESSENGER_KUBE_EXTRA_SANS:+,$MESSENGER_KUBE_EXTRA_SANS}" \
       >"$certs/apiserver.ext"
     openssl x509 -req -in "$certs/apiserver.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
       -CAcreateserial -days 3650 -extfile "$certs/apiserver.ext" -out "$certs/apiserver.crt" 2>/dev/null
@@ -371,6 +379,11 @@ start_etcd() {
   wait_until etcd etcd_healthy "$RUN_DIR/etcd.pid" "$RUN_DIR/etcd.log"
 }
 
+# What scripts/kube-node.sh changes for its server: the authorizers (it adds Node) and
+# extra flags.
+APISERVER_AUTHORIZATION_MODE=RBAC
+APISERVER_EXTRA_FLAGS=()
+
 start_apiserver() {
   port_in_use "$API_PORT" && die "port $API_PORT is taken by a process this script did not start; set MESSENGER_KUBE_API_PORT"
   local certs="$RUN_DIR/certs"
@@ -385,16 +398,17 @@ start_apiserver() {
     --tls-cert-file "$certs/apiserver.crt" \
     --tls-private-key-file "$certs/apiserver.key" \
     --token-auth-file "$RUN_DIR/tokens.csv" \
-    --authorization-mode RBAC \
+    --authorization-mode "$APISERVER_AUTHORIZATION_MODE" \
     --service-account-key-file "$certs/sa.pub" \
     --service-account-signing-key-file "$certs/sa.key" \
     --service-account-issuer "https://kubernetes.default.svc.cluster.local" \
     --api-audiences "https://kubernetes.default.svc.cluster.local" \
-    --service-cluster-ip-range 10.96.0.0/16 \
+    --service-cluster-ip-range "${MESSENGER_KUBE_SERVICE_CIDR:-10.96.0.0/16}" \
     --endpoint-reconciler-type none \
     --allow-privileged=true \
     --logtostderr=true \
     --v=1 \
+    "${APISERVER_EXTRA_FLAGS[@]}" \
     </dev/null >"$RUN_DIR/kube-apiserver.log" 2>&1 9>&- &
   echo $! >"$RUN_DIR/kube-apiserver.pid"
   wait_until kube-apiserver api_healthy "$RUN_DIR/kube-apiserver.pid" "$RUN_DIR/kube-apiserver.log"
@@ -469,11 +483,14 @@ with_lock() {
   "$@"
 }
 
-case "${1:-}" in
-  build) with_lock cmd_build ;;
-  start) with_lock cmd_start ;;
-  stop) with_lock cmd_stop ;;
-  status) cmd_status ;;
-  env) cmd_env ;;
-  *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
-esac
+# Only when run, not when sourced (scripts/kube-node.sh reuses the functions above).
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  case "${1:-}" in
+    build) with_lock cmd_build ;;
+    start) with_lock cmd_start ;;
+    stop) with_lock cmd_stop ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
+  esac
+fi

@@ -54,6 +54,30 @@ if OIDC_PROVIDER_MODULES=$(scripts/oidc-provider.sh); then
 else
   OIDC_SKIP_REASON="scripts/oidc-provider.sh could not install oauth2-mock-server (see above)"
 fi
+# A real single-node Kubernetes (scripts/kube-node.sh) running those images, for
+# system-tests/tests/kube_node.rs; stopped when this script ends (unless another user of
+# the node on this machine is still running). Its second tag is the rollouts' new version.
+KUBE_NODE_SKIP_REASON=
+if [ -n "${IMAGES_SKIP_REASON:-}" ]; then
+  KUBE_NODE_SKIP_REASON="no container images to run ($IMAGES_SKIP_REASON)"
+elif [ -n "${MONGODB_SKIP_REASON:-}" ]; then
+  # Both slots' chat pods must share one store, or a switch loses every chat.
+  KUBE_NODE_SKIP_REASON="chat needs MongoDB across rollout slots ($MONGODB_SKIP_REASON)"
+else
+  echo "test: single-node Kubernetes (scripts/kube-node.sh)" >&2
+  node_log=$(mktemp)
+  trap 'rm -f "$env_file" "$images_env" "$node_log"; scripts/kube-node.sh stop --holder $$' EXIT
+  if scripts/kube-node.sh start --holder $$ 2>"$node_log" \
+    && scripts/kube-node.sh import-images "$TEST_IMAGE_REGISTRY" "$TEST_IMAGE_TAG" \
+      "$TEST_IMAGE_TAG-next" 2>>"$node_log"; then
+    cat "$node_log" >&2
+    eval "$(scripts/kube-node.sh env)"
+  else
+    cat "$node_log" >&2
+    KUBE_NODE_SKIP_REASON="the node did not start: $(grep -h 'ERROR' "$node_log" | tail -1 | sed 's/^.*ERROR: //')"
+  fi
+fi
+export KUBE_NODE_SKIP_REASON
 
 # Tests whose component is missing are counted and reported as skipped, never run to
 # pass silently; everything else runs.
@@ -85,6 +109,11 @@ if [ -n "${OIDC_SKIP_REASON:-}" ]; then
   report_skip 'binary_id(messenger-system-tests::oauth) or test(/oidc_provider/)' \
     "OpenID Connect provider" "$OIDC_SKIP_REASON" \
     "install Node.js 20.19+ and npm with access to the npm registry to run them"
+fi
+if [ -n "$KUBE_NODE_SKIP_REASON" ]; then
+  report_skip 'binary_id(messenger-system-tests::kube_node)' "single-node Kubernetes" \
+    "$KUBE_NODE_SKIP_REASON" \
+    "run as root on a machine where scripts/kube-node.sh start works (logs: ~/.cache/messenger-kube/node/)"
 fi
 filter=()
 if [ ${#excluded[@]} -gt 0 ]; then

@@ -435,8 +435,16 @@ fn plain_env(name: &str, value: String) -> EnvVar {
     }
 }
 
-/// Environment set directly on the container (the slot's ConfigMap comes in via `envFrom`).
-pub fn component_env(app: &MessengerApp, component: Component) -> Vec<EnvVar> {
+/// How long a pod keeps serving after SIGTERM with `/readyz` failing, before it drains: the
+/// time kube-proxy (or an Ingress controller) needs to stop sending new connections to a
+/// pod being deleted. Well inside the default 30 s termination grace period.
+pub const SHUTDOWN_DELAY: &str = "5s";
+
+/// Environment set directly on the container (the slot's ConfigMap comes in via `envFrom`):
+/// listen addresses, the drain delay, for the gateway the slot and version it belongs to
+/// (reported in `x-messenger-slot` / `x-messenger-version`), the dependencies' Secrets,
+/// then the user's own variables (which win).
+pub fn component_env(app: &MessengerApp, component: Component, slot: Slot) -> Vec<EnvVar> {
     let deps = &app.spec.dependencies;
     let mut env = vec![
         plain_env(
@@ -444,10 +452,15 @@ pub fn component_env(app: &MessengerApp, component: Component) -> Vec<EnvVar> {
             format!("0.0.0.0:{}", component.api_port()),
         ),
         plain_env("ADMIN_ADDR", format!("0.0.0.0:{}", component.admin_port())),
+        plain_env("SHUTDOWN_DELAY", SHUTDOWN_DELAY.to_owned()),
     ];
     if component.uses_postgres() && app.spec.migrations.enabled {
         // The slot's migration Jobs applied them before these pods were created.
         env.push(plain_env(MIGRATE_ON_START_ENV, "false".to_owned()));
+    }
+    if component == Component::Gateway {
+        env.push(plain_env("MESSENGER_SLOT", slot.as_str().to_owned()));
+        env.push(plain_env("MESSENGER_VERSION", app.spec.version.clone()));
     }
     if component.uses_postgres()
         && let Some(pg) = &deps.postgres
@@ -564,7 +577,7 @@ pub fn build_deployment(app: &MessengerApp, component: Component, slot: Slot) ->
                 ..ContainerPort::default()
             },
         ]),
-        env: Some(component_env(app, component)),
+        env: Some(component_env(app, component, slot)),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: config_map_name(app, slot),

@@ -37,8 +37,9 @@ use crate::grpc::AuthGrpc;
 use crate::oauth::OAuthProviders;
 use crate::password::PasswordHasher;
 use crate::store::{
-    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore, InMemorySessionStore, PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore, InMemoryRegistrationLimiter, RedisRegistrationLimiter,
-    RedisSessionStore,
+    InMemoryAccountStore, InMemoryLoginAttemptLimiter, InMemoryOAuthFlowStore,
+    InMemoryRegistrationLimiter, InMemorySessionStore, PostgresAccountStore,
+    RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisRegistrationLimiter, RedisSessionStore,
 };
 
 /// The auth service's own migrations (the `accounts` table); `run` applies them after
@@ -105,7 +106,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
                     redis_prefix.clone(),
                     config.login_limits,
                 )),
-                oauth_flows: Arc::new(RedisOAuthFlowStore::new(redis.clone(), redis_prefix.clone())),
+                oauth_flows: Arc::new(RedisOAuthFlowStore::new(
+                    redis.clone(),
+                    redis_prefix.clone(),
+                )),
                 registrations: Arc::new(RedisRegistrationLimiter::new(
                     redis.clone(),
                     redis_prefix,

@@ -16,7 +16,8 @@ use crate::error::AuthError;
 use crate::oauth::{OAuthProviders, ProviderConfig, nickname_for};
 use crate::password::PasswordHasher;
 use crate::store::{
-    Account, AccountStore, LoginAttemptLimiter, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session, SessionStore, RegistrationLimiter,
+    Account, AccountStore, LoginAttemptLimiter, OAuthFlow, OAuthFlowStore, OAuthIdentity,
+    RegistrationLimiter, Session, SessionStore,
 };
 use crate::token::AccessToken;
 

@@ -10,7 +10,10 @@ use messenger_auth::AuthError;
 use messenger_auth::domain::{Email, Nickname};
 use messenger_auth::store::{
     Account, AccountStore, InMemoryAccountStore, InMemoryLoginAttemptLimiter,
-    InMemoryOAuthFlowStore, InMemorySessionStore, LimiterClock, LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisSessionStore, Session, SessionStore, InMemoryRegistrationLimiter, RedisRegistrationLimiter, RegisterLimits, RegistrationLimiter,
+    InMemoryOAuthFlowStore, InMemoryRegistrationLimiter, InMemorySessionStore, LimiterClock,
+    LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity,
+    PostgresAccountStore, RedisLoginAttemptLimiter, RedisOAuthFlowStore, RedisRegistrationLimiter,
+    RedisSessionStore, RegisterLimits, RegistrationLimiter, Session, SessionStore,
 };
 use messenger_auth::token::AccessToken;
 use messenger_common::events::{InMemoryEventBus, new_event};

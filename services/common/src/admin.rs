@@ -61,6 +61,25 @@ impl ReadinessCheck for ::redis::aio::ConnectionManager {
     }
 }
 
+/// Fails once shutdown has started draining, so `/readyz` turns 503 while the service
+/// still serves the requests that reach it.
+struct NotDraining(Shutdown);
+
+#[async_trait::async_trait]
+impl ReadinessCheck for NotDraining {
+    fn name(&self) -> &str {
+        "shutdown"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        if self.0.is_draining() {
+            Err("draining: shutting down".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What the admin server needs: the metrics to expose and the readiness checks.
 #[derive(Clone, Default)]
 pub struct AdminState {
@@ -92,6 +111,11 @@ pub async fn serve_with_listener(
     shutdown: Shutdown,
 ) -> Result<(), Error> {
     tracing::info!(addr = ?listener.local_addr().ok(), "admin server listening");
+    let mut state = state;
+    // First: once draining starts, not ready, whatever the dependencies say.
+    state
+        .readiness
+        .insert(0, Arc::new(NotDraining(shutdown.clone())));
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled())
         .await?;

@@ -7,6 +7,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -107,16 +108,30 @@ pub async fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListene
     })
 }
 
+/// How long a service keeps serving after SIGTERM with `/readyz` failing, before it stops
+/// accepting and drains (e.g. `5s`; default none). Behind a Kubernetes Service this covers
+/// the moment until kube-proxy and load balancers stop sending new connections to a pod
+/// that is being deleted.
+pub const SHUTDOWN_DELAY_ENV: &str = "SHUTDOWN_DELAY";
+
 /// A service binary's `main`: reads the configuration, starts logging, binds the
-/// listeners and runs until SIGTERM/SIGINT — or, with the argument `migrate`, applies the
-/// database migrations and exits. Any failure ends with one line naming it and exit
-/// status 1 (2 for bad arguments).
+/// listeners and runs until SIGTERM/SIGINT (after [`SHUTDOWN_DELAY_ENV`]) — or, with the
+/// argument `migrate`, applies the database migrations and exits. Any failure ends with
+/// one line naming it and exit status 1 (2 for bad arguments).
 pub async fn main<S: Service>() -> ExitCode {
     let mode = match Mode::from_args(S::NAME, std::env::args().skip(1)) {
         Ok(mode) => mode,
         Err(usage) => {
             eprintln!("messenger-{}: {usage}", S::NAME);
             return ExitCode::from(2);
+        }
+    };
+    // Read first: a bad value must fail start-up, not the shutdown it would delay.
+    let drain_delay = match crate::config::env_duration(SHUTDOWN_DELAY_ENV, Duration::ZERO) {
+        Ok(delay) => delay,
+        Err(error) => {
+            eprintln!("messenger-{}: {error}", S::NAME);
+            return ExitCode::FAILURE;
         }
     };
     let config = match S::config_from_env() {
@@ -151,7 +166,13 @@ pub async fn main<S: Service>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match S::run(config, listeners, Shutdown::on_signal()).await {
+    match S::run(
+        config,
+        listeners,
+        Shutdown::on_signal_with_delay(drain_delay),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "{} service failed", S::NAME);

@@ -1,7 +1,13 @@
 //! Shutdown signalling: [`Shutdown`], one cloneable token that servers, the outbox relay
 //! and consumers watch, cancelled by SIGTERM/SIGINT or by hand.
+//!
+//! Shutdown has two moments: *draining* starts at the signal (the admin server's `/readyz`
+//! answers 503 from then on, so a load balancer or Kubernetes stops sending new requests),
+//! and the token is *cancelled* a drain delay later (servers stop accepting and finish
+//! in-flight requests). Without a delay both happen at once.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    draining: CancellationToken,
 }
 
 impl Shutdown {
@@ -20,11 +27,27 @@ impl Shutdown {
     /// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C). Must be called inside a
     /// Tokio runtime.
     pub fn on_signal() -> Self {
+        Self::on_signal_with_delay(Duration::ZERO)
+    }
+
+    /// A token that starts draining on the first SIGTERM or SIGINT and is cancelled `delay`
+    /// later: long enough for whoever routes traffic here to see `/readyz` fail (or the pod
+    /// leave its Service's endpoints) and stop sending new requests. Must be called inside
+    /// a Tokio runtime.
+    pub fn on_signal_with_delay(delay: Duration) -> Self {
         let shutdown = Self::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown signal received, draining");
+            trigger.start_draining();
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutdown signal received: not ready any more, still serving"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("draining: no new connections, finishing in-flight requests");
             trigger.trigger();
         });
         shutdown
@@ -36,12 +59,25 @@ impl Shutdown {
     pub fn child(&self) -> Self {
         Self {
             token: self.token.child_token(),
+            draining: self.draining.child_token(),
         }
     }
 
     /// Starts shutdown: every waiter of [`Shutdown::cancelled`] wakes up.
     pub fn trigger(&self) {
+        self.draining.cancel();
         self.token.cancel();
+    }
+
+    /// Starts draining without stopping anything yet: `/readyz` fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.cancel();
+    }
+
+    /// Whether draining has started (a signal came, or shutdown was triggered): the
+    /// service should not be sent new work, though it may still be serving.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
 
     /// Whether shutdown has started.
@@ -89,7 +125,6 @@ async fn wait_for_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn trigger_wakes_every_clone() {
@@ -122,6 +157,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn trigger_also_starts_draining_and_a_child_drains_with_its_parent() {
+        let parent = Shutdown::new();
+        let child = parent.child();
+        assert!(!parent.is_draining() && !child.is_draining());
+        parent.trigger();
+        assert!(parent.is_draining());
+        assert!(child.is_draining(), "a child drains when its parent does");
+    }
+
+    #[tokio::test]
     async fn sigterm_triggers_on_signal_tokens() {
         let shutdown = Shutdown::on_signal();
         // Let the spawned task install its handlers.
@@ -134,5 +179,28 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled())
             .await
             .expect("SIGTERM cancels the token");
+    }
+
+    #[tokio::test]
+    async fn with_a_drain_delay_sigterm_starts_draining_before_it_cancels() {
+        let shutdown = Shutdown::on_signal_with_delay(Duration::from_secs(600));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let draining = async {
+            while !shutdown.is_draining() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), draining)
+            .await
+            .expect("SIGTERM starts draining at once");
+        assert!(
+            !shutdown.is_triggered(),
+            "servers keep accepting until the drain delay is over"
+        );
     }
 }

@@ -170,6 +170,55 @@ async fn serve_answers_over_tcp_and_stops_on_shutdown() {
         .unwrap();
 }
 
+/// `GET path` over a real socket: the status line and the body.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn readyz_turns_503_once_draining_starts_while_the_server_still_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(admin::serve_with_listener(
+        listener,
+        AdminState::default(),
+        shutdown.clone(),
+    ));
+    let ready = raw_get(addr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    shutdown.start_draining();
+    let draining = raw_get(addr, "/readyz").await;
+    assert!(draining.starts_with("HTTP/1.1 503"), "{draining}");
+    assert!(
+        draining.contains("shutdown: failed: draining"),
+        "{draining}"
+    );
+    let alive = raw_get(addr, "/healthz").await;
+    assert!(
+        alive.starts_with("HTTP/1.1 200"),
+        "still live while draining: {alive}"
+    );
+
+    shutdown.trigger();
+    tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("admin server stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn http_metrics_layer_counts_requests_by_route_template_and_status() {
     use axum::routing::get;

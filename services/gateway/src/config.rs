@@ -114,6 +114,10 @@ pub struct Config {
     /// Deadline of every API request (`REQUEST_TIMEOUT`, default 10s), passed down as
     /// `grpc-timeout`.
     pub request_timeout: Duration,
+    /// Headers on every response naming what answered: `x-messenger-slot` and
+    /// `x-messenger-version` from `MESSENGER_SLOT` / `MESSENGER_VERSION`, which the operator
+    /// sets (none when unset). Clients and tests see which side of a rollout served them.
+    pub served_by: Vec<(http::HeaderName, http::HeaderValue)>,
     pub peers: PeersConfig,
     /// The CA of `https://` peers (`GRPC_TLS_CA_FILE`).
     pub grpc_tls: GrpcTls,
@@ -230,6 +234,7 @@ impl Config {
             }
             _ => None,
         };
+        let served_by = served_by_headers(&lookup)?;
         Ok(Self {
             name: "gateway".to_owned(),
             http_addr: env_or_from(&lookup, "HTTP_ADDR", any(DEFAULT_HTTP_PORT))?,
@@ -240,6 +245,7 @@ impl Config {
                 "REQUEST_TIMEOUT",
                 messenger_common::config::DEFAULT_REQUEST_TIMEOUT,
             )?,
+            served_by,
             peers,
             grpc_tls: GrpcTls::client_from_lookup(&lookup)?,
             ticket_key: crate::stream::TicketKey::derive(raw_key.as_bytes()),
@@ -271,6 +277,7 @@ impl Config {
             admin_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_ADMIN_PORT)),
             log_format: LogFormat::Text,
             request_timeout: messenger_common::config::DEFAULT_REQUEST_TIMEOUT,
+            served_by: Vec::new(),
             peers,
             grpc_tls: GrpcTls::default(),
             internal_key,
@@ -285,6 +292,27 @@ impl Config {
             token_cache: None,
         }
     }
+}
+
+/// Response headers from the variables that name this replica's slot and version.
+pub const SERVED_BY_HEADERS: [(&str, &str); 2] = [
+    ("MESSENGER_SLOT", "x-messenger-slot"),
+    ("MESSENGER_VERSION", "x-messenger-version"),
+];
+
+fn served_by_headers(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    let mut headers = Vec::new();
+    for (variable, header) in SERVED_BY_HEADERS {
+        if let Some(value) = env_optional_from::<String>(lookup, variable)? {
+            let value = http::HeaderValue::from_str(&value).map_err(|_| {
+                ConfigError::invalid(variable, &value, "not usable in an HTTP header")
+            })?;
+            headers.push((http::HeaderName::from_static(header), value));
+        }
+    }
+    Ok(headers)
 }
 
 fn validate_peer_url(name: &str, url: &str) -> Result<(), ConfigError> {
@@ -352,6 +380,28 @@ mod tests {
         assert_eq!(config.peers.users_url, "http://127.0.0.1:8004");
         assert!(config.trusted_proxies.is_empty());
         assert!(config.cors_origins.is_empty());
+        assert!(
+            config.served_by.is_empty(),
+            "no slot headers outside a rollout"
+        );
+    }
+
+    #[test]
+    fn slot_and_version_become_response_headers() {
+        let config =
+            config(&[("MESSENGER_SLOT", "green"), ("MESSENGER_VERSION", "1.2.3")]).unwrap();
+        let headers: Vec<(&str, &str)> = config
+            .served_by
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-messenger-slot", "green"),
+                ("x-messenger-version", "1.2.3")
+            ]
+        );
     }
 
     #[test]
@@ -386,6 +436,7 @@ mod tests {
                 ],
                 "GATEWAY_TOKEN_CACHE_TTL",
             ),
+            (&[("MESSENGER_SLOT", "blue\nx: y")], "MESSENGER_SLOT"),
         ];
         for (vars, variable) in cases {
             let error = config(vars).expect_err(variable);

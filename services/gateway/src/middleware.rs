@@ -237,6 +237,17 @@ impl AddressRateLimiter {
     }
 }
 
+/// Names this replica's slot and version on every response (`Config::served_by`).
+pub async fn served_by(
+    State(headers): State<Arc<Vec<(http::HeaderName, http::HeaderValue)>>>,
+    mut response: Response,
+) -> Response {
+    for (name, value) in headers.iter() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

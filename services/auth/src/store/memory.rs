@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use super::{
     Account, AccountStore, AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock,
-    LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group, may_unlink, RegisterLimits, RegistrationLimiter, begin_registration,
+    LoginAttemptLimiter, LoginLimits, OAuthFlow, OAuthFlowStore, OAuthIdentity, RegisterLimits,
+    RegistrationLimiter, Session, SessionStore, attempt_abandoned, attempt_succeeded,
+    begin_attempt, begin_registration, client_group, may_unlink,
 };
 use crate::domain::Email;
 use crate::error::AuthError;

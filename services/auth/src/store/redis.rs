@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use super::{
     AttemptCounts, FailureCount, KNOWN_CLIENT_TTL, LimiterClock, LoginAttemptLimiter, LoginLimits,
-    OAuthFlow, OAuthFlowStore, Session, SessionStore, attempt_abandoned, attempt_succeeded, begin_attempt, client_group, RegisterLimits, RegistrationLimiter, begin_registration,
+    OAuthFlow, OAuthFlowStore, RegisterLimits, RegistrationLimiter, Session, SessionStore,
+    attempt_abandoned, attempt_succeeded, begin_attempt, begin_registration, client_group,
 };
 use crate::domain::Email;
 use crate::error::AuthError;

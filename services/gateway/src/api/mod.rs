@@ -202,10 +202,15 @@ pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static(middleware::REQUEST_ID),
         ])
-        .expose_headers([
-            HeaderName::from_static(middleware::REQUEST_ID),
-            header::RETRY_AFTER,
-        ]);
+        .expose_headers(
+            [
+                HeaderName::from_static(middleware::REQUEST_ID),
+                header::RETRY_AFTER,
+            ]
+            .into_iter()
+            .chain(config.served_by.iter().map(|(name, _)| name.clone()))
+            .collect::<Vec<_>>(),
+        );
     let settings = ContextSettings {
         trusted_proxies: config.trusted_proxies.clone().into(),
         request_timeout: config.request_timeout,
@@ -239,5 +244,9 @@ pub fn app(config: &Config, state: AppState, metrics: &Metrics) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             settings,
             middleware::request_context,
+        ))
+        .layer(axum::middleware::map_response_with_state(
+            Arc::new(config.served_by.clone()),
+            middleware::served_by,
         ))
 }
