@@ -222,7 +222,10 @@ mod tests {
             ("lease not renewed", |_, _| {}, LEASE + s(1), false),
             (
                 "lease renewed",
-                |c, t0| c.confirm_lease(t0 + s(4), t0 + s(4)),
+                |c, t0| {
+                    let renewed = t0 + Duration::from_secs(4);
+                    c.confirm_lease(renewed, renewed)
+                },
                 LEASE + s(1),
                 true,
             ),
