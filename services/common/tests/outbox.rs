@@ -653,7 +653,13 @@ async fn a_service_whose_topic_fails_does_not_stall_another_service_sharing_the_
     });
     enqueue_committed(database.pool(), "auth", "u1", &[friend_request("u1", "x")]).await;
     let friends_event = friend_request("u2", "u3");
-    enqueue_committed(database.pool(), "friends", "u2", &[friends_event.clone()]).await;
+    enqueue_committed(
+        database.pool(),
+        "friends",
+        "u2",
+        std::slice::from_ref(&friends_event),
+    )
+    .await;
 
     let shutdown = Shutdown::new();
     let relays = [&["auth"], &["friends"]].map(|topics| {
