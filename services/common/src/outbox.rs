@@ -48,9 +48,10 @@ pub async fn enqueue(
 ) -> Result<(), sqlx::Error> {
     // Held until commit/rollback: a concurrent writer of the same key queues here, so ids
     // of one key follow commit order (see the module docs). `query` rather than `query!`:
-    // the function returns `void`, a type the checked macros cannot decode.
+    // the function returns `void`, a type the checked macros cannot decode. `/` separates
+    // the parts because no topic name can hold it (and PostgreSQL text cannot hold NUL).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("messenger_outbox\0{topic}\0{key}"))
+        .bind(format!("messenger_outbox/{topic}/{key}"))
         .execute(&mut *connection)
         .await?;
     sqlx::query!(
@@ -116,7 +117,7 @@ impl OutboxRelay {
         Self {
             pool,
             publisher,
-            lock_name: format!("messenger_outbox_relay\0{}", topics.join("\0")),
+            lock_name: format!("messenger_outbox_relay/{}", topics.join("/")),
             topics,
             poll_interval: Duration::from_secs(1),
             batch_size: 100,

@@ -10,7 +10,7 @@ use messenger_common::outbox::OutboxRelay;
 use messenger_common::testing::TestDatabase;
 use messenger_friends::domain::{
     Direction, Friendship, FriendshipStatus, ListCursor, Outcome, PairAction, PairCommand,
-    RequestRules, UserId,
+    RequestRules, UserId, event_key,
 };
 use messenger_friends::error::FriendsError;
 use messenger_friends::store::{FriendshipStore, InMemoryFriendshipStore, PostgresFriendshipStore};
@@ -94,12 +94,13 @@ impl Subject {
             .expect("the bus is open")
     }
 
-    async fn expect_event(&mut self, key: UserId, payload: Payload) {
+    /// The next event is `payload`, keyed by the pair it is about (either order).
+    async fn expect_event(&mut self, pair: (UserId, UserId), payload: Payload) {
         let message = self.next_event().await;
         assert_eq!(
             message.key,
-            key.to_string(),
-            "events are keyed by the acting user"
+            event_key(pair.0, pair.1),
+            "events are keyed by the pair of users"
         );
         assert_eq!(message.event.payload, Some(payload));
         assert!(!message.event.event_id.is_empty());
@@ -161,7 +162,7 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
         subject.apply(a, b, SendRequest).await.unwrap(),
         Outcome::Requested
     );
-    subject.expect_event(a, sent(a, b)).await;
+    subject.expect_event((a, b), sent(a, b)).await;
     assert_eq!(
         subject.status(b, a).await,
         Some((a, FriendshipStatus::Requested))
@@ -190,7 +191,7 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
         subject.apply(b, a, RejectRequest).await.unwrap(),
         Outcome::Rejected
     );
-    subject.expect_event(b, rejected(a, b)).await;
+    subject.expect_event((a, b), rejected(a, b)).await;
     assert_eq!(
         subject.status(a, b).await,
         Some((a, FriendshipStatus::Rejected))
@@ -201,12 +202,12 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
         subject.apply(b, a, SendRequest).await.unwrap(),
         Outcome::Requested
     );
-    subject.expect_event(b, sent(b, a)).await;
+    subject.expect_event((a, b), sent(b, a)).await;
     assert_eq!(
         subject.apply(a, b, SendRequest).await.unwrap(),
         Outcome::Accepted
     );
-    subject.expect_event(a, accepted(b, a)).await;
+    subject.expect_event((a, b), accepted(b, a)).await;
     assert_eq!(
         subject.status(a, b).await,
         Some((b, FriendshipStatus::Accepted))
@@ -217,7 +218,7 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
         Err(FriendsError::AlreadyFriends)
     ));
     assert_eq!(subject.apply(a, b, Remove).await.unwrap(), Outcome::Removed);
-    subject.expect_event(a, removed(a, b)).await;
+    subject.expect_event((a, b), removed(a, b)).await;
     assert_eq!(subject.status(a, b).await, None);
     assert!(matches!(
         subject.apply(b, a, Remove).await,
@@ -229,12 +230,12 @@ async fn changes_write_rows_and_events(mut subject: Subject) {
         subject.apply(b, a, SendRequest).await.unwrap(),
         Outcome::Requested
     );
-    subject.expect_event(b, sent(b, a)).await;
+    subject.expect_event((a, b), sent(b, a)).await;
     assert_eq!(
         subject.apply(a, b, AcceptRequest).await.unwrap(),
         Outcome::Accepted
     );
-    subject.expect_event(a, accepted(b, a)).await;
+    subject.expect_event((a, b), accepted(b, a)).await;
 }
 
 /// The other person of each row of a page, as `user` sees it.
