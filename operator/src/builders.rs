@@ -485,10 +485,15 @@ pub fn component_env(app: &MessengerApp, component: Component, slot: Slot) -> Ve
     {
         env.push(secret_env("KAFKA_BROKERS", secret));
     }
-    if component.uses_mongodb()
-        && let Some(secret) = &deps.mongodb
-    {
-        env.push(secret_env("MONGODB_URI", secret));
+    if component.uses_mongodb() {
+        // Named explicitly: chat refuses to guess its store (validation makes one of the
+        // two present).
+        if let Some(secret) = &deps.mongodb {
+            env.push(plain_env("CHAT_STORE", "mongodb".to_owned()));
+            env.push(secret_env("MONGODB_URI", secret));
+        } else if deps.chat_in_memory {
+            env.push(plain_env("CHAT_STORE", "memory".to_owned()));
+        }
     }
     env.push(secret_env(
         INTERNAL_AUTH_KEY_ENV,

@@ -21,7 +21,7 @@ fn full_app() -> MessengerApp {
         "image": {"registry": "registry.local/m", "pullPolicy": "Always", "pullSecrets": ["regcred"]},
         "components": {
             "gateway": {"replicas": 3},
-            "chat": {"replicas": 2, "env": [{"name": "CHAT_STORE", "value": "mongo"}], "nodeSelector": {"pool": "chat"}},
+            "chat": {"replicas": 2, "env": [{"name": "CHAT_CACHE_TTL", "value": "30s"}], "nodeSelector": {"pool": "chat"}},
             "users": {"image": "other.local/users:patched"}
         },
         "dependencies": {
@@ -310,6 +310,16 @@ fn peer_addresses_stay_within_the_slot() {
 }
 
 #[test]
+fn chat_runs_on_memory_only_when_the_spec_asks_for_it() {
+    let app = app(serde_json::json!({"version": "1", "dependencies": {"chatInMemory": true}}));
+    let chat = build_deployment(&app, Component::Chat, Slot::Blue);
+    assert_eq!(env_value(&chat, "CHAT_STORE").as_deref(), Some("memory"));
+    assert_eq!(env_value(&chat, "MONGODB_URI"), None);
+    let gateway = build_deployment(&app, Component::Gateway, Slot::Blue);
+    assert_eq!(env_value(&gateway, "CHAT_STORE"), None);
+}
+
+#[test]
 fn dependencies_come_from_the_referenced_secrets() {
     let app = full_app();
     let cases: &[(Component, &str, Option<&str>)] = &[
@@ -336,7 +346,9 @@ fn dependencies_come_from_the_referenced_secrets() {
         ),
         (Component::Friends, "REDIS_URL", Some("secret:redis/url")),
         (Component::Gateway, "REDIS_URL", Some("secret:redis/url")),
-        (Component::Chat, "CHAT_STORE", Some("mongo")),
+        (Component::Chat, "CHAT_CACHE_TTL", Some("30s")),
+        (Component::Chat, "CHAT_STORE", Some("mongodb")),
+        (Component::Auth, "CHAT_STORE", None),
     ];
     for (component, var, expected) in cases {
         let deployment = build_deployment(&app, *component, Slot::Blue);

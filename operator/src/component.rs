@@ -126,7 +126,7 @@ impl std::fmt::Display for Component {
 }
 
 /// Variables the operator sets itself; a component's extra `env` must not redefine them.
-pub const WIRED_ENV: [&str; 15] = [
+pub const WIRED_ENV: [&str; 16] = [
     "GRPC_ADDR",
     "HTTP_ADDR",
     "ADMIN_ADDR",
@@ -134,6 +134,7 @@ pub const WIRED_ENV: [&str; 15] = [
     "REDIS_URL",
     "KAFKA_BROKERS",
     "MONGODB_URI",
+    "CHAT_STORE",
     "AUTH_URL",
     "USERS_URL",
     "FRIENDS_URL",

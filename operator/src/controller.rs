@@ -925,8 +925,10 @@ mod tests {
     use crate::fake_api::{FakeBehaviour, fake_client};
 
     fn app() -> Arc<MessengerApp> {
-        let spec: MessengerAppSpec =
-            serde_json::from_value(serde_json::json!({"version": "1.0.0"})).unwrap();
+        let spec: MessengerAppSpec = serde_json::from_value(
+            serde_json::json!({"version": "1.0.0", "dependencies": {"chatInMemory": true}}),
+        )
+        .unwrap();
         let mut app = MessengerApp::new("demo", spec);
         app.metadata.namespace = Some("ns".into());
         app.metadata.uid = Some("uid-1".into());

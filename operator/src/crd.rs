@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyComponents"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // Child names append up to 14 characters ("-friends-green") and Services are DNS labels.
-    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters")
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters"),
+    // On the root because `dependencies` itself may be absent.
+    validation = Rule::new("has(self.spec.dependencies) && (has(self.spec.dependencies.mongodb) || (has(self.spec.dependencies.chatInMemory) && self.spec.dependencies.chatInMemory))").message("spec.dependencies.mongodb is required: chat keeps its chats there (or set spec.dependencies.chatInMemory: true, chats lost on restart)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MessengerAppSpec {
@@ -188,15 +190,21 @@ pub struct SecretKeyRef {
 /// leaves the variable unset, so the component falls back to its built-in default.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.mongodb) && has(self.chatInMemory) && self.chatInMemory)").message("spec.dependencies: chatInMemory and mongodb contradict each other; keep one"))]
 pub struct DependenciesSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresSpec>,
     /// `REDIS_URL` for auth, users, friends and chat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<SecretKeyRef>,
-    /// `MONGODB_URI` for chat.
+    /// `MONGODB_URI` for chat. Required unless `chatInMemory` asks for the opposite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongodb: Option<SecretKeyRef>,
+    /// Run chat without MongoDB, on each pod's memory: every replica has its own chats and
+    /// loses them when it restarts or a rollout replaces it. For trying the operator only;
+    /// an app with neither this nor `mongodb` is refused, so nobody loses chats by omission.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chat_in_memory: bool,
     /// `KAFKA_BROKERS` for auth, users, friends and chat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<SecretKeyRef>,

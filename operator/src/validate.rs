@@ -95,6 +95,20 @@ pub fn validate(app: &MessengerApp) -> Result<(), InvalidSpec> {
                 .to_owned(),
         );
     }
+    // Without this, chat would start on per-pod memory and lose chats on every restart.
+    match (&spec.dependencies.mongodb, spec.dependencies.chat_in_memory) {
+        (None, false) => problems.push(
+            "spec.dependencies.mongodb is required: chat keeps chats and messages there \
+             (set spec.dependencies.chatInMemory: true to keep them in each pod's memory \
+             instead, lost on restart; for trying things out only)"
+                .to_owned(),
+        ),
+        (Some(_), true) => problems.push(
+            "spec.dependencies: chatInMemory and mongodb contradict each other; keep one"
+                .to_owned(),
+        ),
+        _ => {}
+    }
     if let Some(limit) = spec.migrations.backoff_limit
         && !(0..=10).contains(&limit)
     {
@@ -235,8 +249,25 @@ mod tests {
     use super::*;
     use crate::crd::MessengerAppSpec;
 
+    /// `spec` with a MongoDB reference when it names no chat store: every app must name
+    /// one, and the cases here are about other rules (`chat_store_must_be_named` covers it).
+    pub(super) fn with_chat_store(mut spec: serde_json::Value) -> serde_json::Value {
+        let dependencies = spec
+            .as_object_mut()
+            .unwrap()
+            .entry("dependencies")
+            .or_insert_with(|| serde_json::json!({}));
+        let dependencies = dependencies.as_object_mut().unwrap();
+        if !dependencies.contains_key("chatInMemory") {
+            dependencies
+                .entry("mongodb")
+                .or_insert_with(|| serde_json::json!({"name": "mongodb", "key": "uri"}));
+        }
+        spec
+    }
+
     fn app(name: &str, spec: serde_json::Value) -> MessengerApp {
-        let spec: MessengerAppSpec = serde_json::from_value(spec).unwrap();
+        let spec: MessengerAppSpec = serde_json::from_value(with_chat_store(spec)).unwrap();
         let mut app = MessengerApp::new(name, spec);
         app.metadata.namespace = Some("ns".into());
         app
@@ -549,28 +580,82 @@ mod cel_tests {
             ),
         ];
         for (case, name, spec, expected) in cases {
-            let object = serde_json::json!({
-                "apiVersion": "messenger.dev/v1alpha1", "kind": "MessengerApp",
-                "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
-            });
-            let by_cel = cel(&object);
-            let app: MessengerApp = serde_json::from_value(object).unwrap();
-            let by_operator = validate(&app).map_err(|e| e.to_string());
-            match expected {
-                None => {
-                    assert_eq!(by_cel, Ok(()), "{case}: CEL");
-                    assert_eq!(by_operator, Ok(()), "{case}: operator");
-                }
-                Some(fragment) => {
-                    let cel_error = by_cel.expect_err(case);
-                    assert!(cel_error.contains(fragment), "{case}: CEL said {cel_error}");
-                    let operator_error = by_operator.expect_err(case);
-                    assert!(
-                        operator_error.contains(fragment),
-                        "{case}: operator said {operator_error}"
-                    );
-                }
+            agree(
+                case,
+                name,
+                super::tests::with_chat_store(spec.clone()),
+                *expected,
+            );
+        }
+    }
+
+    /// Both CEL and the operator accept `spec` (`expected` None) or refuse it with an
+    /// error containing `expected`.
+    fn agree(case: &str, name: &str, spec: serde_json::Value, expected: Option<&str>) {
+        let object = serde_json::json!({
+            "apiVersion": "messenger.dev/v1alpha1", "kind": "MessengerApp",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
+        });
+        let by_cel = cel(&object);
+        let app: MessengerApp = serde_json::from_value(object).unwrap();
+        let by_operator = validate(&app).map_err(|e| e.to_string());
+        match expected {
+            None => {
+                assert_eq!(by_cel, Ok(()), "{case}: CEL");
+                assert_eq!(by_operator, Ok(()), "{case}: operator");
             }
+            Some(fragment) => {
+                let cel_error = by_cel.expect_err(case);
+                assert!(cel_error.contains(fragment), "{case}: CEL said {cel_error}");
+                let operator_error = by_operator.expect_err(case);
+                assert!(
+                    operator_error.contains(fragment),
+                    "{case}: operator said {operator_error}"
+                );
+            }
+        }
+    }
+
+    /// Chat keeps everything in MongoDB; running it on pod memory must be asked for.
+    #[test]
+    fn chat_store_must_be_named() {
+        let mongodb = serde_json::json!({"name": "mongodb", "key": "uri"});
+        let required = Some("spec.dependencies.mongodb is required");
+        let contradiction = Some("chatInMemory and mongodb contradict each other");
+        let cases = [
+            (
+                "no dependencies",
+                serde_json::json!({"version": "1"}),
+                required,
+            ),
+            (
+                "dependencies without mongodb",
+                serde_json::json!({"version": "1", "dependencies": {"redis": {"name": "r", "key": "url"}}}),
+                required,
+            ),
+            (
+                "chat in memory turned off",
+                serde_json::json!({"version": "1", "dependencies": {"chatInMemory": false}}),
+                required,
+            ),
+            (
+                "mongodb",
+                serde_json::json!({"version": "1", "dependencies": {"mongodb": mongodb}}),
+                None,
+            ),
+            (
+                "chat in memory asked for",
+                serde_json::json!({"version": "1", "dependencies": {"chatInMemory": true}}),
+                None,
+            ),
+            (
+                "both",
+                serde_json::json!({"version": "1", "dependencies": {"mongodb": mongodb, "chatInMemory": true}}),
+                contradiction,
+            ),
+        ];
+        for (case, spec, expected) in cases {
+            agree(case, "chat", spec, expected);
         }
     }
 }

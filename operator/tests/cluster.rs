@@ -173,11 +173,27 @@ async fn create_app(
     name: &str,
     spec: serde_json::Value,
 ) -> MessengerApp {
-    let spec: MessengerAppSpec = serde_json::from_value(spec).expect("spec");
+    let spec: MessengerAppSpec = serde_json::from_value(with_chat_store(spec)).expect("spec");
     let api: Api<MessengerApp> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &MessengerApp::new(name, spec))
         .await
         .expect("create MessengerApp")
+}
+
+/// `spec`, with chat on pod memory when it names no chat store: an app must name one, and
+/// no pod runs here (the apps of these tests are about what the operator writes).
+fn with_chat_store(mut spec: serde_json::Value) -> serde_json::Value {
+    let dependencies = spec
+        .as_object_mut()
+        .expect("spec is an object")
+        .entry("dependencies")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .expect("dependencies is an object");
+    if !dependencies.contains_key("mongodb") {
+        dependencies.entry("chatInMemory").or_insert(json!(true));
+    }
+    spec
 }
 
 async fn get_app(client: &Client, ns: &str, name: &str) -> MessengerApp {
@@ -611,7 +627,7 @@ async fn invalid_spec_sets_the_condition_and_creates_nothing() {
 
     // Fixing the spec recovers.
     let api: Api<MessengerApp> = Api::namespaced(client.clone(), &ns);
-    api.patch("demo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"components": {"chat": {"env": [{"name": "CHAT_STORE", "value": "mongo"}]}}}})))
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"components": {"chat": {"env": [{"name": "CHAT_CACHE_TTL", "value": "30s"}]}}}})))
         .await
         .unwrap();
     reconcile_now(&client, &ctx, &ns, "demo").await;

@@ -598,9 +598,10 @@ fn samples_render_a_minimal_and_a_full_messenger_app() {
         .find(|o| {
             o["spec"]
                 .as_object()
-                .is_some_and(|s| s.keys().eq(["version"]))
+                .is_some_and(|s| s.len() == 2 && s.contains_key("version"))
+                && o["spec"]["dependencies"] == json!({"chatInMemory": true})
         })
-        .expect("a minimal sample with only spec.version");
+        .expect("a minimal sample with only spec.version and chat on pod memory");
     assert!(minimal["spec"]["version"].is_string());
     let full = find(&objects, "MessengerApp", "messenger");
     for field in [
