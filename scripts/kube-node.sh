@@ -202,7 +202,14 @@ spawn() {
   shift
   log "starting $name"
   MESSENGER_KUBE_NODE_RUN="$NODE_RUN" setsid "$@" </dev/null >"$NODE_RUN/$name.log" 2>&1 8>&- 9>&- &
-  echo $! >"$NODE_RUN/$name.pid"
+  local pid=$! tries=0
+  echo "$pid" >"$NODE_RUN/$name.pid"
+  # Until the forked shell has exec'd the command, /proc shows this script's command line
+  # and environment, and pid_alive would take a starting process for a dead one (a busy
+  # machine widens that window): wait for the exec.
+  while kill -0 "$pid" 2>/dev/null && ! pid_alive "$NODE_RUN/$name.pid" && ((tries++ < 100)); do
+    sleep 0.05
+  done
 }
 
 token_for() { awk -F, -v u="$1" '$2 == u {print $1}' "$RUN_DIR/tokens.csv"; }

@@ -179,7 +179,7 @@ struct Deployed {
     ns: String,
     name: String,
     tag: String,
-    _operator: Operator,
+    operator: Option<Operator>,
     _databases: Vec<TestDatabase>,
 }
 
@@ -262,9 +262,28 @@ impl Deployed {
             ns,
             name,
             tag,
-            _operator: operator,
+            operator: Some(operator),
             _databases: databases,
         }
+    }
+
+    /// Kills the operator process outright (SIGKILL: no lease release, no clean-up), as a
+    /// crash or an evicted pod would.
+    fn kill_operator(&mut self) {
+        drop(self.operator.take());
+    }
+
+    /// Starts a new operator process and waits until it leads (its lease taken over once
+    /// the dead one's expired).
+    async fn start_operator(&mut self) {
+        let operator = Operator::start(&self.ns);
+        let log = operator.log.clone();
+        self.operator = Some(operator);
+        eventually("the new operator leads", WAIT, || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("became leader").then_some(())
+        })
+        .await;
     }
 
     fn apps(&self) -> Api<MessengerApp> {
@@ -844,12 +863,12 @@ async fn blue_green_under_load_on_a_real_node_fails_no_request() {
 
 /// A canary on router `none` (no traffic router: the candidate's share of the gateways
 /// behind the one entry Service is its weight): at `setWeight: 50` with two stable
-/// gateways, two canary gateways answer about half of the requests; `promote` finishes
-/// the rollout and then every request is answered by the new version — no failed request
-/// under load throughout.
+/// gateways, two canary gateways answer about half of the requests; the operator is then
+/// killed and restarted, which moves nothing; `promote` finishes the rollout and then every
+/// request is answered by the new version — no failed request under load throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn canary_weight_on_router_none_splits_traffic_by_gateway_replicas() {
-    let deployed = Deployed::new(
+    let mut deployed = Deployed::new(
         "canary",
         json!({
             "components": {"gateway": {"replicas": 2}},
@@ -900,6 +919,39 @@ async fn canary_weight_on_router_none_splits_traffic_by_gateway_replicas() {
         "the canary answered {canary} of {samples} requests at weight 50"
     );
 
+    // The operator dies mid-rollout and a new one takes over: everything it needs to go on
+    // is in the app's status, so nothing moves (no traffic jump) and promote still works.
+    let before = deployed.app().await.status.unwrap().rollout.unwrap();
+    let replicas_before = (
+        deployed.gateway_replicas(Slot::Blue).await,
+        deployed.gateway_replicas(Slot::Green).await,
+    );
+    deployed.kill_operator();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    deployed.start_operator().await;
+    // Long enough for the new leader to reconcile the app more than once.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = deployed.app().await.status.unwrap();
+    assert_eq!(
+        after.phase,
+        Some(Phase::Paused),
+        "still waiting for promote"
+    );
+    let rollout = after.rollout.expect("the rollout goes on");
+    assert_eq!(
+        (rollout.candidate, rollout.step_index, rollout.weight),
+        (before.candidate, before.step_index, before.weight),
+        "a restarted operator continues where the dead one was"
+    );
+    assert_eq!(
+        (
+            deployed.gateway_replicas(Slot::Blue).await,
+            deployed.gateway_replicas(Slot::Green).await,
+        ),
+        replicas_before,
+        "no slot was resized by the restart"
+    );
+
     deployed
         .apps()
         .patch(
@@ -937,5 +989,64 @@ async fn canary_weight_on_router_none_splits_traffic_by_gateway_replicas() {
         let answer = alice.rest.expect(Method::GET, &messages, None, 200).await;
         assert_eq!(answer.version.as_deref(), Some(next.as_str()));
     }
+    report.assert_no_message_lost(&alice.rest, &messages).await;
+}
+
+/// A rollout to a version whose pods can never start (its images are not on the node) is
+/// aborted at its progress deadline: traffic never leaves the stable slot, not one request
+/// fails, the candidate is scaled to zero, and the app says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_candidate_that_never_becomes_ready_is_aborted_without_touching_traffic() {
+    let deployed = Deployed::new(
+        "abort",
+        json!({
+            "strategy": {
+                "type": "BlueGreen",
+                "progressDeadlineSeconds": 30,
+                "abortScaleDownDelaySeconds": 5
+            }
+        }),
+    )
+    .await;
+    deployed.wait_ready(&deployed.tag).await;
+    let rest = Rest::new(deployed.entry().await);
+    let (alice, messages) = walkthrough(&rest, &deployed.tag).await;
+    let load = Load::start(&alice.rest, &messages);
+
+    // pullPolicy Never and a tag the node does not have: ErrImageNeverPull, never Ready.
+    let broken = format!("{}-missing", deployed.tag);
+    patch_spec(&deployed, json!({"version": broken})).await;
+    let reason = eventually("the rollout is aborted", READY_WAIT, || async {
+        let rollout = deployed.app().await.status?.rollout?;
+        rollout.abort_reason
+    })
+    .await;
+    println!("aborted: {reason}");
+    eventually("the candidate slot is scaled to zero", WAIT, || async {
+        (deployed.gateway_replicas(Slot::Green).await == 0).then_some(())
+    })
+    .await;
+    let report = load.finish().await;
+
+    let status = deployed.app().await.status.unwrap();
+    assert_eq!(status.active_slot, Some(Slot::Blue), "blue still serves");
+    assert_eq!(
+        status.stable_version.as_deref(),
+        Some(deployed.tag.as_str())
+    );
+    assert_eq!(
+        status.phase,
+        Some(Phase::Degraded),
+        "the abort shows: {status:?}"
+    );
+    report.assert_no_failures("the aborted rollout");
+    for slots in &report.slots_per_worker {
+        assert!(!slots.is_empty());
+        assert!(
+            slots.iter().all(|s| s == "blue"),
+            "every request was answered by the stable slot: {slots:?}"
+        );
+    }
+    assert_eq!(deployed.gateway_replicas(Slot::Blue).await, 1);
     report.assert_no_message_lost(&alice.rest, &messages).await;
 }
