@@ -99,8 +99,11 @@ start_socket() {
   if socket_up; then log "Docker-API socket up at $SOCKET"; return; fi
   rm -f "$SOCKET"
   log "starting podman system service on $SOCKET"
-  # fd 9 (the setup lock) closed: the service outlives this script.
-  nohup podman system service --time=0 "unix://$SOCKET" >"$PODMAN_DIR/service.log" 2>&1 9>&- &
+  # fd 9 (the setup lock) closed: the service outlives this script. Started in /: it
+  # outlives the clone it was started from too, and conmon cannot start containers from a
+  # deleted working directory ("write child: broken pipe").
+  (cd / && exec nohup podman system service --time=0 "unix://$SOCKET" \
+    >"$PODMAN_DIR/service.log" 2>&1 9>&-) &
   echo $! >"$PODMAN_DIR/service.pid"
   for _ in $(seq 1 50); do socket_up && return; sleep 0.2; done
   tail -5 "$PODMAN_DIR/service.log" >&2

@@ -340,6 +340,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     start::<messenger_auth::Service>(&mut running, auth, auth_sockets, &shutdown);
     start::<messenger_gateway::Service>(&mut running, gateway, gateway_sockets, &shutdown);
 
+    messenger_common::tls::install_crypto_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -103,6 +103,9 @@ impl Default for PrometheusClient {
 
 impl PrometheusClient {
     pub fn new(timeout: Duration) -> Self {
+        // reqwest reads the process's crypto provider and, in a workspace build (where
+        // auth turns on its rustls without a provider), panics when none is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()

@@ -11,6 +11,9 @@
 //! Without chromedriver and Chromium this test fails and says so; `scripts/test.sh`
 //! reports it as skipped with the reason (`BROWSER_SKIP_REASON`) instead of running it.
 
+#[path = "support/http.rs"]
+mod http;
+
 // Only `binary` is used here; the rest serves the other system tests.
 // The banner and admin addresses serve the dev test.
 #[allow(dead_code)]
@@ -481,7 +484,7 @@ async fn two_people_befriend_and_chat_live_in_two_browsers() {
                 .await
                 .expect("Bob's session");
             let token = token.as_str().expect("a token");
-            let http = reqwest::Client::new();
+            let http = http::client().build().unwrap();
             for n in 1..=FILLER {
                 let sent = http
                     .post(format!("{url}v1/chats/{chat_id}/messages"))

@@ -2,6 +2,9 @@
 //! client and the API are and a curl walkthrough, which runs verbatim against it; every
 //! component is ready; Ctrl-C stops it cleanly. Start-up problems end with one line.
 
+#[path = "support/http.rs"]
+mod http;
+
 // Only `binary` is used here; the rest serves the other system tests.
 #[path = "support/dev.rs"]
 mod dev_process;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use dev_process::DevProcess;
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    http::client()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()

@@ -5,6 +5,9 @@
 //! service naming someone else, refused; logout, after which the token and its stream
 //! are dead.
 
+#[path = "support/http.rs"]
+mod http;
+
 #[path = "support/process.rs"]
 mod process;
 
@@ -37,7 +40,7 @@ struct Api {
 impl Api {
     fn new(base: String) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: http::client().build().unwrap(),
             base,
             token: None,
         }

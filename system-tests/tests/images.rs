@@ -24,6 +24,9 @@ use messenger_common::testing::{self, TestDatabase};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+#[path = "support/http.rs"]
+mod http;
+
 /// The uid:gid the Dockerfile's runtime stage runs as.
 const NON_ROOT: &str = "65532";
 /// Kubernetes' default termination grace period: a component still running after it is
@@ -739,7 +742,7 @@ async fn the_compose_stack_serves_two_people_chatting_through_the_gateway() {
     println!("compose stack up in {:?}", started.elapsed());
 
     let api = Api {
-        http: reqwest::Client::new(),
+        http: http::client().build().unwrap(),
         base: format!("http://127.0.0.1:{gateway_port}"),
         token: None,
     };

@@ -33,6 +33,9 @@ use messenger_operator::status::{CONDITION_READY, find_condition};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+#[path = "support/http.rs"]
+mod http;
+
 const PASSWORD: &str = "correct horse battery staple";
 /// Bounds the wait for a slot's five pods to start and pass their probes (images are
 /// local; two busy cores).
@@ -394,7 +397,7 @@ struct Answer {
 
 impl Rest {
     fn new(base: String) -> Self {
-        let http = reqwest::Client::builder()
+        let http = http::client()
             .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(15))
             .build()

@@ -13,6 +13,9 @@
 //! Without Node.js/npm the provider cannot be installed; `scripts/test.sh` then reports
 //! these tests as skipped (`OIDC_SKIP_REASON`).
 
+#[path = "support/http.rs"]
+mod http;
+
 #[path = "support/oidc.rs"]
 mod oidc;
 #[allow(dead_code)] // the helpers the other system tests use
@@ -58,7 +61,8 @@ impl Stack {
             ("AUTH_OAUTH_DOWN_CLIENT_ID", "messenger".to_owned()),
             ("AUTH_OAUTH_HTTP_TIMEOUT", "5s".to_owned()),
         ]);
-        let backend = Backend::start_with(auth_env, Vec::new()).await;
+        let backend =
+            Backend::start_with(auth_env, vec![("CHAT_STORE", "memory".to_owned())]).await;
         let mut gateway = Service::start(
             "gateway",
             &[
@@ -129,7 +133,7 @@ impl Browser {
     fn new(base: &str) -> Self {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let client = |policy| {
-            reqwest::Client::builder()
+            http::client()
                 .cookie_provider(jar.clone())
                 .redirect(policy)
                 .build()
@@ -240,7 +244,9 @@ fn refused(ended: Ended, status: u16) -> Value {
 }
 
 async fn api(base: &str, token: &str, method: reqwest::Method, path: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = http::client()
+        .build()
+        .unwrap()
         .request(method, format!("{base}{path}"))
         .bearer_auth(token)
         .send()
@@ -278,7 +284,11 @@ async fn signing_in_through_an_oidc_provider_creates_the_user_once_and_its_token
     let base = &stack.base;
 
     // The providers the web client shows buttons for.
-    let providers: Value = reqwest::get(format!("{base}/v1/auth/oauth/providers"))
+    let providers: Value = http::client()
+        .build()
+        .unwrap()
+        .get(format!("{base}/v1/auth/oauth/providers"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -291,36 +301,38 @@ async fn signing_in_through_an_oidc_provider_creates_the_user_once_and_its_token
     );
     assert_eq!(providers["providers"][1]["kind"], "oauth2");
 
-    // First sign-in: a new user, named after the provider's preferred_username.
+    // First sign-in: a new user, named after the provider's preferred_username. Unique
+    // names: the users service reads every test's registrations from the shared broker.
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let (ada, hopper) = (format!("ada{tag}"), format!("hopper{tag}"));
     let browser = Browser::new(base);
-    let first = signed_in(browser.sign_in("corp", "ada", &[]).await);
+    let first = signed_in(browser.sign_in("corp", &ada, &[]).await);
     let token = token_of(&first);
     let me = profile(base, &token).await;
-    assert_eq!(me["nickname"], "ada");
+    assert_eq!(me["nickname"], ada.as_str());
     assert_eq!(me["user_id"], first["user_id"]);
     // The hand-over cookie worked once.
     let (status, problem) = browser.exchange().await.unwrap_err();
     assert_eq!(status, 401, "{problem}");
 
     // Second sign-in, in another browser: the same user, a new token.
-    let second = signed_in(Browser::new(base).sign_in("corp", "ada", &[]).await);
+    let second = signed_in(Browser::new(base).sign_in("corp", &ada, &[]).await);
     assert_eq!(second["user_id"], first["user_id"]);
     assert_ne!(second["access_token"], first["access_token"]);
     assert_eq!(stack.accounts().await, 1);
 
     // The provider rotates its signing key: the next sign-in fetches the new keys.
     stack.provider.rotate_keys().await;
-    let rotated = signed_in(Browser::new(base).sign_in("corp", "ada", &[]).await);
+    let rotated = signed_in(Browser::new(base).sign_in("corp", &ada, &[]).await);
     assert_eq!(rotated["user_id"], first["user_id"]);
 
     // A plain OAuth 2.0 provider (GitHub-style userinfo): another identity, another user.
-    let plain = signed_in(
-        Browser::new(base)
-            .sign_in("corp-plain", "hopper", &[])
-            .await,
-    );
+    let plain = signed_in(Browser::new(base).sign_in("corp-plain", &hopper, &[]).await);
     assert_ne!(plain["user_id"], first["user_id"]);
-    assert_eq!(profile(base, &token_of(&plain)).await["nickname"], "hopper");
+    assert_eq!(
+        profile(base, &token_of(&plain)).await["nickname"],
+        hopper.as_str()
+    );
     assert_eq!(stack.accounts().await, 2);
 
     // Logging out the OAuth token works like any other.
@@ -336,7 +348,7 @@ async fn signing_in_through_an_oidc_provider_creates_the_user_once_and_its_token
 async fn a_provider_identity_is_linked_to_a_password_account_only_from_inside_it() {
     let stack = Stack::start().await;
     let base = &stack.base;
-    let http = reqwest::Client::new();
+    let http = http::client().build().unwrap();
     let registered: Value = http
         .post(format!("{base}/v1/auth/register"))
         .json(&json!({"email": "grace@example.com", "password": PASSWORD, "nickname": "grace"}))
@@ -545,7 +557,7 @@ async fn every_broken_or_forged_sign_in_is_a_4xx_problem_that_creates_nothing() 
     let page = Url::parse(started.headers()["location"].to_str().unwrap()).unwrap();
     let callback = browser.log_in(&page, "mallory", &[]).await;
     let first = signed_in(browser.callback(callback.clone()).await);
-    let replay = reqwest::Client::builder()
+    let replay = http::client()
         .redirect(Policy::none())
         .build()
         .unwrap()
@@ -577,11 +589,19 @@ async fn every_broken_or_forged_sign_in_is_a_4xx_problem_that_creates_nothing() 
     );
 
     // An unknown provider, and one that cannot be reached.
-    let response = reqwest::get(format!("{base}/v1/auth/oauth/nope/start"))
+    let response = http::client()
+        .build()
+        .unwrap()
+        .get(format!("{base}/v1/auth/oauth/nope/start"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    let response = reqwest::get(format!("{base}/v1/auth/oauth/down/start"))
+    let response = http::client()
+        .build()
+        .unwrap()
+        .get(format!("{base}/v1/auth/oauth/down/start"))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 424);

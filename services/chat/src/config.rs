@@ -333,13 +333,20 @@ mod tests {
             ("INTERNAL_AUTH_KEY", "shorter-than-32-bytes"),
         ];
         for (name, value) in cases {
-            let error = config(&[(name, value)]).unwrap_err();
+            // A valid store, so the error is about `name` alone.
+            let store = if name == "CHAT_STORE" {
+                value
+            } else {
+                "memory"
+            };
+            let error = config(&[("CHAT_STORE", store), (name, value)]).unwrap_err();
             assert_eq!(error.variable(), name, "{error}");
         }
     }
 
     #[test]
     fn a_zero_cache_ttl_turns_the_cache_off() {
-        assert!(config(&[("CHAT_CACHE_TTL", "0s")]).unwrap().cache.is_none());
+        let config = config(&[("CHAT_STORE", "memory"), ("CHAT_CACHE_TTL", "0s")]).unwrap();
+        assert!(config.cache.is_none());
     }
 }

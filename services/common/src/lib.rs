@@ -78,6 +78,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 /// Re-exported so services implement [`admin::ReadinessCheck`], [`events::EventPublisher`]
 /// and [`events::EventHandler`] without adding the dependency themselves.

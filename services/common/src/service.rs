@@ -119,6 +119,7 @@ pub const SHUTDOWN_DELAY_ENV: &str = "SHUTDOWN_DELAY";
 /// argument `migrate`, applies the database migrations and exits. Any failure ends with
 /// one line naming it and exit status 1 (2 for bad arguments).
 pub async fn main<S: Service>() -> ExitCode {
+    crate::tls::install_crypto_provider();
     let mode = match Mode::from_args(S::NAME, std::env::args().skip(1)) {
         Ok(mode) => mode,
         Err(usage) => {

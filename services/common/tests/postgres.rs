@@ -65,7 +65,13 @@ async fn common_and_service_migrations_apply_together_and_rerun_cleanly() {
             .unwrap();
     assert_eq!(
         versions,
-        vec![1, 19700101000001, 19700101000002, 20260101000000]
+        vec![
+            1,
+            19700101000001,
+            19700101000002,
+            19700101000003,
+            20260101000000
+        ]
     );
     for table in ["messenger_outbox", "messenger_processed_events", "widgets"] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")

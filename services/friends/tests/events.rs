@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use messenger_common::outbox;
 use messenger_common::testing::{self, TansuBroker, wait_for_event};
+use messenger_friends::domain::event_key;
 use messenger_proto::topics;
 use messenger_proto::v1::event::Payload;
 use messenger_proto::v1::{
@@ -164,6 +165,6 @@ async fn an_event_written_while_kafka_is_down_is_delivered_after() {
     )
     .await
     .expect("the event written during the outage reaches Kafka after it");
-    assert_eq!(received.key, alice.id());
+    assert_eq!(received.key, event_key(alice.id, bob.id));
     service.stop().await;
 }

@@ -10,6 +10,7 @@ use messenger_common::events::InMemoryEventBus;
 use messenger_common::{Shutdown, testing};
 use messenger_friends::Config;
 use messenger_friends::directory::InMemoryUserDirectory;
+use messenger_friends::domain::event_key;
 use messenger_proto::topics;
 use messenger_proto::v1::event::Payload;
 use messenger_proto::v1::{FriendRequestAccepted, GetFriendsListRequest, SendFriendRequestRequest};
@@ -92,7 +93,7 @@ async fn in_memory_mode_serves_the_api_and_publishes_to_the_bus() {
     assert_eq!(
         received[1],
         (
-            bob.to_string(),
+            event_key(alice.into(), bob.into()),
             Some(Payload::FriendRequestAccepted(FriendRequestAccepted {
                 from_user_id: alice.to_string(),
                 to_user_id: bob.to_string(),

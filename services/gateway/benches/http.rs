@@ -306,7 +306,7 @@ fn main() {
         let shutdown = Shutdown::new();
         let address = start(&shutdown, &databases).await;
         let client = Arc::new(Client {
-            http: reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY * 2).build().expect("client"),
+            http: { messenger_common::tls::install_crypto_provider(); reqwest::Client::builder() }.pool_max_idle_per_host(CONCURRENCY * 2).build().expect("client"),
             base: format!("http://{address}"),
         });
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];

@@ -89,7 +89,9 @@ impl TestProvider {
 
     /// Makes the provider sign new tokens with a new key (the old one stays published).
     pub async fn rotate_keys(&self) {
-        let response = reqwest::Client::new()
+        let response = crate::http::client()
+            .build()
+            .unwrap()
             .post(format!("{}/_control/rotate-keys", self.issuer))
             .send()
             .await
