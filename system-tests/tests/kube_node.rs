@@ -176,6 +176,14 @@ impl Drop for Operator {
     }
 }
 
+/// The namespace goes with the test (its pods would otherwise keep the node's two cores
+/// busy during the next test); the operator process is killed by its own drop.
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+    }
+}
+
 /// One app in a namespace of its own, with its databases and Secrets, and its operator.
 struct Deployed {
     client: Client,
@@ -251,6 +259,9 @@ impl Deployed {
             "dependencies": dependencies,
             "ingress": {"host": "messenger.test", "router": "none"},
             "components": {"chat": {"env": chat_env}},
+            // The apps of these tests share the node's broker: a group of its own, or the
+            // users pods of another test's app take this one's registrations.
+            "config": {"USERS_CONSUMER_GROUP": format!("users-{ns}")},
         });
         merge(&mut full, spec);
         let operator = Operator::start(&ns);
