@@ -58,8 +58,12 @@ const METRICS_SWEEP: Duration = Duration::from_secs(5);
 /// reconciles together, each holding its lists and apply responses; the API server is the
 /// bottleneck anyway, and the heap that burst leaves behind is never given back.
 const RECONCILE_CONCURRENCY: u16 = 8;
-/// MessengerApps per page of the initial list (a page is decoded whole).
-const APP_PAGE_SIZE: u32 = 100;
+/// Objects per page of the watches' initial lists. A page is read and decoded whole, and
+/// even metadata-only objects carry managedFields (a Deployment's run to kilobytes, decoded
+/// as JSON trees): pages of the default 500 made the largest allocation of a start-up, and
+/// the heap it grew stays.
+const APP_PAGE_SIZE: u32 = 50;
+const CHILD_PAGE_SIZE: u32 = 50;
 
 /// What every reconcile needs: the client, the event recorder, metrics and caches.
 pub struct Context {
@@ -1042,7 +1046,9 @@ pub async fn run_controller(
     let ns = namespace.as_deref();
     // The owned kinds are watched metadata-only (kube's `owns`), cached nowhere: their events
     // only name the app to reconcile. The apps are the one cache; it holds them stripped.
-    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let owned = watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+        .page_size(CHILD_PAGE_SIZE);
     let (reader, writer) = reflector::store();
     let apps = reflector(
         writer,
