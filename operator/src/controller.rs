@@ -57,7 +57,7 @@ const METRICS_SWEEP: Duration = Duration::from_secs(5);
 /// Reconciles in flight at once. Unbounded, a start-up with a thousand apps runs a thousand
 /// reconciles together, each holding its lists and apply responses; the API server is the
 /// bottleneck anyway, and the heap that burst leaves behind is never given back.
-const RECONCILE_CONCURRENCY: u16 = 8;
+const RECONCILE_CONCURRENCY: u16 = 4;
 /// Objects per page of the watches' initial lists. A page is read and decoded whole, and
 /// even metadata-only objects carry managedFields (a Deployment's run to kilobytes, decoded
 /// as JSON trees): pages of the default 500 made the largest allocation of a start-up, and
@@ -65,10 +65,13 @@ const RECONCILE_CONCURRENCY: u16 = 8;
 const APP_PAGE_SIZE: u32 = 50;
 const CHILD_PAGE_SIZE: u32 = 50;
 
-/// What every reconcile needs: the client, the event recorder, metrics and caches.
+/// What every reconcile needs: the client, who reports events, metrics and caches.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Events are published with a recorder made for one reconcile, as kube intends: a
+    /// recorder keeps every event it sent (to count repeats) until its next publish after
+    /// six minutes, which for one shared recorder meant each app's last events, forever.
+    pub reporter: Reporter,
     pub metrics: Metrics,
     capabilities: RwLock<Option<(Instant, ApiCapabilities)>>,
     /// Reads the candidate gateways' metrics for canary analysis.
@@ -97,7 +100,7 @@ impl Context {
             instance,
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             capabilities: RwLock::new(None),
@@ -627,6 +630,7 @@ async fn write_status(
 
 async fn publish(ctx: &Context, app: &MessengerApp, events: &[Transition]) {
     let reference = app.object_ref(&());
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     for transition in events {
         let event = Event {
             type_: if transition.warning {
@@ -640,7 +644,7 @@ async fn publish(ctx: &Context, app: &MessengerApp, events: &[Transition]) {
             secondary: None,
         };
         // An Event is a courtesy; failing to write one must not fail the reconcile.
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(error) = recorder.publish(&event, &reference).await {
             warn!(%error, reason = %transition.reason, "could not publish event");
         }
     }

@@ -127,7 +127,7 @@ async fn shutdown_signal() {
 /// Requests the controller has in flight to the API server at once. Each one in flight holds
 /// its own HTTP/1.1 connection, and the client keeps every connection it ever opened (with
 /// TLS about 80 KiB each): unbounded, one start-up burst of reconciles left hundreds open.
-const API_CONCURRENCY: usize = 16;
+const API_CONCURRENCY: usize = 8;
 
 /// How long shutdown waits for the controller's in-flight reconciles (well inside a pod's
 /// default 30 s termination grace period).
