@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/messenger-target
 
 # Benchmarks measure speed (numbers in docs/benchmarks.md); tests never time anything.
-.PHONY: help run build up down compose-env build-crates test test-deps sqlx-prepare fmt lint bench run-auth run-users run-friends run-chat run-gateway
+.PHONY: help run build up down compose-env build-crates test test-deps sqlx-prepare fmt lint bench bench-operator-memory run-auth run-users run-friends run-chat run-gateway
 
 # docker compose v2, else docker-compose (v1, also what drives podman's Docker API:
 # DOCKER_HOST=unix:///run/podman/podman.sock make up).
@@ -49,13 +49,17 @@ fmt: ## format the workspace
 lint: ## clippy with warnings as errors
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts PostgreSQL, Redis, tansu, DocumentDB)
+bench: ## run the benchmarks whose numbers are in docs/benchmarks.md (starts PostgreSQL, Redis, tansu, DocumentDB, and a kube-apiserver of its own)
 	env_file=$$(mktemp) && scripts/test-deps.sh "$$env_file" && source "$$env_file" && rm -f "$$env_file" && \
 	cargo bench --locked -p messenger-operator --bench reconcile && \
+	scripts/bench-operator-memory.sh && \
 	cargo bench --locked -p messenger-auth --bench rpc && \
 	cargo bench --locked -p messenger-common --features testing --bench outbox && \
 	cargo bench --locked -p messenger-chat --bench rpc && \
 	cargo bench --locked -p messenger-gateway --bench http
+
+bench-operator-memory: ## the operator's RSS idle and with 1000 MessengerApps, against a kube-apiserver of its own (OPERATOR_MEMORY_APPS=N)
+	scripts/bench-operator-memory.sh
 
 run: ## the whole messenger in one process, in memory: `messenger dev` (release build; ARGS="--seed-demo" etc.)
 	cargo run --release --locked -p messenger-cli --bin messenger -- dev $(ARGS)

@@ -102,6 +102,43 @@ pub struct Children {
 }
 
 impl Children {
+    /// A hash of every object the operator would apply or create: equal hashes, equal
+    /// objects. Only compared within one process (the hasher's keys are fixed, not stable
+    /// across Rust versions).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::Hasher;
+        /// Feeds serialised JSON straight into the hasher.
+        struct HashWriter(std::hash::DefaultHasher);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.write(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        fn feed<T: serde::Serialize>(writer: &mut HashWriter, objects: &T) {
+            // Built objects always serialise (no maps with non-string keys).
+            let _ = serde_json::to_writer(&mut *writer, objects);
+            writer.0.write_u8(0);
+        }
+        let mut writer = HashWriter(std::hash::DefaultHasher::new());
+        feed(&mut writer, &self.service_accounts);
+        feed(&mut writer, &self.config_maps);
+        feed(&mut writer, &self.deployments);
+        feed(&mut writer, &self.services);
+        feed(&mut writer, &self.ingresses);
+        feed(&mut writer, &self.http_routes);
+        feed(&mut writer, &self.pdbs);
+        feed(&mut writer, &self.network_policies);
+        feed(&mut writer, &self.jobs);
+        feed(&mut writer, &self.traffic_services);
+        // What prune spares is part of what a pass does.
+        feed(&mut writer, &self.protected_slots);
+        writer.0.finish()
+    }
+
     pub fn count(&self) -> usize {
         self.service_accounts.len()
             + self.config_maps.len()

@@ -14,13 +14,14 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::httproute::HTTPRoute;
 use crate::metrics::Metrics;
 use crate::prometheus::PrometheusClient;
-use crate::rollout::{JobState, RolloutAction, next_state, wants_gateway_metrics};
+use crate::rollout::{COMMANDS, JobState, RolloutAction, next_state, wants_gateway_metrics};
 use crate::scrape::{GatewayScraper, PodScraper};
 use crate::status::{
     Transition, compute_status, degraded_status, invalid_status, observe, transitions,
@@ -53,11 +54,24 @@ const RESYNC_PROGRESSING: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often phase series of deleted apps are dropped.
 const METRICS_SWEEP: Duration = Duration::from_secs(5);
+/// Reconciles in flight at once. Unbounded, a start-up with a thousand apps runs a thousand
+/// reconciles together, each holding its lists and apply responses; the API server is the
+/// bottleneck anyway, and the heap that burst leaves behind is never given back.
+const RECONCILE_CONCURRENCY: u16 = 4;
+/// Objects per page of the watches' initial lists. A page is read and decoded whole, and
+/// even metadata-only objects carry managedFields (a Deployment's run to kilobytes, decoded
+/// as JSON trees): pages of the default 500 made the largest allocation of a start-up, and
+/// the heap it grew stays.
+const APP_PAGE_SIZE: u32 = 50;
+const CHILD_PAGE_SIZE: u32 = 50;
 
-/// What every reconcile needs: the client, the event recorder, metrics and caches.
+/// What every reconcile needs: the client, who reports events, metrics and caches.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Events are published with a recorder made for one reconcile, as kube intends: a
+    /// recorder keeps every event it sent (to count repeats) until its next publish after
+    /// six minutes, which for one shared recorder meant each app's last events, forever.
+    pub reporter: Reporter,
     pub metrics: Metrics,
     capabilities: RwLock<Option<(Instant, ApiCapabilities)>>,
     /// Reads the candidate gateways' metrics for canary analysis.
@@ -66,6 +80,17 @@ pub struct Context {
     pub prometheus: PrometheusClient,
     /// Consecutive failures per app, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per app, the last pass that applied: what it wanted and what it found.
+    applied: Mutex<HashMap<String, AppliedPass>>,
+}
+
+/// What a reconcile that applied and pruned saw. When the next one wants the same children
+/// and finds every child at the same resourceVersion, those applies changed nothing (or a
+/// child would have a new resourceVersion) and repeating them would change nothing either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AppliedPass {
+    desired: u64,
+    observed: u64,
 }
 
 impl Context {
@@ -75,13 +100,14 @@ impl Context {
             instance,
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             capabilities: RwLock::new(None),
             scraper: Arc::new(PodScraper::default()),
             prometheus: PrometheusClient::default(),
             failures: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
         }
     }
 
@@ -119,6 +145,30 @@ impl Context {
 
     fn reset_failures(&self, key: &str) {
         self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    fn last_applied(&self, key: &str) -> Option<AppliedPass> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    fn remember_applied(&self, key: &str, pass: AppliedPass) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), pass);
+    }
+
+    /// Drops what is kept for an app that no longer exists.
+    fn forget_app(&self, key: &str) {
+        self.reset_failures(key);
+        self.applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
@@ -202,8 +252,8 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     ensure_current(&ctx.client, &namespace, app).await?;
     // Observe, decide, build: the state machine sees the children as they are, not as the
     // last apply left them.
-    let (deployments, jobs, entry) = observe_children(&ctx.client, &namespace, app).await?;
-    let mut observed = observe(app, &deployments, &jobs, entry.as_ref());
+    let found = observe_children(&ctx.client, &namespace, app, caps).await?;
+    let mut observed = observe(app, &found.deployments, &found.jobs, found.entry.as_ref());
     if let Some((candidate, interval)) = wants_gateway_metrics(app) {
         let prometheus = app
             .spec
@@ -231,7 +281,25 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
     }
     let decision = next_state(app, &observed, &now);
     let children = build_children_for(app, &decision.status, caps);
+    let key = app_key(app);
+    let pass = AppliedPass {
+        desired: children.fingerprint(),
+        observed: found.fingerprint(),
+    };
+    // Nothing to apply when the last pass wanted the same and nothing changed since.
+    let unchanged = ctx.last_applied(&key) == Some(pass);
     let applied = async {
+        if unchanged {
+            run_migration_jobs(
+                &ctx.client,
+                &namespace,
+                &children.jobs,
+                &decision.status,
+                &observed.jobs,
+            )
+            .await?;
+            return Ok(None);
+        }
         // Pods reference the key Secret; it must exist before they are created.
         ensure_internal_key(&ctx.client, &namespace, app).await?;
         let applied = apply_workloads(&ctx.client, &namespace, &children).await?;
@@ -243,7 +311,7 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
             &observed.jobs,
         )
         .await?;
-        Ok::<_, Error>(applied)
+        Ok::<_, Error>(Some(applied))
     };
     let applied = match applied.await {
         Ok(applied) => applied,
@@ -255,15 +323,19 @@ async fn reconcile_app(app: &MessengerApp, ctx: &Context) -> Result<Action> {
         }
         Err(error) => return Err(error),
     };
+    let deployments = applied.as_deref().unwrap_or(&found.deployments);
 
-    let status = compute_status(app, &decision, &applied, &children.skipped, &now);
+    let status = compute_status(app, &decision, deployments, &children.skipped, &now);
     let healthy = status.phase == Some(Phase::Healthy);
     record_rollout_metrics(ctx, app, &status, &decision.actions, &now);
     finish(app, ctx, &namespace, status, &decision.actions).await?;
-    // Traffic follows only what is persisted: a status write that failed (or lost a race
-    // with a newer status) moves no traffic.
-    apply_traffic(&ctx.client, &namespace, &children).await?;
-    prune_children(&ctx.client, &namespace, app, &children, caps).await?;
+    if !unchanged {
+        // Traffic follows only what is persisted: a status write that failed (or lost a
+        // race with a newer status) moves no traffic.
+        apply_traffic(&ctx.client, &namespace, &children).await?;
+        prune_children(&ctx.client, &namespace, app, &children, &found).await?;
+        ctx.remember_applied(&key, pass);
+    }
     let resync = if healthy {
         RESYNC_READY
     } else {
@@ -340,13 +412,81 @@ async fn ensure_current(client: &Client, namespace: &str, app: &MessengerApp) ->
     Ok(())
 }
 
-/// The app's Deployments (both slots), its Jobs and its entry Service, as the API server
-/// has them.
+/// An app's children as the API server has them: Deployments and Jobs whole (their status
+/// drives the rollout), the entry Service (its selector names the serving slot), and only
+/// the metadata of the other kinds (enough to prune them and to see that one changed).
+struct FoundChildren {
+    deployments: Vec<Deployment>,
+    jobs: Vec<Job>,
+    entry: Option<Service>,
+    service_accounts: Vec<ObjectMeta>,
+    config_maps: Vec<ObjectMeta>,
+    services: Vec<ObjectMeta>,
+    ingresses: Vec<ObjectMeta>,
+    network_policies: Vec<ObjectMeta>,
+    /// Empty when the cluster does not serve the kind.
+    pdbs: Vec<ObjectMeta>,
+    http_routes: Vec<ObjectMeta>,
+}
+
+impl FoundChildren {
+    /// A hash of every child's kind, name and resourceVersion: any write to any child, by
+    /// anyone, changes it.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let kinds: [(&str, Vec<&ObjectMeta>); 9] = [
+            (
+                "Deployment",
+                self.deployments.iter().map(|d| &d.metadata).collect(),
+            ),
+            ("Job", self.jobs.iter().map(|j| &j.metadata).collect()),
+            ("ServiceAccount", self.service_accounts.iter().collect()),
+            ("ConfigMap", self.config_maps.iter().collect()),
+            ("Service", self.services.iter().collect()),
+            ("Ingress", self.ingresses.iter().collect()),
+            ("NetworkPolicy", self.network_policies.iter().collect()),
+            ("PodDisruptionBudget", self.pdbs.iter().collect()),
+            ("HTTPRoute", self.http_routes.iter().collect()),
+        ];
+        let mut hasher = std::hash::DefaultHasher::new();
+        for (kind, objects) in kinds {
+            let mut versions: Vec<(&Option<String>, &Option<String>)> = objects
+                .iter()
+                .map(|m| (&m.name, &m.resource_version))
+                .collect();
+            versions.sort();
+            (kind, versions).hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+}
+
+async fn list_metadata<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &ListParams,
+    served: bool,
+) -> Result<Vec<ObjectMeta>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    if !served {
+        return Ok(Vec::new());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let list = api.list_metadata(selector).await?;
+    Ok(list.items.into_iter().map(|o| o.metadata).collect())
+}
+
+/// One list per kind (metadata only where the controller needs no more), and the entry
+/// Service.
 async fn observe_children(
     client: &Client,
     namespace: &str,
     app: &MessengerApp,
-) -> Result<(Vec<Deployment>, Vec<Job>, Option<Service>)> {
+    caps: ApiCapabilities,
+) -> Result<FoundChildren> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
@@ -357,7 +497,28 @@ async fn observe_children(
         jobs.list(&selector),
         services.get_opt(&entry_name)
     )?;
-    Ok((list.items, job_list.items, entry))
+    let (service_accounts, config_maps, services, ingresses, network_policies, pdbs, http_routes) =
+        futures::try_join!(
+            list_metadata::<ServiceAccount>(client, namespace, &selector, true),
+            list_metadata::<ConfigMap>(client, namespace, &selector, true),
+            list_metadata::<Service>(client, namespace, &selector, true),
+            list_metadata::<Ingress>(client, namespace, &selector, true),
+            list_metadata::<NetworkPolicy>(client, namespace, &selector, true),
+            list_metadata::<PodDisruptionBudget>(client, namespace, &selector, caps.pdb_v1),
+            list_metadata::<HTTPRoute>(client, namespace, &selector, caps.http_route),
+        )?;
+    Ok(FoundChildren {
+        deployments: list.items,
+        jobs: job_list.items,
+        entry,
+        service_accounts,
+        config_maps,
+        services,
+        ingresses,
+        network_policies,
+        pdbs,
+        http_routes,
+    })
 }
 
 /// Which migration Jobs to delete and which to create: a desired Job that does not exist
@@ -469,6 +630,7 @@ async fn write_status(
 
 async fn publish(ctx: &Context, app: &MessengerApp, events: &[Transition]) {
     let reference = app.object_ref(&());
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     for transition in events {
         let event = Event {
             type_: if transition.warning {
@@ -482,7 +644,7 @@ async fn publish(ctx: &Context, app: &MessengerApp, events: &[Transition]) {
             secondary: None,
         };
         // An Event is a courtesy; failing to write one must not fail the reconcile.
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        if let Err(error) = recorder.publish(&event, &reference).await {
             warn!(%error, reason = %transition.reason, "could not publish event");
         }
     }
@@ -733,6 +895,7 @@ async fn prune<K>(
     client: &Client,
     namespace: &str,
     app: &MessengerApp,
+    existing: &[&ObjectMeta],
     desired: &[K],
     protected: &[Slot],
 ) -> Result<()>
@@ -747,19 +910,18 @@ where
     let keep: BTreeSet<String> = desired.iter().map(|o| o.name_any()).collect();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let uid = app.uid().unwrap_or_default();
-    let existing = api
-        .list_metadata(&ListParams::default().labels(&app_children_selector(app)))
-        .await?;
-    for object in existing.items {
+    for object in existing {
         let owned = object
-            .owner_references()
+            .owner_references
             .iter()
+            .flatten()
             .any(|o| o.uid == uid && o.controller == Some(true));
-        let name = object.name_any();
+        let name = object.name.clone().unwrap_or_default();
         // Whatever the status says, the objects of the serving slot are never deleted.
         let serving = object
-            .labels()
-            .get(LABEL_SLOT)
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(LABEL_SLOT))
             .is_some_and(|slot| protected.iter().any(|p| p.as_str() == slot));
         if owned && !serving && !keep.contains(&name) {
             info!(kind = %K::kind(&Default::default()), %name, "deleting child that is no longer desired");
@@ -775,13 +937,14 @@ where
 
 /// Deletes children of this app (by label and controller ownerReference) that the current
 /// spec no longer asks for: PDBs after scaling to one replica, a removed Ingress, the
-/// Ingress/HTTPRoute after switching routers, another slot's objects.
-pub async fn prune_children(
+/// Ingress/HTTPRoute after switching routers, another slot's objects. `found` is what this
+/// reconcile listed before applying; what it applied is desired, so never deleted.
+async fn prune_children(
     client: &Client,
     namespace: &str,
     app: &MessengerApp,
     children: &Children,
-    caps: ApiCapabilities,
+    found: &FoundChildren,
 ) -> Result<()> {
     let keep = &children.protected_slots;
     let services: Vec<Service> = children
@@ -790,47 +953,78 @@ pub async fn prune_children(
         .chain(&children.traffic_services)
         .cloned()
         .collect();
-    let mut lists: Vec<BoxFuture<'_, Result<()>>> = vec![
-        Box::pin(prune(
+    fn metas(list: &[ObjectMeta]) -> Vec<&ObjectMeta> {
+        list.iter().collect()
+    }
+    let found_deployments: Vec<&ObjectMeta> =
+        found.deployments.iter().map(|d| &d.metadata).collect();
+    let found_jobs: Vec<&ObjectMeta> = found.jobs.iter().map(|j| &j.metadata).collect();
+    let (accounts, maps, found_services, ingresses, policies, pdbs, routes) = (
+        metas(&found.service_accounts),
+        metas(&found.config_maps),
+        metas(&found.services),
+        metas(&found.ingresses),
+        metas(&found.network_policies),
+        metas(&found.pdbs),
+        metas(&found.http_routes),
+    );
+    futures::try_join!(
+        prune(
             client,
             namespace,
             app,
+            &accounts,
             &children.service_accounts,
-            keep,
-        )),
-        Box::pin(prune(client, namespace, app, &children.config_maps, keep)),
-        Box::pin(prune(client, namespace, app, &children.deployments, keep)),
-        Box::pin(async move { prune(client, namespace, app, &services, keep).await }),
-        Box::pin(prune(client, namespace, app, &children.ingresses, keep)),
-        Box::pin(prune(
+            keep
+        ),
+        prune(client, namespace, app, &maps, &children.config_maps, keep),
+        prune(
             client,
             namespace,
             app,
+            &found_deployments,
+            &children.deployments,
+            keep
+        ),
+        prune(client, namespace, app, &found_services, &services, keep),
+        prune(
+            client,
+            namespace,
+            app,
+            &ingresses,
+            &children.ingresses,
+            keep
+        ),
+        prune(
+            client,
+            namespace,
+            app,
+            &policies,
             &children.network_policies,
-            keep,
-        )),
-        Box::pin(prune(client, namespace, app, &children.jobs, keep)),
-    ];
-    if caps.pdb_v1 {
-        lists.push(Box::pin(prune(
-            client,
-            namespace,
-            app,
-            &children.pdbs,
-            keep,
-        )));
-    }
-    if caps.http_route {
-        lists.push(Box::pin(prune(
-            client,
-            namespace,
-            app,
-            &children.http_routes,
-            keep,
-        )));
-    }
-    try_join_all(lists).await?;
+            keep
+        ),
+        prune(client, namespace, app, &found_jobs, &children.jobs, keep),
+        prune(client, namespace, app, &pdbs, &children.pdbs, keep),
+        prune(client, namespace, app, &routes, &children.http_routes, keep),
+    )?;
     Ok(())
+}
+
+/// Drops from a MessengerApp what the controller never reads, before the cache keeps it:
+/// `managedFields`, labels, owner references, finalizers and every annotation but the
+/// rollout commands (`kubectl apply` alone leaves a copy of the whole spec in one).
+pub fn strip_unread(app: &mut MessengerApp) {
+    let meta = &mut app.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|name, _| COMMANDS.contains(&name.as_str()));
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 /// Runs the controller until `shutdown` resolves: watches MessengerApps (in `namespace`, or
@@ -854,16 +1048,30 @@ pub async fn run_controller(
     let client = ctx.client.clone();
     let metrics = ctx.metrics.clone();
     let ns = namespace.as_deref();
-    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let mut controller =
-        Controller::new(api::<MessengerApp>(&client, ns), watcher::Config::default())
-            .owns(api::<Deployment>(&client, ns), owned.clone())
-            .owns(api::<Service>(&client, ns), owned.clone())
-            .owns(api::<ConfigMap>(&client, ns), owned.clone())
-            .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-            .owns(api::<Ingress>(&client, ns), owned.clone())
-            .owns(api::<NetworkPolicy>(&client, ns), owned.clone())
-            .owns(api::<Job>(&client, ns), owned.clone());
+    // The owned kinds are watched metadata-only (kube's `owns`), cached nowhere: their events
+    // only name the app to reconcile. The apps are the one cache; it holds them stripped.
+    let owned = watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+        .page_size(CHILD_PAGE_SIZE);
+    let (reader, writer) = reflector::store();
+    let apps = reflector(
+        writer,
+        watcher(
+            api::<MessengerApp>(&client, ns),
+            watcher::Config::default().page_size(APP_PAGE_SIZE),
+        )
+        .modify(strip_unread),
+    )
+    .applied_objects();
+    let mut controller = Controller::for_stream(apps, reader)
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<ServiceAccount>(&client, ns), owned.clone())
+        .owns(api::<Ingress>(&client, ns), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), owned.clone())
+        .owns(api::<Job>(&client, ns), owned.clone());
     // Watching a kind the server does not serve would fail forever.
     if caps.pdb_v1 {
         controller = controller.owns(api::<PodDisruptionBudget>(&client, ns), owned.clone());
@@ -903,7 +1111,7 @@ pub async fn run_controller(
                     Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
                         let namespace = object.namespace.as_deref().unwrap_or_default();
                         metrics.forget_app(namespace, &object.name);
-                        ctx.reset_failures(&format!("{namespace}/{}", object.name));
+                        ctx.forget_app(&format!("{namespace}/{}", object.name));
                     }
                     // Watch failures (RBAC, connectivity) surface only here.
                     Err(error) => warn!(%error, "controller error"),
@@ -953,6 +1161,37 @@ mod tests {
         let action = reconcile(Arc::new(app), ctx).await.expect("reconcile");
         assert_eq!(action, Action::await_change());
         assert_eq!(stats.total(), 0, "nothing is applied, pruned or written");
+    }
+
+    #[test]
+    fn the_cached_app_keeps_the_rollout_commands_and_drops_the_rest_of_its_metadata() {
+        let mut app = (*app()).clone();
+        app.metadata.annotations = Some(
+            [
+                (crate::rollout::ANNOTATION_PROMOTE, "3"),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration",
+                    "{\"spec\":{}}",
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        );
+        app.metadata.labels = Some([("team".to_owned(), "chat".to_owned())].into());
+        app.metadata.managed_fields = Some(vec![Default::default()]);
+        let before = app.clone();
+        strip_unread(&mut app);
+        assert_eq!(
+            app.annotations().keys().collect::<Vec<_>>(),
+            [crate::rollout::ANNOTATION_PROMOTE],
+            "a promote given with an annotation still reaches the state machine"
+        );
+        assert!(app.metadata.managed_fields.is_none() && app.metadata.labels.is_none());
+        assert_eq!(
+            (app.spec.clone(), app.uid(), app.meta().generation),
+            (before.spec.clone(), before.uid(), before.meta().generation)
+        );
     }
 
     #[test]
@@ -1026,8 +1265,8 @@ mod tests {
         );
         assert_eq!(
             stats.lists.load(Relaxed),
-            11,
-            "one list of Deployments and one of Jobs to observe, one prune list per kind"
+            9,
+            "one list per kind, read before anything is applied"
         );
         assert_eq!(
             stats.creates.load(Relaxed),
@@ -1045,5 +1284,57 @@ mod tests {
             phase: "Progressing".into(),
         };
         assert_eq!(ctx.metrics.app_phase.get_or_create(&phase).get(), 1);
+    }
+
+    /// Applies, status writes and creates (the fake lists nothing, so nothing is deleted).
+    fn writes(stats: &crate::fake_api::FakeApiStats) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.patches.load(Relaxed) + stats.creates.load(Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_of_an_unchanged_app_only_reads() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (ctx, stats) = context(FakeBehaviour::Healthy);
+        reconcile(app(), ctx.clone()).await.expect("first");
+        assert!(
+            writes(&stats) > 0,
+            "the first reconcile applies the children"
+        );
+        // The app as the watch brings it back: with the status just written. The fake
+        // stores nothing, so the children it lists are the same (none) as the first time.
+        let written = stats.last_status.lock().unwrap().clone().expect("a status");
+        let mut app = (*app()).clone();
+        app.status = Some(serde_json::from_value(written).expect("status"));
+        let (writes_before, lists_before) = (writes(&stats), stats.lists.load(Relaxed));
+        reconcile(Arc::new(app), ctx.clone()).await.expect("second");
+        assert_eq!(
+            writes(&stats) - writes_before,
+            0,
+            "nothing is applied, created or written again"
+        );
+        assert_eq!(
+            stats.lists.load(Relaxed) - lists_before,
+            9,
+            "it still lists every kind, to see whether anything changed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_spec_is_applied_again() {
+        let (ctx, stats) = context(FakeBehaviour::Healthy);
+        let app = app();
+        reconcile(app.clone(), ctx.clone()).await.expect("first");
+        let first = writes(&stats);
+        let mut changed = (*app).clone();
+        changed.spec.version = "1.0.1".into();
+        reconcile(Arc::new(changed), ctx.clone())
+            .await
+            .expect("second");
+        let children = crate::builders::build_children(&app, ApiCapabilities::ALL).count();
+        assert!(
+            writes(&stats) - first > children,
+            "every child is applied again with the new version"
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! cannot produce (server errors). It answers server-side apply and create by echoing the
 //! object back with a resourceVersion, lists with an empty list, and counts requests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
@@ -24,6 +24,8 @@ pub struct FakeApiStats {
     pub creates: AtomicUsize,
     pub lists: AtomicUsize,
     pub other: AtomicUsize,
+    /// The `status` of the last status write, as sent.
+    pub last_status: Mutex<Option<serde_json::Value>>,
 }
 
 impl FakeApiStats {
@@ -88,6 +90,8 @@ async fn answer(
                 .strip_suffix("/status")
                 .and_then(|p| p.rsplit('/').next())
             {
+                *stats.last_status.lock().unwrap_or_else(|e| e.into_inner()) =
+                    object.get("status").cloned();
                 // A status apply carries no metadata or spec; answer with a whole object.
                 object["metadata"] = serde_json::json!({"name": name});
                 object["spec"] = serde_json::json!({"version": "0.0.0"});
