@@ -348,7 +348,19 @@ impl Deployed {
             .spec
             .and_then(|s| s.cluster_ip)
             .expect("a ClusterIP");
-        format!("http://{ip}")
+        let base = format!("http://{ip}");
+        // Ready pods are not yet a routable Service: kube-proxy writes the new ClusterIP's
+        // rules on its next sync (as for any client of a new Service).
+        let rest = Rest::new(base.clone());
+        eventually("kube-proxy routes the entry Service", WAIT, || async {
+            let answer = rest
+                .send(Method::GET, "/v1/openapi.json", None)
+                .await
+                .ok()?;
+            (answer.status == 200).then_some(())
+        })
+        .await;
+        base
     }
 
     async fn gateway_replicas(&self, slot: Slot) -> i32 {
