@@ -7,12 +7,12 @@ use std::fmt::Write as _;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt as _};
 
 use crate::component::Component;
 use crate::crd::{MessengerApp, Slot};
 use crate::rollout::{
-    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_PROMOTE_FULL, ANNOTATION_RETRY,
+    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_PROMOTE_FULL, ANNOTATION_RETRY, COMMANDS,
 };
 use crate::simulate::{
     DEFAULT_PROMOTE_AFTER_SECONDS, DEFAULT_READY_AFTER_SECONDS, Scenario, render_text, simulate,
@@ -152,6 +152,24 @@ pub fn render_status(app: &MessengerApp) -> String {
         if let Some(reason) = &rollout.abort_reason {
             let _ = writeln!(out, "Aborted:  {reason} (all traffic on {stable})");
         }
+    }
+    // A command whose value the operator has not acknowledged: not carried out yet (a
+    // promote waits until the rollout can act on it).
+    let pending: Vec<&str> = COMMANDS
+        .iter()
+        .filter(|name| {
+            app.annotations()
+                .get(**name)
+                .is_some_and(|value| status.acknowledged.get(**name) != Some(value))
+        })
+        .map(|name| name.trim_start_matches("messenger.dev/"))
+        .collect();
+    if !pending.is_empty() {
+        let _ = writeln!(
+            out,
+            "Pending:  {} (not carried out yet)",
+            pending.join(", ")
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(
@@ -369,6 +387,17 @@ mod tests {
         );
         app.status = Some(next_state(&app, &observed, &t(3)).status);
         let view = render_status(&app);
+        assert!(!view.contains("Pending"), "{view}");
+        app.metadata.annotations = Some(
+            [(ANNOTATION_PROMOTE.to_owned(), "t1".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        let view = render_status(&app);
+        assert!(
+            view.contains("Pending:  promote (not carried out yet)"),
+            "{view}"
+        );
         assert!(view.contains("Stable:   blue (1.0.0)"), "{view}");
         assert!(view.contains("2.0.0 into green"), "{view}");
         assert!(view.contains("step 1/2, weight 25"), "{view}");

@@ -162,17 +162,22 @@ pub struct Commands {
     pub retry: bool,
 }
 
-fn pending_commands(app: &MessengerApp, status: &mut MessengerAppStatus) -> Commands {
+/// The command annotations whose value the status has not acknowledged yet.
+fn pending_commands<'a>(
+    app: &'a MessengerApp,
+    status: &MessengerAppStatus,
+) -> Vec<(&'static str, &'a String)> {
+    COMMANDS
+        .into_iter()
+        .filter_map(|name| Some((name, app.annotations().get(name)?)))
+        .filter(|(name, value)| status.acknowledged.get(*name) != Some(*value))
+        .collect()
+}
+
+fn commands_of(pending: &[(&str, &String)]) -> Commands {
     let mut commands = Commands::default();
-    for name in COMMANDS {
-        let Some(value) = app.annotations().get(name) else {
-            continue;
-        };
-        if status.acknowledged.get(name) == Some(value) {
-            continue;
-        }
-        status.acknowledged.insert(name.to_owned(), value.clone());
-        match name {
+    for (name, _) in pending {
+        match *name {
             ANNOTATION_PROMOTE => commands.promote = true,
             ANNOTATION_PROMOTE_FULL => commands.promote_full = true,
             ANNOTATION_ABORT => commands.abort = true,
@@ -180,6 +185,23 @@ fn pending_commands(app: &MessengerApp, status: &mut MessengerAppStatus) -> Comm
         }
     }
     commands
+}
+
+/// Records the commands as carried out (or refused), except a promote the rollout could not
+/// act on yet: it stays pending until the candidate can be promoted, rather than being
+/// used up while something else holds the rollout.
+fn acknowledge(step: &mut Step, pending: &[(&str, &String)]) {
+    for (name, value) in pending {
+        let promote = matches!(*name, ANNOTATION_PROMOTE | ANNOTATION_PROMOTE_FULL);
+        if promote && step.promote_held {
+            continue;
+        }
+        step.status
+            .acknowledged
+            .insert((*name).to_owned(), (*value).clone());
+        step.actions
+            .push(RolloutAction::Acknowledged(format!("{name}={value}")));
+    }
 }
 
 fn after(time: &Time, seconds: i64) -> Timestamp {
@@ -282,6 +304,9 @@ struct Step {
     actions: Vec<RolloutAction>,
     requeue: Option<Duration>,
     paused: bool,
+    /// A promote was given but the rollout cannot act on it yet (candidate not ready,
+    /// migrations running, `spec.paused`, a step that is not a pause or analysis).
+    promote_held: bool,
 }
 
 impl Step {
@@ -298,8 +323,10 @@ pub fn next_state(app: &MessengerApp, observed: &Observed, now: &Time) -> Decisi
         actions: Vec::new(),
         requeue: None,
         paused: false,
+        promote_held: false,
     };
-    let commands = pending_commands(app, &mut step.status);
+    let pending = pending_commands(app, &step.status);
+    let commands = commands_of(&pending);
     let spec_template = SlotTemplate::of(&app.spec);
     let spec_revision = revision(&spec_template);
 
@@ -414,6 +441,7 @@ pub fn next_state(app: &MessengerApp, observed: &Observed, now: &Time) -> Decisi
             scale_down_when_due(&mut step, slot, at.0, now);
         }
     }
+    acknowledge(&mut step, &pending);
     set_weights(&mut step.status);
     let stable = step.status.active_slot.unwrap_or_default();
     step.status.stable_version = slot_ref(&step.status, stable)
@@ -585,6 +613,7 @@ fn progress(
         if rollout.available_at.is_none() {
             step.wake_in(until(now, deadline));
         }
+        step.promote_held = true;
         // Readiness flapped after the candidate came up: hold the current step.
         step.status.rollout = Some(rollout);
         return;
@@ -625,6 +654,7 @@ fn progress(
     }
     if settings.paused {
         step.paused = true;
+        step.promote_held = true;
         step.actions
             .push(RolloutAction::Paused("spec.paused".to_owned()));
         step.status.rollout = Some(rollout);
@@ -658,6 +688,7 @@ fn progress(
                     // A scaled-down candidate would take all traffic: back to its full
                     // replicas first; the readiness gate above waits for them.
                     rollout.canary_scale = None;
+                    step.promote_held = true;
                     step.actions.push(RolloutAction::CanaryScaleReset);
                     step.wake_in(NEXT_STEP_SOON);
                     rollout.step = Some(format!("{}/{}", steps.len(), steps.len()));
@@ -677,11 +708,14 @@ fn progress(
                         rollout.weight = weight;
                         step.actions.push(RolloutAction::SetWeight(weight));
                         advance = true;
+                        // A promote skips a pause or an analysis, not this step.
+                        step.promote_held = true;
                     } else if let Some(scale) = &current.set_canary_scale {
                         rollout.canary_scale = Some(scale.clone());
                         step.actions
                             .push(RolloutAction::SetCanaryScale(scale.clone()));
                         advance = true;
+                        step.promote_held = true;
                     } else if let Some(pause) = &current.pause {
                         match pause.duration_seconds {
                             _ if commands.promote => advance = true,

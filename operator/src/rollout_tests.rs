@@ -241,9 +241,12 @@ fn blue_green_waits_for_promote_when_auto_promotion_is_off() {
     let promoted = run.step(30);
     assert_eq!(
         promoted.actions,
-        vec![RolloutAction::Promoted {
-            stable: Slot::Green
-        }]
+        vec![
+            RolloutAction::Promoted {
+                stable: Slot::Green
+            },
+            RolloutAction::Acknowledged(format!("{ANNOTATION_PROMOTE}=t1"))
+        ]
     );
     assert_eq!(run.status().acknowledged[ANNOTATION_PROMOTE], "t1");
     // The same annotation value is not a second command.
@@ -253,6 +256,90 @@ fn blue_green_waits_for_promote_when_auto_promotion_is_off() {
     let again = run.step(50);
     assert!(again.paused, "t1 was already carried out");
     assert_eq!(run.status().active_slot, Some(Slot::Green));
+}
+
+#[test]
+fn a_promote_given_before_the_candidate_is_ready_waits_for_it() {
+    let mut run = steady(blue_green(serde_json::json!({"autoPromote": false})));
+    run.set_version("2.0.0");
+    run.step(10);
+    run.command(ANNOTATION_PROMOTE, "early");
+    let held = run.step(20);
+    assert_eq!(
+        run.weights(),
+        (100, 0),
+        "no switch to a slot that is not ready"
+    );
+    assert!(
+        !run.status().acknowledged.contains_key(ANNOTATION_PROMOTE),
+        "the promote is still pending"
+    );
+    assert!(
+        !held
+            .actions
+            .iter()
+            .any(|a| matches!(a, RolloutAction::Acknowledged(_))),
+        "{:?}",
+        held.actions
+    );
+    run.ready(Slot::Green);
+    let promoted = run.step(30);
+    assert_eq!(
+        promoted.actions,
+        vec![
+            RolloutAction::Promoted {
+                stable: Slot::Green
+            },
+            RolloutAction::Acknowledged(format!("{ANNOTATION_PROMOTE}=early")),
+        ]
+    );
+    assert_eq!(run.status().acknowledged[ANNOTATION_PROMOTE], "early");
+}
+
+#[test]
+fn a_promote_held_by_spec_paused_is_carried_out_on_resume() {
+    let mut run = steady(blue_green(serde_json::json!({"autoPromote": false})));
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    run.app.spec.paused = true;
+    run.command(ANNOTATION_PROMOTE, "p1");
+    run.step(20);
+    assert_eq!(
+        run.status().active_slot,
+        Some(Slot::Blue),
+        "paused holds it"
+    );
+    run.app.spec.paused = false;
+    run.step(30);
+    assert_eq!(run.status().active_slot, Some(Slot::Green));
+    assert_eq!(run.status().acknowledged[ANNOTATION_PROMOTE], "p1");
+}
+
+#[test]
+fn a_canary_promote_given_during_a_weight_step_skips_the_next_pause() {
+    let mut run = steady(canary_spec());
+    run.set_version("2.0.0");
+    run.step(10);
+    run.ready(Slot::Green);
+    run.command(ANNOTATION_PROMOTE, "skip");
+    run.step(11);
+    assert_eq!(
+        run.weights(),
+        (80, 20),
+        "the weight step itself is carried out"
+    );
+    assert!(!run.status().acknowledged.contains_key(ANNOTATION_PROMOTE));
+    run.step(12);
+    let rollout = run.status().rollout.clone().unwrap();
+    assert_eq!(rollout.step_index, 2, "the 60 s pause was skipped");
+    assert_eq!(run.status().acknowledged[ANNOTATION_PROMOTE], "skip");
+    run.step(13);
+    run.step(14);
+    assert!(
+        run.step(15).paused,
+        "the indefinite pause waits for a second promote"
+    );
 }
 
 #[test]
@@ -343,7 +430,10 @@ fn abort_returns_all_traffic_to_stable_and_holds_until_retry_or_a_new_spec() {
     let aborted = run.step(12);
     assert_eq!(
         aborted.actions,
-        vec![RolloutAction::Aborted("AbortedByUser".into())]
+        vec![
+            RolloutAction::Aborted("AbortedByUser".into()),
+            RolloutAction::Acknowledged(format!("{ANNOTATION_ABORT}=a1"))
+        ]
     );
     assert_eq!(run.weights(), (100, 0));
     let rollout = run.status().rollout.clone().unwrap();
@@ -369,7 +459,13 @@ fn abort_returns_all_traffic_to_stable_and_holds_until_retry_or_a_new_spec() {
 
     run.command(ANNOTATION_RETRY, "r1");
     let retried = run.step(1001);
-    assert_eq!(retried.actions, vec![RolloutAction::Retried]);
+    assert_eq!(
+        retried.actions,
+        vec![
+            RolloutAction::Retried,
+            RolloutAction::Acknowledged(format!("{ANNOTATION_RETRY}=r1"))
+        ]
+    );
     let rollout = run.status().rollout.clone().unwrap();
     assert_eq!((rollout.step_index, rollout.weight), (0, 0));
     assert_eq!(rollout.abort_reason, None);
@@ -980,7 +1076,13 @@ fn a_failed_first_migration_holds_the_slot_until_retry_runs_it_again() {
     );
     run.command(ANNOTATION_RETRY, "r1");
     let retried = run.step(101);
-    assert_eq!(retried.actions, vec![RolloutAction::Retried]);
+    assert_eq!(
+        retried.actions,
+        vec![
+            RolloutAction::Retried,
+            RolloutAction::Acknowledged(format!("{ANNOTATION_RETRY}=r1"))
+        ]
+    );
     assert_eq!(
         run.slot(Slot::Blue).migrations,
         Some(MigrationPhase::Pending)
@@ -1042,7 +1144,14 @@ fn a_rollout_gates_on_its_migrations_and_a_failed_one_aborts_before_any_traffic_
                     assert_eq!(run.weights(), (100, 0), "{case}");
                     run.command(ANNOTATION_RETRY, "r1");
                     let retried = run.step(14);
-                    assert_eq!(retried.actions, vec![RolloutAction::Retried], "{case}");
+                    assert_eq!(
+                        retried.actions,
+                        vec![
+                            RolloutAction::Retried,
+                            RolloutAction::Acknowledged(format!("{ANNOTATION_RETRY}=r1"))
+                        ],
+                        "{case}"
+                    );
                     assert_eq!(
                         run.slot(Slot::Green).migrations,
                         Some(MigrationPhase::Pending),
@@ -1267,15 +1376,22 @@ fn promote_full_of_a_scaled_canary_scales_up_before_switching() {
     assert_eq!(run.weights(), (90, 10));
     run.command(ANNOTATION_PROMOTE_FULL, "now");
     let reset = run.step(13);
-    assert_eq!(reset.actions, vec![RolloutAction::CanaryScaleReset]);
+    assert_eq!(
+        reset.actions,
+        vec![RolloutAction::CanaryScaleReset],
+        "promote --full waits for the full candidate"
+    );
     assert_eq!(run.weights(), (90, 10));
     assert_eq!(run.status().active_slot, Some(Slot::Blue));
     let done = run.step(14);
     assert_eq!(
         done.actions,
-        vec![RolloutAction::Promoted {
-            stable: Slot::Green
-        }]
+        vec![
+            RolloutAction::Promoted {
+                stable: Slot::Green
+            },
+            RolloutAction::Acknowledged(format!("{ANNOTATION_PROMOTE_FULL}=now"))
+        ]
     );
     assert_eq!(run.weights(), (0, 100));
 }
