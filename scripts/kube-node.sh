@@ -379,7 +379,10 @@ dep_start() {
         "TCP:127.0.0.1:${MESSENGER_DOCUMENTDB_PORT:-10260}" ;;
     redis)
       mkdir -p "$NODE_RUN/redis"
-      spawn "dep-$name" redis-server --bind "$BRIDGE_IP" --port 6379 --save "" --appendonly no \
+      # Persisted (append-only file, synced per write), as a production Redis holding
+      # sessions is: a stopped and restarted Redis comes back with what it had.
+      spawn "dep-$name" redis-server --bind "$BRIDGE_IP" --port 6379 --save "" \
+        --appendonly yes --appendfsync always \
         --dir "$NODE_RUN/redis" --protected-mode no \
         --proc-title-template "{title} {listen-addr} $NODE_RUN" ;;
     kafka)

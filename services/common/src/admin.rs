@@ -1,10 +1,11 @@
 //! The admin HTTP server every service runs next to its main port: `GET /healthz`
-//! (liveness), `GET /readyz` (every [`ReadinessCheck`] passes) and `GET /metrics`
-//! (Prometheus text). Build the router with [`router`] (tests call it with `oneshot`),
+//! (liveness), `GET /readyz` (every [`ReadinessCheck`] passes; see [`Gate`]) and
+//! `GET /metrics` (Prometheus text). Build the router with [`router`] (tests call it with `oneshot`),
 //! serve it with [`serve`] or [`serve_with_listener`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +26,24 @@ pub trait ReadinessCheck: Send + Sync {
     fn name(&self) -> &str;
     /// `Ok` when the dependency answers; `Err` says what is wrong.
     async fn check(&self) -> Result<(), String>;
+    /// How long a failure of this check takes the pod out of its Service.
+    fn gate(&self) -> Gate {
+        Gate::Always
+    }
+}
+
+/// When a failing check makes `/readyz` answer 503.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Whenever it fails: the store without which the service can answer nothing, so
+    /// callers get a fast refusal from the Service rather than a pod that cannot help.
+    Always,
+    /// Only until it first passes. For what the service can do without for a while (the
+    /// broker behind an outbox) and for peers: an outage there hits every replica alike,
+    /// and failing readiness on it would empty the Service — the gateway's going dark
+    /// instead of answering 503s for the calls that need the missing peer. Later failures
+    /// are still shown in the body.
+    StartUp,
 }
 
 /// How long one readiness check may take before it counts as failed.
@@ -89,13 +108,24 @@ pub struct AdminState {
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
 }
 
+/// The admin state with, per readiness check, whether it has passed since start.
+struct Served {
+    state: AdminState,
+    passed: Vec<AtomicBool>,
+}
+
 /// The admin routes, without a socket.
 pub fn router(state: AdminState) -> Router {
+    let passed = state
+        .readiness
+        .iter()
+        .map(|_| AtomicBool::new(false))
+        .collect();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(Served { state, passed }))
 }
 
 /// Binds `addr` and serves the admin routes until `shutdown`.
@@ -126,24 +156,35 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let results = futures::future::join_all(state.readiness.iter().map(|check| async move {
-        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check.check()).await {
+async fn readyz(State(served): State<Arc<Served>>) -> Response {
+    let checks = &served.state.readiness;
+    let results = futures::future::join_all(checks.iter().map(|check| async move {
+        match tokio::time::timeout(CHECK_TIMEOUT, check.check()).await {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
-        };
-        (check.name().to_owned(), outcome)
+        }
     }))
     .await;
     let mut body = String::new();
     let mut ready = true;
-    for (name, outcome) in results {
+    for ((check, outcome), passed) in checks.iter().zip(results).zip(&served.passed) {
+        let name = check.name();
         match outcome {
-            Ok(()) => body.push_str(&format!("{name}: ok\n")),
+            Ok(()) => {
+                passed.store(true, Ordering::Relaxed);
+                body.push_str(&format!("{name}: ok\n"));
+            }
             Err(reason) => {
-                ready = false;
-                tracing::warn!(check = %name, %reason, "readiness check failed");
-                body.push_str(&format!("{name}: failed: {reason}\n"));
+                let gating = check.gate() == Gate::Always || !passed.load(Ordering::Relaxed);
+                tracing::warn!(check = %name, %reason, gating, "readiness check failed");
+                if gating {
+                    ready = false;
+                    body.push_str(&format!("{name}: failed: {reason}\n"));
+                } else {
+                    body.push_str(&format!(
+                        "{name}: failed (passed at start-up, not gating): {reason}\n"
+                    ));
+                }
             }
         }
     }
@@ -155,13 +196,13 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     (status, body).into_response()
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+async fn metrics(State(served): State<Arc<Served>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        served.state.metrics.render(),
     )
         .into_response()
 }

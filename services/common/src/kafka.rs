@@ -17,7 +17,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::admin::ReadinessCheck;
+use crate::admin::{Gate, ReadinessCheck};
 use crate::config::{ConfigError, env_ca_file_from, env_optional_from, env_or_from};
 use crate::error::Error;
 
@@ -379,7 +379,9 @@ pub fn consumer(
     Ok(consumer)
 }
 
-/// `/readyz` check: the broker answers a metadata request.
+/// `/readyz` check: the broker answers a metadata request. A start-up gate only: events go
+/// through the outbox (or wait in the topic for consumers), so a broker outage delays them
+/// without stopping the service from answering.
 pub struct KafkaReadiness {
     producer: FutureProducer,
 }
@@ -395,6 +397,10 @@ impl KafkaReadiness {
 impl ReadinessCheck for KafkaReadiness {
     fn name(&self) -> &str {
         "kafka"
+    }
+
+    fn gate(&self) -> Gate {
+        Gate::StartUp
     }
 
     async fn check(&self) -> Result<(), String> {

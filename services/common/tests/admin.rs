@@ -1,11 +1,12 @@
 //! The admin router: liveness, readiness naming failed checks, Prometheus metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
-use messenger_common::admin::{self, AdminState, ReadinessCheck};
+use messenger_common::admin::{self, AdminState, Gate, ReadinessCheck};
 use messenger_common::testing::{TestDatabase, free_port, redis_url};
 use messenger_common::{Metrics, Shutdown};
 use prometheus_client::metrics::counter::Counter;
@@ -105,6 +106,90 @@ async fn readyz_fails_a_check_that_does_not_answer_in_time() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("mongodb: failed"), "{body}");
     assert!(started.elapsed() < admin::CHECK_TIMEOUT * 2);
+}
+
+/// A dependency a test takes down and brings back.
+struct Switchable {
+    name: &'static str,
+    up: Arc<AtomicBool>,
+    gate: Gate,
+}
+
+#[messenger_common::async_trait]
+impl ReadinessCheck for Switchable {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn check(&self) -> Result<(), String> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("connection refused".to_owned())
+        }
+    }
+    fn gate(&self) -> Gate {
+        self.gate
+    }
+}
+
+#[tokio::test]
+async fn a_start_up_gate_holds_readiness_until_it_first_passes_and_never_again() {
+    let store = Arc::new(AtomicBool::new(true));
+    let broker = Arc::new(AtomicBool::new(false));
+    let router = admin::router(AdminState {
+        metrics: Metrics::new(),
+        readiness: vec![
+            Arc::new(Switchable {
+                name: "postgres",
+                up: store.clone(),
+                gate: Gate::Always,
+            }),
+            Arc::new(Switchable {
+                name: "kafka",
+                up: broker.clone(),
+                gate: Gate::StartUp,
+            }),
+        ],
+    });
+    let readyz = || async {
+        let response = router
+            .clone()
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "never reached: {body}"
+    );
+    assert!(body.contains("kafka: failed: connection refused"), "{body}");
+
+    broker.store(true, Ordering::SeqCst);
+    assert_eq!(readyz().await.0, StatusCode::OK);
+    // The broker goes away: every replica would fail alike, so the pod stays in its
+    // Service and says what is down.
+    broker.store(false, Ordering::SeqCst);
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("kafka: failed (passed at start-up, not gating): connection refused"),
+        "{body}"
+    );
+    // The store it cannot answer without takes it out whenever it is down.
+    store.store(false, Ordering::SeqCst);
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("postgres: failed: connection refused"),
+        "{body}"
+    );
+    store.store(true, Ordering::SeqCst);
+    assert_eq!(readyz().await.0, StatusCode::OK);
 }
 
 #[tokio::test]

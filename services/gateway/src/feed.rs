@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_common::admin::ReadinessCheck;
+use messenger_common::admin::{Gate, ReadinessCheck};
 use messenger_common::events::{Event, EventHandler, HandlerError, InMemoryEventBus};
 use messenger_common::kafka::KafkaConfig;
 use messenger_common::{Metrics, Shutdown};
@@ -105,6 +105,11 @@ struct FeedReadiness {
 impl ReadinessCheck for FeedReadiness {
     fn name(&self) -> &str {
         "events"
+    }
+
+    /// An outage of the broker later delays the streams; it does not close the front door.
+    fn gate(&self) -> Gate {
+        Gate::StartUp
     }
 
     async fn check(&self) -> Result<(), String> {

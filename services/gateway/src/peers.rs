@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use messenger_common::admin::ReadinessCheck;
+use messenger_common::admin::{Gate, ReadinessCheck};
 use messenger_common::grpc::{GrpcTls, connect_channel_with_tls};
 use messenger_common::identity::{Caller, InternalKey, attach};
 use messenger_proto::v1::auth_service_client::AuthServiceClient;
@@ -139,6 +139,12 @@ struct PeerReadiness {
 impl ReadinessCheck for PeerReadiness {
     fn name(&self) -> &str {
         self.name
+    }
+
+    /// A peer that goes away later gets its callers 503s from here (the gateway staying in
+    /// its Service), not a front door with no endpoints.
+    fn gate(&self) -> Gate {
+        Gate::StartUp
     }
 
     async fn check(&self) -> Result<(), String> {
