@@ -43,7 +43,8 @@ fn url(listeners: &Listeners) -> String {
 }
 
 /// The four services and the gateway in this process; returns the gateway's address.
-async fn start(shutdown: &Shutdown, databases: &[TestDatabase; 3]) -> SocketAddr {
+/// Starts the four services and the gateway; returns the gateway's API and admin addresses.
+async fn start(shutdown: &Shutdown, databases: &[TestDatabase; 3]) -> (SocketAddr, SocketAddr) {
     let (redis, kafka, prefix) = (
         testing::redis_url(),
         testing::kafka_brokers(),
@@ -119,8 +120,9 @@ async fn start(shutdown: &Shutdown, databases: &[TestDatabase; 3]) -> SocketAddr
         admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
     };
     let address = listeners.http.local_addr().expect("address");
+    let admin = listeners.admin.local_addr().expect("address");
     tokio::spawn(messenger_gateway::run(config, listeners, shutdown.clone()));
-    address
+    (address, admin)
 }
 
 struct Client {
@@ -329,7 +331,7 @@ fn main() {
     runtime.block_on(async move {
         let databases = [TestDatabase::create().await, TestDatabase::create().await, TestDatabase::create().await];
         let shutdown = Shutdown::new();
-        let address = start(&shutdown, &databases).await;
+        let (address, admin) = start(&shutdown, &databases).await;
         let client = Arc::new(Client {
             http: { messenger_common::tls::install_crypto_provider(); reqwest::Client::builder() }.pool_max_idle_per_host(CONCURRENCY * 2).build().expect("client"),
             base: format!("http://{address}"),
@@ -427,6 +429,16 @@ fn main() {
             .await;
         }
         println!("ratios to the floor: history read {:.0}%, send {:.0}%", 100.0 * history / floor, 100.0 * send / floor);
+        // Whether the load was answered from the token cache, as a deployed gateway's is.
+        let metrics = client.http.get(format!("http://{admin}/metrics")).send().await.expect("metrics").text().await.expect("metrics");
+        let counter = |name: &str| -> String {
+            metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("0").to_owned()
+        };
+        println!(
+            "token cache: {} hits, {} misses",
+            counter("gateway_token_cache_hits_total"),
+            counter("gateway_token_cache_misses_total")
+        );
 
         // Delivery delay of messages fanned out to `fanout` open streams.
         let mut receivers = Vec::new();

@@ -38,9 +38,11 @@ use crate::revocations::Revocations;
 use crate::stream::{StreamHub, TicketKey, UsedTickets};
 
 /// What every handler can reach.
+/// Cloned for every extractor of every request (axum's `State`): what is not a plain value
+/// is behind an `Arc`, so a clone allocates nothing.
 #[derive(Clone)]
 pub struct AppState {
-    pub peers: Peers,
+    pub peers: Arc<Peers>,
     pub hub: StreamHub,
     pub tickets: TicketKey,
     pub used_tickets: UsedTickets,
@@ -48,13 +50,13 @@ pub struct AppState {
     pub login_limiter: Arc<AddressRateLimiter>,
     pub stream: StreamConfig,
     /// The token cache and its channel to the other replicas, when configured.
-    pub revocations: Option<Revocations>,
+    pub revocations: Option<Arc<Revocations>>,
 }
 
 impl AppState {
     pub fn new(config: &Config, peers: Peers, hub: StreamHub) -> Self {
         Self {
-            peers,
+            peers: Arc::new(peers),
             hub,
             tickets: config.ticket_key.clone(),
             used_tickets: UsedTickets::default(),
@@ -73,7 +75,7 @@ impl AppState {
 
     /// Validated tokens are cached and logouts broadcast through `revocations`.
     pub fn with_revocations(mut self, revocations: Revocations) -> Self {
-        self.revocations = Some(revocations);
+        self.revocations = Some(Arc::new(revocations));
         self
     }
 }
