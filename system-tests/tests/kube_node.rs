@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -808,6 +808,21 @@ impl LoadReport {
     }
 }
 
+/// `promote`, as `kubectl messenger rollout promote` gives it: a fresh annotation value.
+async fn promote(deployed: &Deployed) {
+    deployed
+        .apps()
+        .patch(
+            &deployed.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                messenger_operator::rollout::ANNOTATION_PROMOTE: uuid::Uuid::new_v4().to_string()
+            }}})),
+        )
+        .await
+        .expect("promote");
+}
+
 /// Patches the app's spec (a merge patch).
 async fn patch_spec(deployed: &Deployed, spec: Value) {
     deployed
@@ -935,19 +950,20 @@ async fn blue_green_under_load_on_a_real_node_fails_no_request() {
 }
 
 /// A canary on router `none` (no traffic router: the candidate's share of the gateways
-/// behind the one entry Service is its weight): at `setWeight: 50` with two stable
-/// gateways, two canary gateways answer about half of the requests; the operator is then
-/// killed and restarted, which moves nothing; `promote` finishes the rollout and then every
-/// request is answered by the new version — no failed request under load throughout.
+/// behind the one entry Service is its weight), walked through two weight steps with three
+/// stable gateways: at `setWeight: 25` one canary gateway answers about a quarter of the
+/// requests, at `setWeight: 50` three answer about half; the operator is then killed and
+/// restarted, which moves nothing; `promote` finishes the rollout and then every request is
+/// answered by the new version — no failed request under load throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn canary_weight_on_router_none_splits_traffic_by_gateway_replicas() {
     let mut deployed = Deployed::new(
         "canary",
         json!({
-            "components": {"gateway": {"replicas": 2}},
+            "components": {"gateway": {"replicas": 3}},
             "strategy": {"type": "Canary", "canary": {
                 "scaleDownDelaySeconds": 5,
-                "steps": [{"setWeight": 50}, {"pause": {}}]
+                "steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}]
             }}
         }),
     )
@@ -957,38 +973,73 @@ async fn canary_weight_on_router_none_splits_traffic_by_gateway_replicas() {
 
     let next = format!("{}-next", deployed.tag);
     patch_spec(&deployed, json!({"version": next})).await;
-    eventually(
-        "the canary waits at 50% with two ready gateways",
-        READY_WAIT,
-        || async {
-            let status = deployed.app().await.status?;
-            let rollout = status.rollout?;
-            let gateways = Api::<Deployment>::namespaced(deployed.client.clone(), &deployed.ns)
-                .get(&format!("{}-gateway-{}", deployed.name, rollout.candidate))
-                .await
-                .ok()?;
-            let ready = gateways.status?.ready_replicas.unwrap_or(0);
-            (status.phase == Some(Phase::Paused) && rollout.weight == 50 && ready == 2)
-                .then_some(())
-        },
-    )
-    .await;
-    // kube-proxy picks an endpoint at random per connection: 4 gateways, 2 of them canary.
-    let mut canary = 0;
-    let samples = 200;
-    for _ in 0..samples {
-        let answer = alice.rest.expect(Method::GET, &messages, None, 200).await;
-        if answer.version.as_deref() == Some(next.as_str()) {
-            canary += 1;
+    // kube-proxy picks an endpoint at random per connection. Binomial(200, p) lies within
+    // p ± 0.1 (25%) and p ± 0.15 (50%) with probability > 0.999.
+    for (weight, canary_gateways, tolerance) in [(25, 1, 0.1), (50, 3, 0.15)] {
+        eventually(
+            &format!("the canary waits at {weight}% with {canary_gateways} ready gateways"),
+            READY_WAIT,
+            || async {
+                let status = deployed.app().await.status?;
+                let rollout = status.rollout?;
+                let gateways = Api::<Deployment>::namespaced(deployed.client.clone(), &deployed.ns)
+                    .get(&format!("{}-gateway-{}", deployed.name, rollout.candidate))
+                    .await
+                    .ok()?;
+                let ready = gateways.status?.ready_replicas.unwrap_or(0);
+                (status.phase == Some(Phase::Paused)
+                    && rollout.weight == weight
+                    && ready == canary_gateways)
+                    .then_some(())
+            },
+        )
+        .await;
+        // Ready pods are routed once kube-proxy has the entry Service's new endpoints.
+        eventually(
+            &format!("the entry Service has {} gateways", 3 + canary_gateways),
+            WAIT,
+            || async {
+                let app = deployed.app().await;
+                let endpoints = Api::<Endpoints>::namespaced(deployed.client.clone(), &deployed.ns)
+                    .get(&entry_service_name(&app))
+                    .await
+                    .ok()?;
+                let ready: usize = endpoints
+                    .subsets
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+                    .sum();
+                (ready == 3 + canary_gateways as usize).then_some(())
+            },
+        )
+        .await;
+        eventually("kube-proxy routes to the canary", WAIT, || async {
+            let answer = alice.rest.send(Method::GET, &messages, None).await.ok()?;
+            (answer.version.as_deref() == Some(next.as_str())).then_some(())
+        })
+        .await;
+        let mut canary = 0;
+        let samples = 200;
+        for _ in 0..samples {
+            let answer = alice.rest.expect(Method::GET, &messages, None, 200).await;
+            if answer.version.as_deref() == Some(next.as_str()) {
+                canary += 1;
+            }
+        }
+        let share = f64::from(canary) / f64::from(samples);
+        println!(
+            "canary at setWeight {weight}: {canary} of {samples} answered by the canary ({share:.2})"
+        );
+        let expected = f64::from(weight) / 100.0;
+        assert!(
+            (share - expected).abs() <= tolerance,
+            "the canary answered {canary} of {samples} requests at weight {weight}"
+        );
+        if weight == 25 {
+            promote(&deployed).await;
         }
     }
-    let share = f64::from(canary) / f64::from(samples);
-    println!("canary at setWeight 50: {canary} of {samples} answered by the canary ({share:.2})");
-    // Binomial(200, 0.5) lies within 0.5 ± 0.15 with probability > 0.9999.
-    assert!(
-        (0.35..=0.65).contains(&share),
-        "the canary answered {canary} of {samples} requests at weight 50"
-    );
 
     // The operator dies mid-rollout and a new one takes over: everything it needs to go on
     // is in the app's status, so nothing moves (no traffic jump) and promote still works.
@@ -1023,17 +1074,7 @@ async fn canary_weight_on_router_none_splits_traffic_by_gateway_replicas() {
         "no slot was resized by the restart"
     );
 
-    deployed
-        .apps()
-        .patch(
-            &deployed.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                messenger_operator::rollout::ANNOTATION_PROMOTE: uuid::Uuid::new_v4().to_string()
-            }}})),
-        )
-        .await
-        .expect("promote");
+    promote(&deployed).await;
     deployed.wait_ready(&next).await;
     // Connections opened after the rollout completed reach only the new version.
     eventually(
