@@ -1,7 +1,7 @@
 //! The admin HTTP server every service runs next to its main port: `GET /healthz`
 //! (liveness), `GET /readyz` (every [`ReadinessCheck`] passes; see [`Gate`]) and
-//! `GET /metrics` (Prometheus text). Build the router with [`router`] (tests call it with `oneshot`),
-//! serve it with [`serve`] or [`serve_with_listener`].
+//! `GET /metrics` (Prometheus text). Build the router with [`router`] (tests call it with
+//! `oneshot`), serve it with [`serve`] or [`serve_with_listener`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub enum Gate {
     Always,
     /// Only until it first passes. For what the service can do without for a while (the
     /// broker behind an outbox) and for peers: an outage there hits every replica alike,
-    /// and failing readiness on it would empty the Service — the gateway's going dark
+    /// and failing readiness on it would empty the Service: the gateway would go dark
     /// instead of answering 503s for the calls that need the missing peer. Later failures
     /// are still shown in the body.
     StartUp,
