@@ -155,7 +155,9 @@ pub fn unique_name(base: &str) -> String {
 /// Chosen below the kernel's ephemeral range, never from it: a port from that range can
 /// be taken in the meantime by any outgoing connection — or by a client reconnecting to
 /// the not-yet-started server, which the kernel may connect to itself — and the server
-/// then fails with "address in use".
+/// then fails with "address in use". Each port handed out is also claimed for a minute
+/// in a directory every test process shares, so two tests running at once (nextest runs
+/// each in its own process) never pick the same port while neither has bound it yet.
 pub fn free_port() -> u16 {
     use rand::Rng as _;
     // Above the well-known servers the tests use (5432, 6379, 9092, 10260, 23790, 27017).
@@ -170,11 +172,37 @@ pub fn free_port() -> u16 {
     let mut rng = rand::rng();
     for _ in 0..200 {
         let port = rng.random_range(LOWEST..ephemeral_start);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && claim_port(port) {
             return port;
         }
     }
     ephemeral_free_port()
+}
+
+/// How long a port handed out by [`free_port`] stays claimed: time enough for the server
+/// it was meant for to start and bind it.
+const PORT_CLAIM: Duration = Duration::from_secs(60);
+
+/// Claims `port` for [`PORT_CLAIM`] among all test processes of this machine; `false`
+/// when another process claimed it more recently.
+fn claim_port(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("messenger-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let claim = dir.join(port.to_string());
+    let fresh = std::fs::metadata(&claim)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| at.elapsed().unwrap_or_default() < PORT_CLAIM);
+    if fresh {
+        return false;
+    }
+    let _ = std::fs::remove_file(&claim);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&claim)
+        .is_ok()
 }
 
 fn ephemeral_free_port() -> u16 {
@@ -596,5 +624,17 @@ mod tests {
         assert_eq!(summary.p99, Duration::from_millis(99));
         assert_eq!(summary.max, Duration::from_millis(100));
         assert_eq!(LatencySummary::of(Vec::new()), None);
+    }
+
+    #[test]
+    fn a_port_handed_out_is_not_handed_out_again_while_its_claim_lasts() {
+        let port = free_port();
+        assert!(
+            !claim_port(port),
+            "another test process must not get port {port} now"
+        );
+        let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 50, "fifty picks, fifty ports");
+        assert!(!ports.contains(&port));
     }
 }
