@@ -874,8 +874,9 @@ async fn blue_green_under_load_on_a_real_node_fails_no_request() {
     })
     .await;
     // The old pods drain while the load goes on; Kubernetes 1.20 takes a while to delete
-    // them, so this waits until the last blue gateway pod is gone.
-    eventually("the blue gateway pods are gone", WAIT, || async {
+    // them (over a minute once on a loaded CI machine), so this waits until the last blue
+    // gateway pod is gone, as long as pods may take to start.
+    eventually("the blue gateway pods are gone", READY_WAIT, || async {
         let pods = kubectl(&[
             "get",
             "pods",
@@ -1202,7 +1203,7 @@ async fn a_canary_failing_its_analysis_on_scraped_gateway_metrics_is_aborted() {
         (deployed.gateway_replicas(Slot::Green).await == 0).then_some(())
     })
     .await;
-    eventually("the canary's gateway pods are gone", WAIT, || async {
+    eventually("the canary's gateway pods are gone", READY_WAIT, || async {
         let pods = kubectl(&["get", "pods", "-n", &deployed.ns, "-o", "name"]);
         (!pods.contains("gateway-green")).then_some(())
     })
