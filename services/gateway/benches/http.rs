@@ -131,13 +131,14 @@ struct Client {
 }
 
 impl Client {
-    async fn call(
+    /// Sends one request and waits for the answer's head.
+    async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-    ) -> (u16, Value) {
+    ) -> reqwest::Response {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -145,7 +146,17 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("the gateway answers");
+        request.send().await.expect("the gateway answers")
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let response = self.send(method, path, token, body).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -159,14 +170,7 @@ impl Client {
         token: &str,
         body: Option<Value>,
     ) -> u16 {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the gateway answers");
+        let response = self.send(method, path, Some(token), body).await;
         let status = response.status().as_u16();
         let _ = response.bytes().await;
         status
