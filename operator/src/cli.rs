@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, ResourceExt as _};
+use kube::{Api, Client};
 
 use crate::component::Component;
 use crate::crd::{MessengerApp, Slot};
 use crate::rollout::{
-    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_PROMOTE_FULL, ANNOTATION_RETRY, COMMANDS,
+    ANNOTATION_ABORT, ANNOTATION_PROMOTE, ANNOTATION_PROMOTE_FULL, ANNOTATION_RETRY,
+    pending_commands,
 };
 use crate::simulate::{
     DEFAULT_PROMOTE_AFTER_SECONDS, DEFAULT_READY_AFTER_SECONDS, Scenario, render_text, simulate,
@@ -155,14 +156,9 @@ pub fn render_status(app: &MessengerApp) -> String {
     }
     // A command whose value the operator has not acknowledged: not carried out yet (a
     // promote waits until the rollout can act on it).
-    let pending: Vec<&str> = COMMANDS
-        .iter()
-        .filter(|name| {
-            app.annotations()
-                .get(**name)
-                .is_some_and(|value| status.acknowledged.get(**name) != Some(value))
-        })
-        .map(|name| name.trim_start_matches("messenger.dev/"))
+    let pending: Vec<&str> = pending_commands(app, status)
+        .into_iter()
+        .map(|(name, _)| name.trim_start_matches("messenger.dev/"))
         .collect();
     if !pending.is_empty() {
         let _ = writeln!(

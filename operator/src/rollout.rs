@@ -163,7 +163,7 @@ pub struct Commands {
 }
 
 /// The command annotations whose value the status has not acknowledged yet.
-fn pending_commands<'a>(
+pub fn pending_commands<'a>(
     app: &'a MessengerApp,
     status: &MessengerAppStatus,
 ) -> Vec<(&'static str, &'a String)> {
